@@ -1,0 +1,75 @@
+//! Every limit the crate enforces, in one place.
+//!
+//! Each constant says why it has its value. Tests exercise every limit at N and N + 1.
+
+/// Seconds in one day; the unit every time limit below is written in.
+pub const DAY_SECS: u64 = 24 * 60 * 60;
+
+/// Companion devices an account may have besides its primary.
+///
+/// WhatsApp's promise to users (brief row 1). Bounding it also bounds fan-out cost and the size of a
+/// signed device list.
+pub const MAX_COMPANIONS: usize = 4;
+
+/// A companion whose newest verified device list is older than this considers itself signed out.
+///
+/// The primary refreshes the list whenever it is used, so an old list means the primary has been
+/// unused for this long (brief row 6).
+pub const PRIMARY_INACTIVITY_SECS: u64 = 14 * DAY_SECS;
+
+/// A device list older than this is stale: peers send to the account's primary only.
+///
+/// Longer than [`PRIMARY_INACTIVITY_SECS`] so that a list which merely signed its companions out is
+/// still good for reaching the primary.
+pub const DEVICE_LIST_TTL_SECS: u64 = 35 * DAY_SECS;
+
+/// Default bound on how far ahead of the receiving chain a message counter may be.
+///
+/// Every skipped message key costs one HMAC and 68 bytes; this bounds both the work and memory a
+/// single hostile header can cause. Configurable up to [`MAX_FORWARD_JUMP_CEILING`].
+pub const DEFAULT_MAX_FORWARD_JUMP: u32 = 2_000;
+
+/// The largest forward jump a configuration may allow.
+///
+/// Keeps the worst-case work of one decryption bounded (about 5 ms of HMACs) whatever the app sets.
+pub const MAX_FORWARD_JUMP_CEILING: u32 = 25_000;
+
+/// Skipped message keys kept per session; the oldest is discarded first.
+///
+/// Bounds the memory of a session while tolerating heavy reordering and loss.
+pub const MAX_SKIPPED_KEYS: usize = 2_000;
+
+/// Receiving chains kept per session; the oldest is discarded first.
+///
+/// A chain older than the last few ratchet turns only matters for very late messages, whose keys
+/// are then found among the skipped keys if they were stored.
+pub const MAX_RECEIVER_CHAINS: usize = 5;
+
+/// Archived sessions kept per remote device besides the active one (Sesame).
+///
+/// Lets late messages on superseded sessions still decrypt, without unbounded growth.
+pub const MAX_ARCHIVED_SESSIONS: usize = 40;
+
+/// One-time prekeys a device holds at most.
+///
+/// The server hands out one per initiator; the app replenishes when
+/// [`crate::Device::one_time_prekeys_remaining`] runs low.
+pub const MAX_ONE_TIME_PREKEYS: usize = 200;
+
+/// How long a superseded signed prekey still accepts initial messages after rotation.
+///
+/// Initial messages can sit on the server for a while; the grace period lets them decrypt while
+/// still bounding how long a stolen old prekey is useful.
+pub const SIGNED_PREKEY_GRACE_SECS: u64 = 30 * DAY_SECS;
+
+/// Lifetime of a QR link offer shown by a companion.
+pub const QR_OFFER_LIFETIME_SECS: u64 = 60;
+
+/// Lifetime of a one-time pairing code.
+pub const PAIRING_CODE_LIFETIME_SECS: u64 = 180;
+
+/// Largest plaintext one session message may carry.
+///
+/// Large payloads travel as an encrypted body referenced from the message, so the per-device
+/// messages stay small; the bound stops a peer from making us allocate without limit.
+pub const MAX_MESSAGE_PLAINTEXT: usize = 256 * 1024;

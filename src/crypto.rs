@@ -1,0 +1,227 @@
+//! Thin wrappers over the primitives, and every domain-separation label.
+//!
+//! This module owns the only calls into the primitive crates, so a reviewer can check the labels,
+//! the contributory-key rule and `verify_strict` in one place. It never holds state.
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use hmac::{Hmac, Mac};
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use x25519_dalek::{PublicKey as XPublicKey, StaticSecret};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::error::{KeyError, SignatureKind};
+
+/// Signature labels. Each signed message is `label || 0x00 || body`; labels contain no zero byte,
+/// so no signature made under one label verifies under another.
+pub(crate) mod label {
+    pub(crate) const SIG_IDENTITY_AGREEMENT: &[u8] = b"multidevice/v1/sig/identity-agreement-key";
+    pub(crate) const SIG_SIGNED_PREKEY: &[u8] = b"multidevice/v1/sig/signed-prekey";
+    pub(crate) const KDF_X3DH: &[u8] = b"multidevice/v1/kdf/x3dh";
+    pub(crate) const KDF_ROOT: &[u8] = b"multidevice/v1/kdf/root";
+    pub(crate) const HASH_AD: &[u8] = b"multidevice/v1/hash/associated-data";
+    pub(crate) const HASH_SESSION_ID: &[u8] = b"multidevice/v1/hash/session-id";
+    pub(crate) const HASH_FINGERPRINT: &[u8] = b"multidevice/v1/hash/fingerprint";
+}
+
+/// A 32-byte secret, boxed so moves do not leave copies behind, wiped on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Secret32(Box<[u8; 32]>);
+
+impl Secret32 {
+    pub(crate) fn new(bytes: [u8; 32]) -> Self {
+        let mut bytes = bytes;
+        let boxed = Box::new(bytes);
+        bytes.zeroize();
+        Self(boxed)
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for Secret32 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Secret32(..)")
+    }
+}
+
+/// An X25519 secret key with its public key, wiped on drop.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(from = "Secret32", into = "Secret32")]
+pub(crate) struct X25519KeyPair {
+    secret: StaticSecret,
+    public: [u8; 32],
+}
+
+impl X25519KeyPair {
+    pub(crate) fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
+        let secret = StaticSecret::random_from_rng(rng);
+        let public = XPublicKey::from(&secret).to_bytes();
+        Self { secret, public }
+    }
+
+    pub(crate) fn public(&self) -> &[u8; 32] {
+        &self.public
+    }
+
+    /// Diffie-Hellman with a peer-supplied key, rejecting non-contributory results.
+    pub(crate) fn dh(&self, their_public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        let shared = self.secret.diffie_hellman(&XPublicKey::from(*their_public));
+        if !shared.was_contributory() {
+            return Err(KeyError::NonContributoryKey);
+        }
+        Ok(Zeroizing::new(shared.to_bytes()))
+    }
+}
+
+impl From<Secret32> for X25519KeyPair {
+    fn from(secret: Secret32) -> Self {
+        let secret = StaticSecret::from(*secret.as_bytes());
+        let public = XPublicKey::from(&secret).to_bytes();
+        Self { secret, public }
+    }
+}
+
+impl From<X25519KeyPair> for Secret32 {
+    fn from(pair: X25519KeyPair) -> Self {
+        Secret32::new(pair.secret.to_bytes())
+    }
+}
+
+impl core::fmt::Debug for X25519KeyPair {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("X25519KeyPair").field("public", &Hex(&self.public)).finish_non_exhaustive()
+    }
+}
+
+/// Hex formatting for public values in `Debug` output.
+pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
+
+impl core::fmt::Debug for Hex<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Signs `label || 0x00 || parts...`.
+pub(crate) fn sign(key: &SigningKey, label: &[u8], parts: &[&[u8]]) -> [u8; 64] {
+    key.sign(&signed_message(label, parts)).to_bytes()
+}
+
+/// Verifies a signature made by [`sign`] with `verify_strict`.
+pub(crate) fn verify(
+    key: &VerifyingKey,
+    label: &[u8],
+    parts: &[&[u8]],
+    signature: &[u8; 64],
+    kind: SignatureKind,
+) -> Result<(), KeyError> {
+    let signature = Signature::from_bytes(signature);
+    key.verify_strict(&signed_message(label, parts), &signature)
+        .map_err(|_| KeyError::BadSignature(kind))
+}
+
+fn signed_message(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let len = label.len() + 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut message = Vec::with_capacity(len);
+    message.extend_from_slice(label);
+    message.push(0);
+    for part in parts {
+        message.extend_from_slice(part);
+    }
+    message
+}
+
+/// SHA-256 over `label || 0x00 || parts...`.
+pub(crate) fn hash(label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(label);
+    hasher.update([0u8]);
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+/// HKDF-SHA256 with the given salt, input key material and info, filling `out`.
+pub(crate) fn hkdf(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(salt), ikm);
+    // `out` is at most 64 bytes everywhere in this crate, far below HKDF's 255 * 32 limit.
+    #[allow(clippy::expect_used)]
+    hk.expand_multi_info(info, out)
+        .expect("HKDF output lengths in this crate are at most 64 bytes");
+}
+
+/// One step of a symmetric chain: `(message_key, next_chain_key)`, each an HMAC-SHA256 of the
+/// chain key over a one-byte constant.
+pub(crate) fn chain_step(chain_key: &[u8; 32]) -> (Secret32, Secret32) {
+    let keyed = hmac_keyed(chain_key);
+    let message_key = keyed.clone().chain_update([0x01]).finalize().into_bytes();
+    let next = keyed.chain_update([0x02]).finalize().into_bytes();
+    (Secret32::new(message_key.into()), Secret32::new(next.into()))
+}
+
+fn hmac_keyed(key: &[u8; 32]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length, so this cannot fail.
+    #[allow(clippy::expect_used)]
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+/// AES-256-GCM tag length.
+pub(crate) const TAG_LEN: usize = 16;
+/// AES-256-GCM nonce length.
+pub(crate) const NONCE_LEN: usize = 12;
+
+/// Encrypts `buffer[start..]` in place and appends the tag.
+pub(crate) fn seal(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    buffer: &mut Vec<u8>,
+    start: usize,
+) {
+    let cipher = Aes256Gcm::new(key.into());
+    let body = buffer.get_mut(start..).unwrap_or_default();
+    // AES-GCM only fails for inputs longer than 2^36 bytes; every caller bounds its plaintext far
+    // below that.
+    #[allow(clippy::expect_used)]
+    let tag = cipher
+        .encrypt_inout_detached(&Nonce::from(*nonce), aad, body.into())
+        .expect("plaintexts in this crate are far below the AES-GCM length limit");
+    buffer.extend_from_slice(tag.as_slice());
+}
+
+/// Decrypts `ciphertext || tag` into a fresh buffer. Nothing is returned unless the tag verifies.
+pub(crate) fn open(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, aes_gcm::Error> {
+    let body_len = sealed.len().checked_sub(TAG_LEN).ok_or(aes_gcm::Error)?;
+    let (body, tag) = sealed.split_at(body_len);
+    let tag = Tag::try_from(tag).map_err(|_| aes_gcm::Error)?;
+    let mut plaintext = Zeroizing::new(body.to_vec());
+    let cipher = Aes256Gcm::new(key.into());
+    cipher.decrypt_inout_detached(
+        &Nonce::from(*nonce),
+        aad,
+        plaintext.as_mut_slice().into(),
+        &tag,
+    )?;
+    Ok(plaintext)
+}
+
+/// Constant-time equality of two byte strings of public length.
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
+}

@@ -1,0 +1,155 @@
+//! Error types, one enum per domain.
+//!
+//! Every variant names the exact violation. Callers can tell "drop this message"
+//! ([`SessionError::is_drop`]) from "ask the user" (identity changes) from "fetch fresh keys".
+
+use crate::keys::DeviceAddress;
+
+/// A wire message or persisted blob could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input ended before the field being read.
+    #[error("input truncated: needed {needed} more bytes")]
+    Truncated {
+        /// Bytes missing.
+        needed: usize,
+    },
+    /// The version byte is not one this crate speaks.
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u8),
+    /// The type byte names no known message.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// Bytes remained after a complete value.
+    #[error("{0} trailing bytes after a complete value")]
+    TrailingBytes(usize),
+    /// A field holds a value outside its allowed range.
+    #[error("field out of range")]
+    OutOfRange,
+    /// An Ed25519 public key is not a valid point encoding.
+    #[error("invalid Ed25519 public key encoding")]
+    InvalidSigningKey,
+    /// A length field exceeds its limit.
+    #[error("length {got} exceeds limit {limit}")]
+    TooLong {
+        /// The limit.
+        limit: usize,
+        /// The length found.
+        got: usize,
+    },
+    /// Persisted state could not be read back.
+    #[error("persisted state is malformed")]
+    MalformedState,
+}
+
+/// Which signature failed to verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignatureKind {
+    /// A device's signature over its own X25519 identity key.
+    IdentityAgreementKey,
+    /// A device's signature over its signed prekey.
+    SignedPrekey,
+    /// The primary's account signature over a companion.
+    AccountSignature,
+    /// The companion's device signature over its linking metadata.
+    DeviceSignature,
+    /// The primary's signature over a device list.
+    DeviceList,
+    /// A companion's signed request to be removed.
+    LogoutRequest,
+}
+
+/// A cryptographic check on a key or signature failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A signature did not verify under `verify_strict`.
+    #[error("invalid {0:?} signature")]
+    BadSignature(SignatureKind),
+    /// A peer-supplied X25519 key gave an all-zero (non-contributory) shared secret.
+    #[error("non-contributory X25519 key")]
+    NonContributoryKey,
+}
+
+/// Setting up, using or restoring a pairwise session failed.
+///
+/// On every error the device's state is exactly as it was before the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The message could not be parsed.
+    #[error("malformed message: {0}")]
+    Decode(#[from] DecodeError),
+    /// A key or signature check failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The message is addressed to another device.
+    #[error("message addressed to {addressed_to}, not to this device")]
+    WrongRecipient {
+        /// The address the message names.
+        addressed_to: DeviceAddress,
+    },
+    /// No session exists with this device; fetch its prekey bundle and start one.
+    #[error("no session with {0}")]
+    NoSession(DeviceAddress),
+    /// The message names a session this device does not hold (unknown or evicted).
+    #[error("message from {0} is for an unknown session")]
+    UnknownSession(DeviceAddress),
+    /// This message was already decrypted, or its key was discarded under the skipped-key limit.
+    #[error("duplicate message")]
+    Duplicate,
+    /// The message counter is further ahead than the configured forward-jump limit.
+    #[error("counter jump of {jump} exceeds the limit of {limit}")]
+    TooFarAhead {
+        /// How many keys would have to be skipped.
+        jump: u64,
+        /// The configured limit.
+        limit: u32,
+    },
+    /// The ciphertext or its header failed authentication.
+    #[error("message failed authentication")]
+    AuthenticationFailed,
+    /// The initial message names a signed prekey this device does not hold (or no longer holds).
+    #[error("unknown signed prekey {0}")]
+    UnknownSignedPrekey(u32),
+    /// The initial message names a one-time prekey that does not exist or was already used.
+    #[error("unknown or already used one-time prekey {0}")]
+    UnknownOneTimePrekey(u32),
+    /// The sender's identity differs from the one this device holds for that address.
+    #[error("identity of {0} differs from the known one")]
+    IdentityMismatch(DeviceAddress),
+    /// A device cannot hold a session with itself.
+    #[error("a device cannot open a session with itself")]
+    SelfSession,
+    /// The plaintext exceeds [`crate::consts::MAX_MESSAGE_PLAINTEXT`].
+    #[error("plaintext of {0} bytes is too large")]
+    PlaintextTooLarge(usize),
+    /// A configuration value is outside its allowed range.
+    #[error("configuration value out of range")]
+    InvalidConfig,
+    /// The device already holds the maximum number of one-time prekeys.
+    #[error("one-time prekey limit of {limit} reached")]
+    TooManyOneTimePrekeys {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl SessionError {
+    /// True when the right reaction is to drop the message and carry on: nothing about the
+    /// session or the peer needs attention.
+    pub fn is_drop(&self) -> bool {
+        matches!(
+            self,
+            Self::Decode(_)
+                | Self::WrongRecipient { .. }
+                | Self::Duplicate
+                | Self::TooFarAhead { .. }
+                | Self::AuthenticationFailed
+                | Self::UnknownSession(_)
+                | Self::Key(KeyError::NonContributoryKey)
+        )
+    }
+}

@@ -1,0 +1,56 @@
+//! # multidevice
+//!
+//! WhatsApp-style multi-device end-to-end encryption, sans-IO.
+//!
+//! An account is one primary device plus up to four companions. Every device has its own
+//! identity keys ([`PublicIdentity`]) and its own Double Ratchet session with every device it
+//! talks to. This crate does the cryptography and the state keeping; the app moves bytes through
+//! its own, untrusted, server and supplies randomness and the current time.
+//!
+//! ## A guided tour
+//!
+//! - [`Device`] is the one stateful object per local device: identity, prekeys, sessions.
+//!   Persist it with [`Device::to_bytes`] after every successful `&mut` call, before sending what
+//!   the call produced.
+//! - [`PrekeyUpload`] is what a device publishes; the server turns it into [`PrekeyBundle`]s,
+//!   which a peer must [`verify`](PrekeyBundle::verify) before [`Device::start_session`].
+//! - [`Device::encrypt`] and [`Device::decrypt`] run the Double Ratchet. Decryption is
+//!   transactional: any error leaves the device unchanged.
+//! - [`consts`] lists every limit; [`error`] every error.
+//!
+//! The wire format, every KDF and signature label and the state machines are specified in
+//! `docs/PROTOCOL.md`; what is and is not protected is in `SECURITY.md`.
+//!
+//! ```
+//! use multidevice::{AccountId, Device, DeviceAddress, DeviceId, Timestamp};
+//! use rand::SeedableRng;
+//!
+//! let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+//! let now = Timestamp(1_700_000_000);
+//! let mut alice = Device::new(&mut rng, DeviceAddress::new(AccountId(1), DeviceId::PRIMARY), now);
+//! let mut bob = Device::new(&mut rng, DeviceAddress::new(AccountId(2), DeviceId::PRIMARY), now);
+//!
+//! let bundle = bob.prekey_upload().bundle(None).verify()?;
+//! alice.start_session(&mut rng, &bundle)?;
+//! let wire = alice.encrypt(&mut rng, bob.address(), b"hi")?;
+//! assert_eq!(bob.decrypt(&wire, now)?.plaintext.as_slice(), b"hi");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod consts;
+mod crypto;
+mod device;
+pub mod error;
+mod keys;
+mod prekeys;
+mod serde_util;
+mod session;
+mod wire;
+
+pub use device::{Decrypted, Device, SessionInfo};
+pub use error::{DecodeError, KeyError, SessionError, SignatureKind};
+pub use keys::{AccountId, DeviceAddress, DeviceId, Fingerprint, PublicIdentity, Timestamp};
+pub use prekeys::{
+    OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic, VerifiedPrekeyBundle,
+};
+pub use session::SessionMessage;

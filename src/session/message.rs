@@ -1,0 +1,174 @@
+//! Wire format of session messages.
+//!
+//! Two message types share one ratchet header. A [`SessionMessage`] is parsed strictly: length,
+//! version, type, body, no trailing bytes. It keeps the original header bytes, because the AEAD
+//! authenticates them exactly as received.
+
+use crate::consts::MAX_MESSAGE_PLAINTEXT;
+use crate::crypto::{NONCE_LEN, TAG_LEN};
+use crate::error::DecodeError;
+use crate::keys::{DeviceAddress, PublicIdentity};
+use crate::wire::{self, Reader};
+
+/// Type byte of a message on an established session.
+pub(crate) const TYPE_MESSAGE: u8 = 0x01;
+/// Type byte of a message that also carries the session-initiation data.
+pub(crate) const TYPE_PREKEY_MESSAGE: u8 = 0x02;
+
+/// Identifies one session between two devices; derived from the initiator's base key.
+pub(crate) type SessionId = [u8; 16];
+
+/// The Double Ratchet header, authenticated as associated data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RatchetHeader {
+    pub(crate) session_id: SessionId,
+    pub(crate) ratchet_key: [u8; 32],
+    pub(crate) counter: u32,
+    pub(crate) previous_counter: u32,
+    pub(crate) nonce: [u8; NONCE_LEN],
+}
+
+impl RatchetHeader {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.session_id);
+        out.extend_from_slice(&self.ratchet_key);
+        out.extend_from_slice(&self.counter.to_be_bytes());
+        out.extend_from_slice(&self.previous_counter.to_be_bytes());
+        out.extend_from_slice(&self.nonce);
+    }
+
+    fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            session_id: reader.array()?,
+            ratchet_key: reader.array()?,
+            counter: reader.u32()?,
+            previous_counter: reader.u32()?,
+            nonce: reader.array()?,
+        })
+    }
+}
+
+/// Session-initiation data carried by a prekey message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PrekeyFields {
+    pub(crate) sender_identity: PublicIdentity,
+    pub(crate) base_key: [u8; 32],
+    pub(crate) signed_prekey_id: u32,
+    pub(crate) one_time_prekey_id: Option<u32>,
+}
+
+impl PrekeyFields {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.sender_identity.to_bytes());
+        out.extend_from_slice(&self.base_key);
+        out.extend_from_slice(&self.signed_prekey_id.to_be_bytes());
+        match self.one_time_prekey_id {
+            Some(id) => {
+                out.push(1);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            None => out.push(0),
+        }
+    }
+
+    fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let sender_identity = PublicIdentity::read(reader)?;
+        let base_key = reader.array()?;
+        let signed_prekey_id = reader.u32()?;
+        let one_time_prekey_id = if reader.flag()? { Some(reader.u32()?) } else { None };
+        Ok(Self { sender_identity, base_key, signed_prekey_id, one_time_prekey_id })
+    }
+}
+
+/// A parsed session message, borrowing the bytes it was parsed from.
+///
+/// Layout (all integers big-endian):
+///
+/// ```text
+/// version u8 = 1 | type u8 | sender address (12) | recipient address (12)
+/// [prekey fields, type 0x02 only]
+/// ratchet header (68) | AES-256-GCM ciphertext and 16-byte tag
+/// ```
+#[derive(Debug, Clone)]
+pub struct SessionMessage<'a> {
+    pub(crate) sender: DeviceAddress,
+    pub(crate) recipient: DeviceAddress,
+    pub(crate) prekey: Option<PrekeyFields>,
+    pub(crate) header: RatchetHeader,
+    /// Every byte before the ciphertext, authenticated as associated data.
+    pub(crate) authenticated: &'a [u8],
+    pub(crate) ciphertext: &'a [u8],
+}
+
+impl SessionMessage<'_> {
+    /// The device that claims to have sent the message (authenticated only by decryption).
+    pub fn sender(&self) -> DeviceAddress {
+        self.sender
+    }
+
+    /// The device the message is addressed to; a server routes on this.
+    pub fn recipient(&self) -> DeviceAddress {
+        self.recipient
+    }
+
+    /// True for a message that can start a session at the recipient.
+    pub fn is_prekey_message(&self) -> bool {
+        self.prekey.is_some()
+    }
+}
+
+impl<'a> TryFrom<&'a [u8]> for SessionMessage<'a> {
+    type Error = DecodeError;
+
+    fn try_from(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        reader.version()?;
+        let kind = reader.u8()?;
+        let sender = DeviceAddress::read(&mut reader)?;
+        let recipient = DeviceAddress::read(&mut reader)?;
+        let prekey = match kind {
+            TYPE_MESSAGE => None,
+            TYPE_PREKEY_MESSAGE => Some(PrekeyFields::read(&mut reader)?),
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        let header = RatchetHeader::read(&mut reader)?;
+        if let Some(fields) = &prekey {
+            // Until the initiator hears back it never ratchets, so its ratchet key is its base
+            // key; anything else is not a canonical prekey message.
+            if fields.base_key != header.ratchet_key {
+                return Err(DecodeError::OutOfRange);
+            }
+        }
+        let header_len = bytes.len() - reader.remaining();
+        let ciphertext = reader.rest();
+        if ciphertext.len() < TAG_LEN {
+            return Err(DecodeError::Truncated { needed: TAG_LEN - ciphertext.len() });
+        }
+        if ciphertext.len() > MAX_MESSAGE_PLAINTEXT + TAG_LEN {
+            return Err(DecodeError::TooLong {
+                limit: MAX_MESSAGE_PLAINTEXT + TAG_LEN,
+                got: ciphertext.len(),
+            });
+        }
+        let (authenticated, _) = bytes.split_at(header_len);
+        Ok(Self { sender, recipient, prekey, header, authenticated, ciphertext })
+    }
+}
+
+/// Writes the bytes before the ciphertext for a message from `sender` to `recipient`.
+pub(crate) fn write_prefix(
+    out: &mut Vec<u8>,
+    sender: DeviceAddress,
+    recipient: DeviceAddress,
+    prekey: Option<&PrekeyFields>,
+    header: &RatchetHeader,
+) {
+    let kind = if prekey.is_some() { TYPE_PREKEY_MESSAGE } else { TYPE_MESSAGE };
+    out.extend_from_slice(&[wire::VERSION, kind]);
+    out.extend_from_slice(&sender.to_bytes());
+    out.extend_from_slice(&recipient.to_bytes());
+    if let Some(fields) = prekey {
+        fields.write(out);
+    }
+    header.write(out);
+}
