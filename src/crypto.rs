@@ -124,9 +124,16 @@ pub(crate) fn verify(
     signature: &[u8; 64],
     kind: SignatureKind,
 ) -> Result<(), KeyError> {
-    let signature = Signature::from_bytes(signature);
-    key.verify_strict(&signed_message(label, parts), &signature)
-        .map_err(|_| KeyError::BadSignature(kind))
+    if verify_strict_raw(key, &signed_message(label, parts), signature) {
+        Ok(())
+    } else {
+        Err(KeyError::BadSignature(kind))
+    }
+}
+
+/// Ed25519 `verify_strict` over a raw message: the single place signatures are checked.
+pub(crate) fn verify_strict_raw(key: &VerifyingKey, message: &[u8], signature: &[u8; 64]) -> bool {
+    key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
 }
 
 fn signed_message(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {

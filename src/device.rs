@@ -56,6 +56,8 @@ pub struct SessionInfo {
     pub archived: usize,
     /// Skipped message keys held by the active session.
     pub skipped_keys: usize,
+    /// Receiving chains held by the active session.
+    pub receiver_chains: usize,
 }
 
 /// One local device with all of its long-term and session state.
@@ -225,6 +227,7 @@ impl Device {
             confirmed: active.is_confirmed(),
             archived: record.archived_len(),
             skipped_keys: active.skipped_len(),
+            receiver_chains: active.receiver_chains(),
         })
     }
 

@@ -41,6 +41,7 @@ pub mod consts;
 mod crypto;
 mod device;
 pub mod error;
+pub mod hazmat;
 mod keys;
 mod prekeys;
 mod serde_util;

@@ -164,6 +164,11 @@ impl Session {
         self.pending_prekey.is_none()
     }
 
+    /// Number of receiving chains held.
+    pub(crate) fn receiver_chains(&self) -> usize {
+        self.receiving.len()
+    }
+
     /// Number of skipped message keys held.
     pub(crate) fn skipped_len(&self) -> usize {
         self.skipped.len()
