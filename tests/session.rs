@@ -145,7 +145,10 @@ fn forward_jump_at_limit_is_accepted_and_at_limit_plus_one_rejected() {
         (0..=limit + 1).map(|i| alice.encrypt(&mut rng, bob.address(), &msg(i)).unwrap()).collect();
     // Counter limit+1 would skip limit+1 keys.
     let error = rejected(&mut bob, &wires[limit + 1], T0);
-    assert_eq!(error, SessionError::TooFarAhead { jump: limit as u64 + 1, limit: limit as u32 });
+    assert_eq!(
+        error,
+        SessionError::TooFarAhead { jump: limit as u64 + 1, limit: DEFAULT_MAX_FORWARD_JUMP }
+    );
     // Counter `limit` skips exactly `limit` keys.
     recv(&mut bob, &wires[limit], &msg(limit));
     assert_eq!(bob.session_info(alice.address()).unwrap().skipped_keys, limit);
