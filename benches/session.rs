@@ -1,5 +1,5 @@
 //! Pairwise session costs, each beside the raw primitive work it cannot avoid.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
     let payload = vec![0x5au8; 1024];
     let mut group = c.benchmark_group("session");
 
-    let (mut alice, mut bob) = established(&mut rng);
+    let (mut alice, bob) = established(&mut rng);
     group.bench_function("encrypt_1KiB", |b| {
         b.iter(|| black_box(alice.encrypt(&mut rng, bob.address(), &payload).unwrap()))
     });
