@@ -20,6 +20,12 @@ use crate::error::{KeyError, SignatureKind};
 pub(crate) mod label {
     pub(crate) const SIG_IDENTITY_AGREEMENT: &[u8] = b"multidevice/v1/sig/identity-agreement-key";
     pub(crate) const SIG_SIGNED_PREKEY: &[u8] = b"multidevice/v1/sig/signed-prekey";
+    pub(crate) const SIG_ACCOUNT: &[u8] = b"multidevice/v1/sig/account-signature";
+    pub(crate) const SIG_DEVICE: &[u8] = b"multidevice/v1/sig/device-signature";
+    pub(crate) const SIG_DEVICE_LIST: &[u8] = b"multidevice/v1/sig/device-list";
+    pub(crate) const SIG_LOGOUT: &[u8] = b"multidevice/v1/sig/logout-request";
+    pub(crate) const HASH_DEVICE_LIST: &[u8] = b"multidevice/v1/hash/device-list";
+    pub(crate) const HASH_SECURITY_CODE: &[u8] = b"multidevice/v1/hash/security-code";
     pub(crate) const KDF_X3DH: &[u8] = b"multidevice/v1/kdf/x3dh";
     pub(crate) const KDF_ROOT: &[u8] = b"multidevice/v1/kdf/root";
     pub(crate) const HASH_AD: &[u8] = b"multidevice/v1/hash/associated-data";

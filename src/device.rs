@@ -11,6 +11,7 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::account::{KnownAccounts, Role};
 use crate::consts::{DEFAULT_MAX_FORWARD_JUMP, MAX_FORWARD_JUMP_CEILING, MAX_MESSAGE_PLAINTEXT};
 use crate::crypto;
 use crate::error::{DecodeError, SessionError};
@@ -86,11 +87,15 @@ pub struct SessionInfo {
 pub struct Device {
     #[serde(deserialize_with = "check_format")]
     format: u16,
-    address: DeviceAddress,
-    identity: IdentityKeyPair,
+    pub(crate) address: DeviceAddress,
+    pub(crate) identity: IdentityKeyPair,
     prekeys: PrekeyStore,
-    sessions: BTreeMap<DeviceAddress, SessionRecord>,
+    pub(crate) sessions: BTreeMap<DeviceAddress, SessionRecord>,
     max_forward_jump: u32,
+    pub(crate) role: Role,
+    pub(crate) accounts: KnownAccounts,
+    /// The highest time the app has passed in: winding the clock back cannot undo a sign-out.
+    pub(crate) clock: Timestamp,
 }
 
 fn check_format<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
@@ -114,12 +119,14 @@ impl core::fmt::Debug for Device {
 
 impl Device {
     /// Creates a device with fresh identity keys and a first signed prekey.
+    ///
+    /// Device id 0 makes the account's primary, whose identity is the account identity. Any
+    /// other id makes a companion waiting to be linked; linking assigns its final address.
     pub fn new(
         rng: &mut (impl CryptoRng + ?Sized),
         address: DeviceAddress,
         now: Timestamp,
     ) -> Self {
-        let _ = now;
         let identity = IdentityKeyPair::generate(rng);
         let prekeys = PrekeyStore::new(rng, &identity);
         Self {
@@ -129,6 +136,9 @@ impl Device {
             prekeys,
             sessions: BTreeMap::new(),
             max_forward_jump: DEFAULT_MAX_FORWARD_JUMP,
+            role: Role::for_address(address),
+            accounts: KnownAccounts::new(),
+            clock: now,
         }
     }
 
@@ -254,6 +264,7 @@ impl Device {
         if plaintext.len() > MAX_MESSAGE_PLAINTEXT {
             return Err(SessionError::PlaintextTooLarge(plaintext.len()));
         }
+        self.ensure_active(self.clock)?;
         let session = self
             .sessions
             .get_mut(&remote)
@@ -268,6 +279,7 @@ impl Device {
     /// one-time prekey it names only when it decrypts.
     pub fn decrypt(&mut self, bytes: &[u8], now: Timestamp) -> Result<Decrypted, SessionError> {
         let message = SessionMessage::try_from(bytes)?;
+        self.ensure_active(now)?;
         if message.recipient != self.address {
             return Err(SessionError::WrongRecipient { addressed_to: message.recipient });
         }
@@ -278,7 +290,9 @@ impl Device {
         if let Some(record) = self.sessions.get_mut(&sender)
             && let Some(index) = record.find(&message.header.session_id)
         {
-            return decrypt_existing(record, index, &message, self.max_forward_jump);
+            let decrypted = decrypt_existing(record, index, &message, self.max_forward_jump)?;
+            self.advance_clock(now);
+            return Ok(decrypted);
         }
         let Some(fields) = &message.prekey else {
             return Err(match self.sessions.contains_key(&sender) {
@@ -327,6 +341,7 @@ impl Device {
                 self.sessions.insert(sender, SessionRecord::new(identity, session));
             }
         }
+        self.advance_clock(now);
         Ok(Decrypted { sender, sender_fingerprint, new_session: true, plaintext })
     }
 

@@ -3,7 +3,7 @@
 //! Every variant names the exact violation. Callers can tell "drop this message"
 //! ([`SessionError::is_drop`]) from "ask the user" (identity changes) from "fetch fresh keys".
 
-use crate::keys::DeviceAddress;
+use crate::keys::{AccountId, DeviceAddress, DeviceId};
 
 /// A wire message or persisted blob could not be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +129,10 @@ pub enum SessionError {
     /// A configuration value is outside its allowed range.
     #[error("configuration value out of range")]
     InvalidConfig,
+    /// This companion is signed out: its primary has been inactive for more than 14 days, or it
+    /// was removed. Only a fresh device list from the primary brings it back.
+    #[error("this device is signed out")]
+    SignedOut,
     /// The device already holds the maximum number of one-time prekeys.
     #[error("one-time prekey limit of {limit} reached")]
     TooManyOneTimePrekeys {
@@ -152,4 +156,82 @@ impl SessionError {
                 | Self::Key(KeyError::NonContributoryKey)
         )
     }
+}
+
+/// Processing, verifying or changing a device list failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceListError {
+    /// The list or request could not be parsed.
+    #[error("malformed device list: {0}")]
+    Decode(#[from] DecodeError),
+    /// A signature in the list did not verify.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The list names more than [`crate::consts::MAX_COMPANIONS`] companions.
+    #[error("{got} companions exceed the limit")]
+    TooManyCompanions {
+        /// Companions named.
+        got: usize,
+    },
+    /// The first entry is not the primary with the account identity.
+    #[error("the list does not start with the account's primary")]
+    MissingPrimary,
+    /// Entries are not in strictly increasing device order.
+    #[error("device list entries are not sorted and unique")]
+    UnsortedEntries,
+    /// A companion's entry does not match its signed device identity.
+    #[error("entry for device {device:?} does not match its signed identity")]
+    EntryMismatch {
+        /// The device whose entry mismatched.
+        device: DeviceId,
+    },
+    /// The list is older than one already seen for this account: refuse it.
+    #[error("rollback: saw version {seen}, got {got}")]
+    RollbackRejected {
+        /// Highest version seen.
+        seen: u64,
+        /// Version offered.
+        got: u64,
+    },
+    /// Two different lists were signed with the same version, or a successor does not chain to
+    /// its predecessor: the primary's key is misused or the server equivocates.
+    #[error("equivocation at version {version}")]
+    Equivocation {
+        /// The version in conflict.
+        version: u64,
+    },
+    /// The account identity differs from the accepted one. Ask the user; nothing is sent to the
+    /// account until the app calls [`crate::Device::accept_identity_change`].
+    #[error("account {account:?} changed its identity")]
+    IdentityChanged {
+        /// The account.
+        account: AccountId,
+    },
+    /// The operation needs the account's primary device.
+    #[error("only the primary can do this")]
+    NotPrimary,
+    /// The operation needs a linked companion.
+    #[error("this device is not a linked companion")]
+    NotCompanion,
+    /// The account already has [`crate::consts::MAX_COMPANIONS`] companions.
+    #[error("the account already has {limit} companions")]
+    CompanionLimit {
+        /// The limit.
+        limit: usize,
+    },
+    /// The device is not a companion of this account.
+    #[error("device {0:?} is not a companion of this account")]
+    UnknownCompanion(DeviceId),
+    /// The signed object belongs to another account.
+    #[error("object belongs to account {got:?}, expected {expected:?}")]
+    WrongAccount {
+        /// The account expected.
+        expected: AccountId,
+        /// The account found.
+        got: AccountId,
+    },
+    /// This companion is signed out.
+    #[error("this device is signed out")]
+    SignedOut,
 }

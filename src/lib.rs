@@ -37,21 +37,30 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod account;
 pub mod consts;
 mod crypto;
 mod device;
+mod device_list;
 pub mod error;
 pub mod hazmat;
 mod keys;
 mod prekeys;
+mod security_code;
 mod serde_util;
 mod session;
 mod wire;
 
+pub use account::{AccountStatus, CompanionApproval, ListUpdate};
 pub use device::{Decrypted, Device, SessionInfo};
-pub use error::{DecodeError, KeyError, SessionError, SignatureKind};
+pub use device_list::{
+    AuthorizedDevice, DeviceListEntry, LinkingMetadata, LogoutRequest, SignedDeviceIdentity,
+    SignedDeviceList, VerifiedDeviceList,
+};
+pub use error::{DecodeError, DeviceListError, KeyError, SessionError, SignatureKind};
 pub use keys::{AccountId, DeviceAddress, DeviceId, Fingerprint, PublicIdentity, Timestamp};
 pub use prekeys::{
     OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic, VerifiedPrekeyBundle,
 };
+pub use security_code::SecurityCode;
 pub use session::SessionMessage;
