@@ -261,10 +261,20 @@ impl Device {
         remote: DeviceAddress,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, SessionError> {
+        self.ensure_active(self.clock)?;
+        self.encrypt_unchecked(rng, remote, plaintext)
+    }
+
+    /// Encrypts on the active session without the sign-out check (the caller made it).
+    pub(crate) fn encrypt_unchecked(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        remote: DeviceAddress,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SessionError> {
         if plaintext.len() > MAX_MESSAGE_PLAINTEXT {
             return Err(SessionError::PlaintextTooLarge(plaintext.len()));
         }
-        self.ensure_active(self.clock)?;
         let session = self
             .sessions
             .get_mut(&remote)
@@ -278,32 +288,59 @@ impl Device {
     /// On any error the device is unchanged. A message that starts a session consumes the
     /// one-time prekey it names only when it decrypts.
     pub fn decrypt(&mut self, bytes: &[u8], now: Timestamp) -> Result<Decrypted, SessionError> {
-        let message = SessionMessage::try_from(bytes)?;
+        self.decrypt_with(bytes, now, |_| Ok::<(), SessionError>(()))
+            .map(|(decrypted, ())| decrypted)
+    }
+
+    /// Decrypts, then lets `accept` inspect the authenticated result before anything is
+    /// committed: if `accept` fails, the device stays byte-identical. Every decryption in the
+    /// crate goes through here.
+    pub(crate) fn decrypt_with<T, E: From<SessionError>>(
+        &mut self,
+        bytes: &[u8],
+        now: Timestamp,
+        accept: impl FnOnce(&Decrypted) -> Result<T, E>,
+    ) -> Result<(Decrypted, T), E> {
+        let message = SessionMessage::try_from(bytes).map_err(SessionError::from)?;
         self.ensure_active(now)?;
         if message.recipient != self.address {
-            return Err(SessionError::WrongRecipient { addressed_to: message.recipient });
+            return Err(SessionError::WrongRecipient { addressed_to: message.recipient }.into());
         }
         if message.sender == self.address {
-            return Err(SessionError::SelfSession);
+            return Err(SessionError::SelfSession.into());
         }
         let sender = message.sender;
+        let max_jump = self.max_forward_jump;
         if let Some(record) = self.sessions.get_mut(&sender)
             && let Some(index) = record.find(&message.header.session_id)
         {
-            let decrypted = decrypt_existing(record, index, &message, self.max_forward_jump)?;
+            let session = record.get(index).ok_or(SessionError::UnknownSession(sender))?;
+            let (plaintext, commit) = open_message(session, &message, max_jump)?;
+            let decrypted = Decrypted {
+                sender,
+                sender_fingerprint: session.remote_fingerprint,
+                new_session: false,
+                plaintext,
+            };
+            let accepted = accept(&decrypted)?;
+            if let Some(session) = record.get_mut(index) {
+                session.apply(commit);
+            }
+            record.promote(index);
             self.advance_clock(now);
-            return Ok(decrypted);
+            return Ok((decrypted, accepted));
         }
         let Some(fields) = &message.prekey else {
             return Err(match self.sessions.contains_key(&sender) {
                 true => SessionError::UnknownSession(sender),
                 false => SessionError::NoSession(sender),
-            });
+            }
+            .into());
         };
         if let Some(record) = self.sessions.get(&sender)
             && record.remote_identity != fields.sender_identity
         {
-            return Err(SessionError::IdentityMismatch(sender));
+            return Err(SessionError::IdentityMismatch(sender).into());
         }
         let signed_prekey = self
             .prekeys
@@ -323,18 +360,20 @@ impl Device {
             signed_prekey,
             one_time_prekey,
         )?;
-        let plaintext = open_message(&session, &message, self.max_forward_jump).map(
-            |(plaintext, commit)| {
-                session.apply(commit);
-                plaintext
-            },
-        )?;
-        // Authenticated: commit.
+        let (plaintext, commit) = open_message(&session, &message, max_jump)?;
+        let identity = fields.sender_identity.clone();
+        let decrypted = Decrypted {
+            sender,
+            sender_fingerprint: identity.fingerprint(),
+            new_session: true,
+            plaintext,
+        };
+        let accepted = accept(&decrypted)?;
+        // Authenticated and accepted: commit.
+        session.apply(commit);
         if let Some(id) = fields.one_time_prekey_id {
             self.prekeys.consume_one_time(id);
         }
-        let identity = fields.sender_identity.clone();
-        let sender_fingerprint = identity.fingerprint();
         match self.sessions.get_mut(&sender) {
             Some(record) => record.insert_received(identity, session),
             None => {
@@ -342,7 +381,7 @@ impl Device {
             }
         }
         self.advance_clock(now);
-        Ok(Decrypted { sender, sender_fingerprint, new_session: true, plaintext })
+        Ok((decrypted, accepted))
     }
 
     /// Serializes the whole device state, secrets included, in a compact versioned binary form.
@@ -418,20 +457,4 @@ fn open_message(
     )
     .map_err(|_| SessionError::AuthenticationFailed)?;
     Ok((plaintext, commit))
-}
-
-fn decrypt_existing(
-    record: &mut SessionRecord,
-    index: usize,
-    message: &SessionMessage<'_>,
-    max_jump: u32,
-) -> Result<Decrypted, SessionError> {
-    let session = record.get(index).ok_or(SessionError::UnknownSession(message.sender))?;
-    let (plaintext, commit) = open_message(session, message, max_jump)?;
-    let sender_fingerprint = session.remote_fingerprint;
-    if let Some(session) = record.get_mut(index) {
-        session.apply(commit);
-    }
-    record.promote(index);
-    Ok(Decrypted { sender: message.sender, sender_fingerprint, new_session: false, plaintext })
 }

@@ -235,3 +235,49 @@ pub enum DeviceListError {
     #[error("this device is signed out")]
     SignedOut,
 }
+
+/// A fan-out could not be encrypted or an envelope could not be accepted.
+///
+/// On every error the device is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FanoutError {
+    /// The underlying session operation failed.
+    #[error(transparent)]
+    Session(SessionError),
+    /// The envelope's inner content could not be parsed.
+    #[error("malformed envelope content: {0}")]
+    Decode(#[from] DecodeError),
+    /// No verified device list is held for the account: fetch and process it, then retry.
+    #[error("no device list held for account {0:?}")]
+    UnknownAccount(AccountId),
+    /// The account changed its identity; the app must accept the change first.
+    #[error("account {0:?} has an unaccepted identity change")]
+    IdentityChangePending(AccountId),
+    /// The sender is not authorized by the newest list held for its account.
+    #[error("sender {0} is not in its account's verified device list")]
+    UnauthorizedSender(DeviceAddress),
+    /// The sender announced a newer list that may authorize it: fetch it, then retry.
+    #[error("account {account:?} has a newer device list (version {version})")]
+    RefreshSenderList {
+        /// The sender's account.
+        account: AccountId,
+        /// The version it announced.
+        version: u64,
+    },
+    /// A device of another account claimed to send a copy of this account's own message.
+    #[error("{0} sent an own-device copy but is not in this account")]
+    ForeignOwnCopy(DeviceAddress),
+    /// The envelope refers to a shared body that was not supplied.
+    #[error("the message body is missing")]
+    BodyMissing,
+    /// The supplied body does not match the digest in the envelope.
+    #[error("the message body does not match its digest")]
+    BodyDigestMismatch,
+    /// The body failed authentication.
+    #[error("the message body failed authentication")]
+    BodyAuthentication,
+    /// The payload exceeds the fan-out limit.
+    #[error("payload of {0} bytes is too large")]
+    PayloadTooLarge(usize),
+}

@@ -43,6 +43,7 @@ mod crypto;
 mod device;
 mod device_list;
 pub mod error;
+mod fanout;
 pub mod hazmat;
 mod keys;
 mod prekeys;
@@ -57,7 +58,11 @@ pub use device_list::{
     AuthorizedDevice, DeviceListEntry, LinkingMetadata, LogoutRequest, SignedDeviceIdentity,
     SignedDeviceList, VerifiedDeviceList,
 };
-pub use error::{DecodeError, DeviceListError, KeyError, SessionError, SignatureKind};
+pub use error::{DecodeError, DeviceListError, FanoutError, KeyError, SessionError, SignatureKind};
+pub use fanout::{
+    Conversation, Envelope, FanoutMessage, FanoutSkip, INLINE_THRESHOLD, MAX_FANOUT_PAYLOAD,
+    ReceivedMessage,
+};
 pub use keys::{AccountId, DeviceAddress, DeviceId, Fingerprint, PublicIdentity, Timestamp};
 pub use prekeys::{
     OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic, VerifiedPrekeyBundle,
