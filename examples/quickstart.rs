@@ -1,8 +1,11 @@
-//! A tour of multidevice: two devices set up a session and exchange messages out of order.
+//! A tour of multidevice: two devices set up a session and exchange messages out of order; then
+//! an account with a primary and four companions, a refused fifth, a removal, a fan-out that
+//! reaches every device while the primary is offline, and a companion signed out after 15 days.
 //!
 //! Run with `cargo run --release --example quickstart`.
 
-use multidevice::{AccountId, Device, DeviceAddress, DeviceId, Timestamp};
+use multidevice::consts::DAY_SECS;
+use multidevice::{AccountId, AccountStatus, Device, DeviceAddress, DeviceId, Timestamp};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -61,5 +64,87 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut alice = Device::from_bytes(&saved)?;
     let message = alice.encrypt(&mut rng, bob.address(), b"still here after a restart")?;
     println!("Bob got: {:?}", String::from_utf8_lossy(&bob.decrypt(&message, now)?.plaintext));
+
+    accounts_tour(&mut rng, now)
+}
+
+/// Carol's account: a primary phone and companions, seen by Dave's account.
+fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\n== Carol's phone (the primary) links four companions");
+    let mut carol = Device::new(rng, DeviceAddress::new(AccountId(3), DeviceId::PRIMARY), now);
+    let mut companions = Vec::new();
+    let mut list = carol.refresh_device_list(now)?;
+    for name in ["laptop", "tablet", "browser", "work phone"] {
+        let mut companion = Device::new(rng, DeviceAddress::new(AccountId(3), DeviceId(99)), now);
+        let approval = carol.approve_companion(companion.public_identity(), now)?;
+        let signed = companion.countersign_approval(&approval)?;
+        list = carol.add_companion(&signed, now)?;
+        println!(
+            "Linked Carol's {name} as device {}; list version {}.",
+            companion.address(),
+            list.version()
+        );
+        companions.push((name, companion));
+    }
+    let fifth = Device::new(rng, DeviceAddress::new(AccountId(3), DeviceId(99)), now);
+    match carol.approve_companion(fifth.public_identity(), now) {
+        Err(error) => println!("A fifth companion is refused before anything is signed: {error}."),
+        Ok(_) => println!("unexpected: fifth companion approved"),
+    }
+
+    println!("\n== Carol removes her work phone");
+    let (_, work_phone) = companions.pop().ok_or("no companion")?;
+    list = carol.remove_companion(work_phone.address().device, now)?;
+    println!("New list version {} names {} devices.", list.version(), 1 + companions.len());
+
+    println!("\n== Dave's account learns Carol's list and sends one message to all of it");
+    let mut dave = Device::new(rng, DeviceAddress::new(AccountId(4), DeviceId::PRIMARY), now);
+    let dave_list = dave.refresh_device_list(now)?;
+    let verified = dave.process_device_list(&list.to_bytes(), now)?.list;
+    println!("Dave verified Carol's list: {} authorized devices.", verified.devices().len());
+    let mut bundles = Vec::new();
+    for device in std::iter::once(&mut carol).chain(companions.iter_mut().map(|(_, d)| d)) {
+        device.process_device_list(&list.to_bytes(), now)?;
+        device.process_device_list(&dave_list.to_bytes(), now)?;
+        device.generate_one_time_prekeys(rng, 5)?;
+        bundles.push(device.prekey_upload().bundle(Some(0)));
+    }
+    println!("Carol's phone goes offline now; her companions keep working.");
+    let fanout = dave.encrypt_fanout(rng, AccountId(3), &bundles, b"dinner on Friday?", now)?;
+    println!(
+        "One call made {} envelopes; skipped: {}.",
+        fanout.envelopes.len(),
+        fanout.skipped.len()
+    );
+    for (name, companion) in &mut companions {
+        let envelope = fanout
+            .envelopes
+            .iter()
+            .find(|e| e.recipient == companion.address())
+            .ok_or("no envelope")?;
+        let got = companion.decrypt_fanout(&envelope.bytes, fanout.body.as_deref(), now)?;
+        println!(
+            "Carol's {name} reads {:?} from {}.",
+            String::from_utf8_lossy(&got.payload),
+            got.sender
+        );
+    }
+    println!(
+        "Security code for Dave and Carol: {}",
+        dave.security_code(AccountId(3)).ok_or("no code")?
+    );
+
+    println!("\n== Carol's phone stays unused for 15 days");
+    let (name, laptop) = companions.first_mut().ok_or("no companion")?;
+    let day13 = now.plus_secs(13 * DAY_SECS);
+    let day15 = now.plus_secs(15 * DAY_SECS);
+    println!("Day 13: Carol's {name} is {:?}.", laptop.account_status(day13));
+    println!("Day 15: Carol's {name} is {:?}.", laptop.account_status(day15));
+    println!("Clock wound back to day 1: still {:?}.", laptop.account_status(now));
+    let fresh = carol.refresh_device_list(day15)?;
+    laptop.process_device_list(&fresh.to_bytes(), day15)?;
+    let status = laptop.account_status(day15);
+    println!("Carol opens her phone; a fresh list arrives: {:?}.", status);
+    assert_eq!(status, AccountStatus::Active);
     Ok(())
 }
