@@ -73,7 +73,9 @@ fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::er
     println!("\n== Carol's phone (the primary) links four companions");
     let mut carol = Device::new(rng, DeviceAddress::new(AccountId(3), DeviceId::PRIMARY), now);
     let mut companions = Vec::new();
-    let mut list = carol.refresh_device_list(now)?;
+    let first = carol.refresh_device_list(now)?;
+    println!("Carol's phone signs list version {} naming itself.", first.version());
+    let mut list = first;
     for name in ["laptop", "tablet", "browser", "work phone"] {
         let mut companion = Device::new(rng, DeviceAddress::new(AccountId(3), DeviceId(99)), now);
         let approval = carol.approve_companion(companion.public_identity(), now)?;
