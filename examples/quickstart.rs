@@ -75,12 +75,11 @@ fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::er
     let mut companions = Vec::new();
     let first = carol.refresh_device_list(now)?;
     println!("Carol's phone signs list version {} naming itself.", first.version());
-    let mut list = first;
     for name in ["laptop", "tablet", "browser", "work phone"] {
         let mut companion = Device::new(rng, DeviceAddress::new(AccountId(3), DeviceId(99)), now);
         let approval = carol.approve_companion(companion.public_identity(), now)?;
         let signed = companion.countersign_approval(&approval)?;
-        list = carol.add_companion(&signed, now)?;
+        let list = carol.add_companion(&signed, now)?;
         println!(
             "Linked Carol's {name} as device {}; list version {}.",
             companion.address(),
@@ -96,7 +95,7 @@ fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::er
 
     println!("\n== Carol removes her work phone");
     let (_, work_phone) = companions.pop().ok_or("no companion")?;
-    list = carol.remove_companion(work_phone.address().device, now)?;
+    let list = carol.remove_companion(work_phone.address().device, now)?;
     println!("New list version {} names {} devices.", list.version(), 1 + companions.len());
 
     println!("\n== Dave's account learns Carol's list and sends one message to all of it");
