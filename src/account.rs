@@ -18,6 +18,10 @@ use crate::device_list::{
 use crate::error::{DeviceListError, SessionError};
 use crate::keys::{AccountId, DeviceAddress, DeviceId, PublicIdentity, Timestamp};
 
+/// Approved offer references a primary remembers; an offer older than this many approvals has
+/// long expired (offers live 60 s).
+const USED_LINK_REFERENCES: usize = 64;
+
 /// What a device is within its account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Role {
@@ -30,6 +34,8 @@ pub(crate) enum Role {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PrimaryState {
     companions: Vec<SignedDeviceIdentity>,
+    /// References of link offers already approved, newest last; offers are single use.
+    used_link_references: std::collections::VecDeque<[u8; 16]>,
     next_device: u32,
     next_key_index: u32,
 }
@@ -48,6 +54,7 @@ impl Role {
         if address.device.is_primary() {
             Role::Primary(PrimaryState {
                 companions: Vec::new(),
+                used_link_references: std::collections::VecDeque::new(),
                 next_device: 1,
                 next_key_index: 1,
             })
@@ -287,6 +294,24 @@ impl Device {
         match &mut self.role {
             Role::Primary(state) => Ok(state),
             Role::Companion(_) => Err(DeviceListError::NotPrimary),
+        }
+    }
+
+    /// True if a link offer with this reference was already approved.
+    pub(crate) fn link_reference_used(&self, reference: &[u8; 16]) -> bool {
+        match &self.role {
+            Role::Primary(state) => state.used_link_references.contains(reference),
+            Role::Companion(_) => false,
+        }
+    }
+
+    /// Remembers an approved offer, keeping the newest [`USED_LINK_REFERENCES`].
+    pub(crate) fn record_link_reference(&mut self, reference: [u8; 16]) {
+        if let Role::Primary(state) = &mut self.role {
+            state.used_link_references.push_back(reference);
+            while state.used_link_references.len() > USED_LINK_REFERENCES {
+                state.used_link_references.pop_front();
+            }
         }
     }
 

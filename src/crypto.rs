@@ -26,6 +26,16 @@ pub(crate) mod label {
     pub(crate) const SIG_LOGOUT: &[u8] = b"multidevice/v1/sig/logout-request";
     pub(crate) const HASH_DEVICE_LIST: &[u8] = b"multidevice/v1/hash/device-list";
     pub(crate) const HASH_SECURITY_CODE: &[u8] = b"multidevice/v1/hash/security-code";
+    pub(crate) const MAC_LINK_APPROVAL: &[u8] = b"multidevice/v1/mac/link-approval";
+    pub(crate) const MAC_LINK_CONFIRMATION: &[u8] = b"multidevice/v1/mac/link-confirmation";
+    pub(crate) const MAC_PAIRING_CONFIRM_INITIATOR: &[u8] =
+        b"multidevice/v1/mac/pairing-confirm-initiator";
+    pub(crate) const MAC_PAIRING_CONFIRM_RESPONDER: &[u8] =
+        b"multidevice/v1/mac/pairing-confirm-responder";
+    pub(crate) const KDF_PAIRING: &[u8] = b"multidevice/v1/kdf/pairing";
+    pub(crate) const CPACE_CHANNEL: &[u8] = b"multidevice/v1/cpace/pairing";
+    pub(crate) const HASH_QR_CHECKSUM: &[u8] = b"multidevice/v1/hash/qr-checksum";
+    pub(crate) const HASH_PAIRING_TRANSCRIPT: &[u8] = b"multidevice/v1/hash/pairing-transcript";
     pub(crate) const KDF_X3DH: &[u8] = b"multidevice/v1/kdf/x3dh";
     pub(crate) const KDF_ROOT: &[u8] = b"multidevice/v1/kdf/root";
     pub(crate) const HASH_AD: &[u8] = b"multidevice/v1/hash/associated-data";
@@ -167,10 +177,10 @@ pub(crate) fn hash(label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 /// HKDF-SHA256 with the given salt, input key material and info, filling `out`.
 pub(crate) fn hkdf(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
     let hk = hkdf::Hkdf::<Sha256>::new(Some(salt), ikm);
-    // `out` is at most 64 bytes everywhere in this crate, far below HKDF's 255 * 32 limit.
+    // `out` is at most 96 bytes everywhere in this crate, far below HKDF's 255 * 32 limit.
     #[allow(clippy::expect_used)]
     hk.expand_multi_info(info, out)
-        .expect("HKDF output lengths in this crate are at most 64 bytes");
+        .expect("HKDF output lengths in this crate are at most 96 bytes");
 }
 
 /// One step of a symmetric chain: `(message_key, next_chain_key)`, each an HMAC-SHA256 of the
@@ -186,6 +196,17 @@ fn hmac_keyed(key: &[u8; 32]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length, so this cannot fail.
     #[allow(clippy::expect_used)]
     <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+/// HMAC-SHA256 under `key` over `label || 0x00 || parts...`.
+pub(crate) fn mac(key: &[u8; 32], label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = hmac_keyed(key);
+    mac.update(label);
+    mac.update(&[0]);
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
 }
 
 /// AES-256-GCM tag length.

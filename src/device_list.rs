@@ -41,7 +41,7 @@ pub struct LinkingMetadata {
 impl LinkingMetadata {
     const LEN: usize = 8 + 4 + 4 + 8;
 
-    fn to_bytes(self) -> Vec<u8> {
+    pub(crate) fn to_bytes(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::LEN);
         out.extend_from_slice(&self.account.0.to_be_bytes());
         out.extend_from_slice(&self.device.0.to_be_bytes());
@@ -50,7 +50,7 @@ impl LinkingMetadata {
         out
     }
 
-    fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
             account: AccountId(reader.u64()?),
             device: DeviceId(reader.u32()?),

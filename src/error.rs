@@ -281,3 +281,56 @@ pub enum FanoutError {
     #[error("payload of {0} bytes is too large")]
     PayloadTooLarge(usize),
 }
+
+/// Linking a companion failed. Every rejection leaves both devices unchanged, except that a
+/// failed pairing-code confirmation aborts that attempt, as it must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// A linking message could not be parsed.
+    #[error("malformed linking message: {0}")]
+    Decode(#[from] DecodeError),
+    /// A signature check failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Authorizing or adding the companion failed (for example a fifth companion).
+    #[error(transparent)]
+    DeviceList(#[from] DeviceListError),
+    /// The QR text does not start with the expected URI prefix and version.
+    #[error("not a multidevice link code")]
+    BadPrefix,
+    /// The QR text is not valid base32.
+    #[error("invalid characters in the link code")]
+    BadEncoding,
+    /// The QR text's checksum does not match (a misread code).
+    #[error("link code checksum mismatch")]
+    BadChecksum,
+    /// The offer or code has expired, or claims an expiry further out than its lifetime.
+    #[error("the offer or code has expired")]
+    Expired,
+    /// This offer was already approved once; offers are single use.
+    #[error("the offer was already used")]
+    OfferReused,
+    /// The MAC under the link secret did not verify: the message was modified or forged.
+    #[error("link MAC mismatch")]
+    MacMismatch,
+    /// The message belongs to another linking attempt.
+    #[error("message for another linking attempt")]
+    WrongAttempt,
+    /// The pairing-code key confirmation failed: a wrong code, or a relay in the middle. The
+    /// attempt is aborted; start a new one with a new code.
+    #[error("key confirmation failed; the pairing attempt is aborted")]
+    ConfirmationFailed,
+    /// The attempt was aborted earlier or has already completed.
+    #[error("the linking attempt is no longer active")]
+    NotActive,
+    /// A PAKE share was invalid.
+    #[error("invalid PAKE share")]
+    InvalidShare,
+    /// The approval names an account identity other than the authenticated primary's.
+    #[error("approval from an unexpected account identity")]
+    UnexpectedAccountIdentity,
+    /// The confirmation does not match what was approved.
+    #[error("confirmation does not match the approval")]
+    ConfirmationMismatch,
+}

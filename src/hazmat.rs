@@ -3,6 +3,9 @@
 
 use ed25519_dalek::VerifyingKey;
 
+/// CPace over ristretto255 (draft-irtf-cfrg-cpace), exposed for its known-answer tests.
+pub use crate::linking::cpace;
+
 /// Checks a raw Ed25519 signature with the same strict verification every signature in the crate
 /// goes through (`verify_strict`: canonical encodings, no small-order keys, no malleability).
 ///

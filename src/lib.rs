@@ -46,6 +46,7 @@ pub mod error;
 mod fanout;
 pub mod hazmat;
 mod keys;
+mod linking;
 mod prekeys;
 mod security_code;
 mod serde_util;
@@ -58,12 +59,19 @@ pub use device_list::{
     AuthorizedDevice, DeviceListEntry, LinkingMetadata, LogoutRequest, SignedDeviceIdentity,
     SignedDeviceList, VerifiedDeviceList,
 };
-pub use error::{DecodeError, DeviceListError, FanoutError, KeyError, SessionError, SignatureKind};
+pub use error::{
+    DecodeError, DeviceListError, FanoutError, KeyError, LinkError, SessionError, SignatureKind,
+};
 pub use fanout::{
     Conversation, Envelope, FanoutMessage, FanoutSkip, INLINE_THRESHOLD, MAX_FANOUT_PAYLOAD,
     ReceivedMessage,
 };
 pub use keys::{AccountId, DeviceAddress, DeviceId, Fingerprint, PublicIdentity, Timestamp};
+pub use linking::pairing::{CompanionPairing, PrimaryPairing};
+pub use linking::pairing_code::{PAIRING_CODE_LEN, PairingCode, PairingCodeError};
+pub use linking::qr::{QR_PREFIX, QrLinkApproval, QrLinkOffer};
+#[cfg(feature = "qr")]
+pub use linking::render::{QrPixels, render_pixels, render_terminal};
 pub use prekeys::{
     OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic, VerifiedPrekeyBundle,
 };

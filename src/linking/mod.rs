@@ -1,0 +1,137 @@
+//! Linking a companion to an account, over an untrusted relay.
+//!
+//! Two ways to agree on a one-time link secret: a QR code the companion shows and the primary
+//! scans ([`qr`]), or an 8-character code typed on one device and run through CPace
+//! ([`pairing`]). After that both flows are the same two messages: the primary's approval
+//! (linking metadata and account signature) and the companion's countersignature, each MAC'ed
+//! under the link secret and checked in constant time before anything else is parsed. The primary
+//! then publishes the new device list. This module never signs anything the primary did not
+//! approve and never adds a companion whose countersignature did not verify.
+
+pub mod cpace;
+pub(crate) mod pairing;
+pub(crate) mod pairing_code;
+pub(crate) mod qr;
+#[cfg(feature = "qr")]
+pub(crate) mod render;
+
+use crate::account::CompanionApproval;
+use crate::crypto::{self, Secret32, label};
+use crate::device::Device;
+use crate::device_list::{LinkingMetadata, SignedDeviceIdentity, SignedDeviceList};
+use crate::error::{DecodeError, LinkError};
+use crate::keys::{PublicIdentity, Timestamp};
+use crate::wire::{self, Reader};
+
+/// Wire type of the primary's approval.
+const APPROVAL_TYPE: u8 = 0x41;
+/// Wire type of the companion's confirmation.
+const CONFIRMATION_TYPE: u8 = 0x42;
+/// Identifies one linking attempt: the QR offer's reference or the pairing session id.
+pub(crate) type Reference = [u8; 16];
+const MAC_LEN: usize = 32;
+
+/// The secret both sides share once the QR was scanned or the PAKE finished.
+pub(crate) struct LinkSecret {
+    pub(crate) reference: Reference,
+    pub(crate) secret: Secret32,
+}
+
+/// Splits `bytes` into body and MAC and checks the MAC in constant time, before any parsing.
+fn check_mac<'a>(
+    secret: &LinkSecret,
+    mac_label: &[u8],
+    bytes: &'a [u8],
+) -> Result<&'a [u8], LinkError> {
+    let body_len = bytes.len().checked_sub(MAC_LEN).ok_or(LinkError::MacMismatch)?;
+    let (body, mac) = bytes.split_at(body_len);
+    let expected = crypto::mac(secret.secret.as_bytes(), mac_label, &[body]);
+    if crypto::ct_eq(&expected, mac) { Ok(body) } else { Err(LinkError::MacMismatch) }
+}
+
+fn seal_mac(secret: &LinkSecret, mac_label: &[u8], mut body: Vec<u8>) -> Vec<u8> {
+    let mac = crypto::mac(secret.secret.as_bytes(), mac_label, &[&body]);
+    body.extend_from_slice(&mac);
+    body
+}
+
+fn expect_header(reader: &mut Reader<'_>, kind: u8) -> Result<(), DecodeError> {
+    reader.version()?;
+    match reader.u8()? {
+        t if t == kind => Ok(()),
+        other => Err(DecodeError::UnknownType(other)),
+    }
+}
+
+/// Primary: approves `companion` and returns the MAC'ed approval message.
+pub(crate) fn approve(
+    primary: &mut Device,
+    secret: &LinkSecret,
+    companion: &PublicIdentity,
+    now: Timestamp,
+) -> Result<(CompanionApproval, Vec<u8>), LinkError> {
+    let approval = primary.approve_companion(companion, now)?;
+    let mut body = vec![wire::VERSION, APPROVAL_TYPE];
+    body.extend_from_slice(&secret.reference);
+    body.extend_from_slice(&approval.metadata.to_bytes());
+    body.extend_from_slice(&approval.account_identity.to_bytes());
+    body.extend_from_slice(&approval.account_signature);
+    Ok((approval.clone(), seal_mac(secret, label::MAC_LINK_APPROVAL, body)))
+}
+
+/// Companion: checks the approval's MAC first, then its content and the account signature, and
+/// countersigns. Returns the MAC'ed confirmation for the primary.
+pub(crate) fn accept_approval(
+    companion: &mut Device,
+    secret: &LinkSecret,
+    expected_account: Option<&PublicIdentity>,
+    bytes: &[u8],
+) -> Result<Vec<u8>, LinkError> {
+    let body = check_mac(secret, label::MAC_LINK_APPROVAL, bytes)?;
+    let mut reader = Reader::new(body);
+    expect_header(&mut reader, APPROVAL_TYPE)?;
+    if reader.array::<16>()? != secret.reference {
+        return Err(LinkError::WrongAttempt);
+    }
+    let metadata = LinkingMetadata::read(&mut reader)?;
+    let account_identity = PublicIdentity::read(&mut reader)?;
+    let account_signature = reader.array()?;
+    reader.finish()?;
+    if let Some(expected) = expected_account
+        && expected != &account_identity
+    {
+        return Err(LinkError::UnexpectedAccountIdentity);
+    }
+    let approval = CompanionApproval { metadata, account_identity, account_signature };
+    let signed = companion.countersign_approval(&approval)?;
+    let mut out = vec![wire::VERSION, CONFIRMATION_TYPE];
+    out.extend_from_slice(&secret.reference);
+    out.extend_from_slice(&signed.to_bytes());
+    Ok(seal_mac(secret, label::MAC_LINK_CONFIRMATION, out))
+}
+
+/// Primary: checks the confirmation's MAC, that it countersigns exactly what was approved, and
+/// adds the companion. Returns the new list to publish.
+pub(crate) fn finish(
+    primary: &mut Device,
+    secret: &LinkSecret,
+    approved: &CompanionApproval,
+    companion: &PublicIdentity,
+    bytes: &[u8],
+    now: Timestamp,
+) -> Result<SignedDeviceList, LinkError> {
+    let body = check_mac(secret, label::MAC_LINK_CONFIRMATION, bytes)?;
+    let mut reader = Reader::new(body);
+    expect_header(&mut reader, CONFIRMATION_TYPE)?;
+    if reader.array::<16>()? != secret.reference {
+        return Err(LinkError::WrongAttempt);
+    }
+    let signed = SignedDeviceIdentity::try_from(reader.rest())?;
+    if signed.metadata != approved.metadata
+        || &signed.identity != companion
+        || signed.account_signature != approved.account_signature
+    {
+        return Err(LinkError::ConfirmationMismatch);
+    }
+    Ok(primary.add_companion(&signed, now)?)
+}

@@ -1,0 +1,321 @@
+//! The pairing-code flow: an 8-character code shown on the companion and typed on the primary,
+//! run through CPace (ristretto255, SHA-512) so a relay that records every byte still cannot test
+//! guesses offline.
+//!
+//! ```text
+//! companion -> primary   hello    = 0x01 0x43 || sid (16) || Ya (32) || companion identity (128)
+//! primary   -> companion response = 0x01 0x44 || sid || Yb (32) || primary identity (128) || confirm_b (32)
+//! companion -> primary   confirm  = 0x01 0x45 || sid || confirm_a (32)
+//! then the approval and confirmation of the QR flow, MAC'ed under the derived link secret.
+//! ```
+//!
+//! CPace inputs: PRS = the code's 8 canonical characters, CI = `"multidevice/v1/cpace/pairing"`,
+//! sid = 16 random bytes from the companion, ADa = companion identity, ADb = primary identity.
+//! `ka || kb || link secret = HKDF(salt = sid, ikm = ISK, info = "multidevice/v1/kdf/pairing")`;
+//! `confirm_x = HMAC(kx, label_x || 0x00 || H("multidevice/v1/hash/pairing-transcript",
+//! hello || response without confirm_b))`. A failed confirmation aborts the attempt on that side.
+
+use rand_core::CryptoRng;
+use zeroize::Zeroizing;
+
+use super::cpace::{CpaceError, CpaceStep};
+use super::pairing_code::PairingCode;
+use super::{LinkSecret, Reference};
+use crate::account::CompanionApproval;
+use crate::consts::PAIRING_CODE_LIFETIME_SECS;
+use crate::crypto::{self, Secret32, label};
+use crate::device::Device;
+use crate::device_list::SignedDeviceList;
+use crate::error::{DecodeError, LinkError};
+use crate::keys::{PublicIdentity, Timestamp};
+use crate::wire::{self, Reader};
+
+const HELLO_TYPE: u8 = 0x43;
+const RESPONSE_TYPE: u8 = 0x44;
+const CONFIRM_TYPE: u8 = 0x45;
+
+struct Keys {
+    initiator: Secret32,
+    responder: Secret32,
+    link: Secret32,
+}
+
+fn derive(isk: &[u8; 64], sid: &Reference) -> Keys {
+    let mut okm = Zeroizing::new([0u8; 96]);
+    crypto::hkdf(sid, isk, &[label::KDF_PAIRING], okm.as_mut_slice());
+    let part = |i: usize| {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(okm.get(i * 32..(i + 1) * 32).unwrap_or(&[0u8; 32]));
+        Secret32::new(key)
+    };
+    Keys { initiator: part(0), responder: part(1), link: part(2) }
+}
+
+fn header(reader: &mut Reader<'_>, kind: u8) -> Result<Reference, DecodeError> {
+    reader.version()?;
+    match reader.u8()? {
+        t if t == kind => Ok(reader.array()?),
+        other => Err(DecodeError::UnknownType(other)),
+    }
+}
+
+fn transcript(hello: &[u8], response: &[u8]) -> [u8; 32] {
+    crypto::hash(label::HASH_PAIRING_TRANSCRIPT, &[hello, response])
+}
+
+fn share_error(_: CpaceError) -> LinkError {
+    LinkError::InvalidShare
+}
+
+// One value per linking attempt: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum CompanionPhase {
+    AwaitingResponse(CpaceStep),
+    Confirmed { secret: LinkSecret, primary: PublicIdentity },
+    Finished,
+}
+
+/// Companion side of a pairing-code link.
+pub struct CompanionPairing {
+    sid: Reference,
+    code: PairingCode,
+    expires: Timestamp,
+    hello: Vec<u8>,
+    identity: PublicIdentity,
+    phase: CompanionPhase,
+}
+
+impl core::fmt::Debug for CompanionPairing {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CompanionPairing").field("expires", &self.expires).finish_non_exhaustive()
+    }
+}
+
+impl CompanionPairing {
+    /// Starts an attempt: a fresh code to display (valid for 180 s) and the hello to send.
+    pub fn start(
+        rng: &mut (impl CryptoRng + ?Sized),
+        companion: &Device,
+        now: Timestamp,
+    ) -> (Self, Vec<u8>) {
+        let code = PairingCode::generate(rng);
+        let mut sid = [0u8; 16];
+        rng.fill_bytes(&mut sid);
+        let identity = companion.public_identity().clone();
+        let identity_bytes = identity.to_bytes();
+        let (step, share) = CpaceStep::start(
+            rng,
+            code.as_password_bytes(),
+            label::CPACE_CHANNEL,
+            &sid,
+            &identity_bytes,
+        );
+        let mut hello = vec![wire::VERSION, HELLO_TYPE];
+        hello.extend_from_slice(&sid);
+        hello.extend_from_slice(&share);
+        hello.extend_from_slice(&identity_bytes);
+        let pairing = Self {
+            sid,
+            code,
+            expires: now.plus_secs(PAIRING_CODE_LIFETIME_SECS),
+            hello: hello.clone(),
+            identity,
+            phase: CompanionPhase::AwaitingResponse(step),
+        };
+        (pairing, hello)
+    }
+
+    /// The code to show the user.
+    pub fn code(&self) -> &PairingCode {
+        &self.code
+    }
+
+    /// When the code stops working.
+    pub fn expires(&self) -> Timestamp {
+        self.expires
+    }
+
+    /// Handles the primary's response: finishes CPace and checks the primary's key
+    /// confirmation. A malformed response changes nothing; a failed confirmation (wrong code, or
+    /// a relay in the middle) aborts the attempt. Returns the companion's confirmation.
+    pub fn handle_response(
+        &mut self,
+        response: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, LinkError> {
+        if !matches!(self.phase, CompanionPhase::AwaitingResponse(_)) {
+            return Err(LinkError::NotActive);
+        }
+        if now > self.expires {
+            self.phase = CompanionPhase::Finished;
+            return Err(LinkError::Expired);
+        }
+        let mut reader = Reader::new(response);
+        if header(&mut reader, RESPONSE_TYPE)? != self.sid {
+            return Err(LinkError::WrongAttempt);
+        }
+        let share: [u8; 32] = reader.array()?;
+        let primary = PublicIdentity::read(&mut reader)?;
+        let confirm_b: [u8; 32] = reader.array()?;
+        reader.finish()?;
+        let CompanionPhase::AwaitingResponse(step) =
+            core::mem::replace(&mut self.phase, CompanionPhase::Finished)
+        else {
+            return Err(LinkError::NotActive);
+        };
+        // From here on every failure leaves the attempt aborted.
+        let isk = step.finish_initiator(&share, &primary.to_bytes()).map_err(share_error)?;
+        let keys = derive(isk.as_bytes(), &self.sid);
+        let signed_part = response.get(..response.len() - 32).unwrap_or_default();
+        let th = transcript(&self.hello, signed_part);
+        let expected =
+            crypto::mac(keys.responder.as_bytes(), label::MAC_PAIRING_CONFIRM_RESPONDER, &[&th]);
+        if !crypto::ct_eq(&expected, &confirm_b) {
+            return Err(LinkError::ConfirmationFailed);
+        }
+        let confirm_a =
+            crypto::mac(keys.initiator.as_bytes(), label::MAC_PAIRING_CONFIRM_INITIATOR, &[&th]);
+        let mut out = vec![wire::VERSION, CONFIRM_TYPE];
+        out.extend_from_slice(&self.sid);
+        out.extend_from_slice(&confirm_a);
+        self.phase = CompanionPhase::Confirmed {
+            secret: LinkSecret { reference: self.sid, secret: keys.link },
+            primary,
+        };
+        Ok(out)
+    }
+
+    /// Handles the primary's approval (MAC'ed under the PAKE-derived link secret), countersigns
+    /// and links this device. Returns the confirmation for the primary.
+    pub fn accept_approval(
+        &mut self,
+        companion: &mut Device,
+        approval: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, LinkError> {
+        let CompanionPhase::Confirmed { secret, primary } = &self.phase else {
+            return Err(LinkError::NotActive);
+        };
+        if now > self.expires {
+            return Err(LinkError::Expired);
+        }
+        if companion.public_identity() != &self.identity {
+            return Err(LinkError::WrongAttempt);
+        }
+        let confirmation = super::accept_approval(companion, secret, Some(primary), approval)?;
+        self.phase = CompanionPhase::Finished;
+        Ok(confirmation)
+    }
+}
+
+// One value per linking attempt: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum PrimaryPhase {
+    AwaitingConfirm { keys: Keys, transcript: [u8; 32] },
+    AwaitingCompanion { secret: LinkSecret, approved: CompanionApproval },
+    Finished,
+}
+
+/// Primary side of a pairing-code link.
+pub struct PrimaryPairing {
+    sid: Reference,
+    companion: PublicIdentity,
+    expires: Timestamp,
+    phase: PrimaryPhase,
+}
+
+impl core::fmt::Debug for PrimaryPairing {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PrimaryPairing").field("expires", &self.expires).finish_non_exhaustive()
+    }
+}
+
+impl PrimaryPairing {
+    /// Handles a companion's hello with the code the user typed. Returns the response, which
+    /// carries the primary's key confirmation.
+    pub fn respond(
+        rng: &mut (impl CryptoRng + ?Sized),
+        primary: &Device,
+        hello: &[u8],
+        code: &PairingCode,
+        now: Timestamp,
+    ) -> Result<(Self, Vec<u8>), LinkError> {
+        let mut reader = Reader::new(hello);
+        let sid = header(&mut reader, HELLO_TYPE)?;
+        let share: [u8; 32] = reader.array()?;
+        let companion = PublicIdentity::read(&mut reader)?;
+        reader.finish()?;
+        let own = primary.public_identity().to_bytes();
+        let (step, own_share) =
+            CpaceStep::start(rng, code.as_password_bytes(), label::CPACE_CHANNEL, &sid, &own);
+        let isk = step.finish_responder(&share, &companion.to_bytes()).map_err(share_error)?;
+        let keys = derive(isk.as_bytes(), &sid);
+        let mut response = vec![wire::VERSION, RESPONSE_TYPE];
+        response.extend_from_slice(&sid);
+        response.extend_from_slice(&own_share);
+        response.extend_from_slice(&own);
+        let th = transcript(hello, &response);
+        let confirm_b =
+            crypto::mac(keys.responder.as_bytes(), label::MAC_PAIRING_CONFIRM_RESPONDER, &[&th]);
+        response.extend_from_slice(&confirm_b);
+        let pairing = Self {
+            sid,
+            companion,
+            expires: now.plus_secs(PAIRING_CODE_LIFETIME_SECS),
+            phase: PrimaryPhase::AwaitingConfirm { keys, transcript: th },
+        };
+        Ok((pairing, response))
+    }
+
+    /// Checks the companion's key confirmation; on success approves the companion and returns
+    /// the MAC'ed approval. A failed confirmation aborts the attempt. A fifth companion is
+    /// refused before anything is signed.
+    pub fn handle_confirm(
+        &mut self,
+        primary: &mut Device,
+        confirm: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, LinkError> {
+        let PrimaryPhase::AwaitingConfirm { keys, transcript } = &self.phase else {
+            return Err(LinkError::NotActive);
+        };
+        if now > self.expires {
+            self.phase = PrimaryPhase::Finished;
+            return Err(LinkError::Expired);
+        }
+        let mut reader = Reader::new(confirm);
+        if header(&mut reader, CONFIRM_TYPE)? != self.sid {
+            return Err(LinkError::WrongAttempt);
+        }
+        let confirm_a: [u8; 32] = reader.array()?;
+        reader.finish()?;
+        let expected = crypto::mac(
+            keys.initiator.as_bytes(),
+            label::MAC_PAIRING_CONFIRM_INITIATOR,
+            &[transcript],
+        );
+        if !crypto::ct_eq(&expected, &confirm_a) {
+            self.phase = PrimaryPhase::Finished;
+            return Err(LinkError::ConfirmationFailed);
+        }
+        let secret = LinkSecret { reference: self.sid, secret: keys.link.clone() };
+        let (approved, message) = super::approve(primary, &secret, &self.companion, now)?;
+        self.phase = PrimaryPhase::AwaitingCompanion { secret, approved };
+        Ok(message)
+    }
+
+    /// Verifies the companion's countersignature and adds it. Returns the new device list.
+    pub fn finish(
+        &mut self,
+        primary: &mut Device,
+        confirmation: &[u8],
+        now: Timestamp,
+    ) -> Result<SignedDeviceList, LinkError> {
+        let PrimaryPhase::AwaitingCompanion { secret, approved } = &self.phase else {
+            return Err(LinkError::NotActive);
+        };
+        let list = super::finish(primary, secret, approved, &self.companion, confirmation, now)?;
+        self.phase = PrimaryPhase::Finished;
+        Ok(list)
+    }
+}
