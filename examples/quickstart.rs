@@ -5,7 +5,10 @@
 //! Run with `cargo run --release --example quickstart`.
 
 use multidevice::consts::DAY_SECS;
-use multidevice::{AccountId, AccountStatus, Device, DeviceAddress, DeviceId, Timestamp};
+use multidevice::{
+    AccountId, AccountStatus, CompanionPairing, Device, DeviceAddress, DeviceId, PairingCode,
+    PrimaryPairing, QrLinkApproval, QrLinkOffer, SignedDeviceList, Timestamp,
+};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -68,6 +71,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     accounts_tour(&mut rng, now)
 }
 
+/// The companion shows a QR code; the primary scans it. Every message but the QR goes through the
+/// (untrusted) relay.
+fn link_by_qr(
+    rng: &mut StdRng,
+    primary: &mut Device,
+    companion: &mut Device,
+    show: bool,
+    now: Timestamp,
+) -> Result<SignedDeviceList, Box<dyn std::error::Error>> {
+    let mut offer = QrLinkOffer::new(rng, companion, now);
+    let text = offer.qr_text();
+    if show {
+        println!("The laptop shows this QR code ({} characters of text):", text.len());
+        println!("{}", multidevice::render_terminal(&text)?);
+    }
+    let (mut approval, message) = QrLinkApproval::approve(primary, &text, now)?;
+    let confirmation = offer.accept_approval(companion, &message, now)?;
+    Ok(approval.finish(primary, &confirmation, now)?)
+}
+
+/// The companion shows an 8-character code; the user types it on the primary; CPace runs over
+/// the relay.
+fn link_by_code(
+    rng: &mut StdRng,
+    primary: &mut Device,
+    companion: &mut Device,
+    now: Timestamp,
+) -> Result<SignedDeviceList, Box<dyn std::error::Error>> {
+    let (mut attempt, hello) = CompanionPairing::start(rng, companion, now);
+    println!("The browser shows the code {}; Carol types it on her phone.", attempt.code());
+    let typed = PairingCode::parse(&attempt.code().to_string().to_lowercase())?;
+    let (mut pairing, response) = PrimaryPairing::respond(rng, primary, &hello, &typed, now)?;
+    let confirm = attempt.handle_response(&response, now)?;
+    let approval = pairing.handle_confirm(primary, &confirm, now)?;
+    let confirmation = attempt.accept_approval(companion, &approval, now)?;
+    Ok(pairing.finish(primary, &confirmation, now)?)
+}
+
 /// Carol's account: a primary phone and companions, seen by Dave's account.
 fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::error::Error>> {
     println!("\n== Carol's phone (the primary) links four companions");
@@ -75,13 +116,22 @@ fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::er
     let mut companions = Vec::new();
     let first = carol.refresh_device_list(now)?;
     println!("Carol's phone signs list version {} naming itself.", first.version());
-    for name in ["laptop", "tablet", "browser", "work phone"] {
+    for (name, by_code, show) in [
+        ("laptop", false, true),
+        ("tablet", false, false),
+        ("browser", true, false),
+        ("work phone", false, false),
+    ] {
         let mut companion = Device::new(rng, DeviceAddress::new(AccountId(3), DeviceId(99)), now);
-        let approval = carol.approve_companion(companion.public_identity(), now)?;
-        let signed = companion.countersign_approval(&approval)?;
-        let list = carol.add_companion(&signed, now)?;
+        let list = if by_code {
+            link_by_code(rng, &mut carol, &mut companion, now)?
+        } else {
+            link_by_qr(rng, &mut carol, &mut companion, show, now)?
+        };
+        companion.process_device_list(&list.to_bytes(), now)?;
         println!(
-            "Linked Carol's {name} as device {}; list version {}.",
+            "Linked Carol's {name} by {} as device {}; list version {}.",
+            if by_code { "pairing code" } else { "QR code" },
             companion.address(),
             list.version()
         );
@@ -105,7 +155,7 @@ fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::er
     println!("Dave verified Carol's list: {} authorized devices.", verified.devices().len());
     let mut bundles = Vec::new();
     for device in std::iter::once(&mut carol).chain(companions.iter_mut().map(|(_, d)| d)) {
-        device.process_device_list(&list.to_bytes(), now)?;
+        let _ = device.process_device_list(&list.to_bytes(), now)?;
         device.process_device_list(&dave_list.to_bytes(), now)?;
         device.generate_one_time_prekeys(rng, 5)?;
         bundles.push(device.prekey_upload().bundle(Some(0)));
