@@ -161,7 +161,7 @@ fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::er
         bundles.push(device.prekey_upload().bundle(Some(0)));
     }
     println!("Carol's phone goes offline now; her companions keep working.");
-    let fanout = dave.encrypt_fanout(rng, AccountId(3), &bundles, b"dinner on Friday?", now)?;
+    let fanout = dave.encrypt_fanout(rng, &[AccountId(3)], &bundles, b"dinner on Friday?", now)?;
     println!(
         "One call made {} envelopes; skipped: {}.",
         fanout.envelopes.len(),

@@ -277,6 +277,9 @@ pub enum FanoutError {
     /// The body failed authentication.
     #[error("the message body failed authentication")]
     BodyAuthentication,
+    /// A fan-out must name between 1 and [`crate::MAX_FANOUT_ACCOUNTS`] accounts.
+    #[error("{0} recipient accounts")]
+    TooManyAccounts(usize),
     /// The payload exceeds the fan-out limit.
     #[error("payload of {0} bytes is too large")]
     PayloadTooLarge(usize),

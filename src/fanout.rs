@@ -25,6 +25,9 @@ use crate::wire::{self, Reader};
 /// decryption on every receiver.
 pub const INLINE_THRESHOLD: usize = 512;
 
+/// Most recipient accounts one fan-out may address (a group conversation).
+pub const MAX_FANOUT_ACCOUNTS: usize = 64;
+
 /// Largest payload a fan-out accepts (bodies are held in memory; use blobs for more).
 pub const MAX_FANOUT_PAYLOAD: usize = 64 * 1024 * 1024;
 
@@ -34,15 +37,15 @@ const BODY_TYPE: u8 = 0x30;
 const BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
 
 /// Which conversation a message belongs to, as the sender stated inside the ciphertext.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Conversation {
     /// Sent to this device's account by the sender.
     Direct,
     /// A copy of a message this device's own account sent to another account.
     OwnCopy {
-        /// The account the original message went to.
-        to: AccountId,
+        /// The accounts the original message went to.
+        to: Vec<AccountId>,
     },
 }
 
@@ -107,6 +110,7 @@ struct Inner<'a> {
     content: Content<'a>,
 }
 
+#[derive(Clone, Copy)]
 enum Content<'a> {
     Inline(&'a [u8]),
     Body { key: [u8; 32], digest: [u8; 32] },
@@ -122,11 +126,13 @@ impl Inner<'_> {
         out.extend_from_slice(&[wire::VERSION, kind]);
         out.extend_from_slice(&self.list_version.to_be_bytes());
         out.extend_from_slice(&self.list_digest);
-        match self.conversation {
+        match &self.conversation {
             Conversation::Direct => out.push(0),
             Conversation::OwnCopy { to } => {
-                out.push(1);
-                out.extend_from_slice(&to.0.to_be_bytes());
+                out.push(u8::try_from(to.len()).unwrap_or(u8::MAX));
+                for account in to.iter().take(MAX_FANOUT_ACCOUNTS) {
+                    out.extend_from_slice(&account.0.to_be_bytes());
+                }
             }
         }
         match &self.content {
@@ -145,10 +151,12 @@ impl Inner<'_> {
         let kind = reader.u8()?;
         let list_version = reader.u64()?;
         let list_digest = reader.array()?;
-        let conversation = if reader.flag()? {
-            Conversation::OwnCopy { to: AccountId(reader.u64()?) }
-        } else {
-            Conversation::Direct
+        let conversation = match usize::from(reader.u8()?) {
+            0 => Conversation::Direct,
+            count if count <= MAX_FANOUT_ACCOUNTS => Conversation::OwnCopy {
+                to: (0..count).map(|_| reader.u64().map(AccountId)).collect::<Result<_, _>>()?,
+            },
+            count => return Err(DecodeError::TooLong { limit: MAX_FANOUT_ACCOUNTS, got: count }),
         };
         let content = match kind {
             KIND_INLINE => Content::Inline(reader.rest()),
@@ -202,7 +210,7 @@ impl Device {
     pub fn encrypt_fanout(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
-        to: AccountId,
+        to: &[AccountId],
         bundles: &[PrekeyBundle],
         payload: &[u8],
         now: Timestamp,
@@ -210,62 +218,74 @@ impl Device {
         if payload.len() > MAX_FANOUT_PAYLOAD {
             return Err(FanoutError::PayloadTooLarge(payload.len()));
         }
-        self.ensure_active(now)?;
-        if self.identity_change_pending(to) {
-            return Err(FanoutError::IdentityChangePending(to));
+        if to.is_empty() || to.len() > MAX_FANOUT_ACCOUNTS {
+            return Err(FanoutError::TooManyAccounts(to.len()));
         }
+        self.ensure_active(now)?;
         let own_account = self.address.account;
-        let recipients = self.device_list(to).ok_or(FanoutError::UnknownAccount(to))?;
+        let mut targets: Vec<(DeviceAddress, bool)> = Vec::new();
+        for &account in to {
+            if self.identity_change_pending(account) {
+                return Err(FanoutError::IdentityChangePending(account));
+            }
+            let list = self.device_list(account).ok_or(FanoutError::UnknownAccount(account))?;
+            targets.extend(
+                list.recipients(now)
+                    .iter()
+                    .map(|d| (d.address(), false))
+                    .filter(|(a, _)| *a != self.address),
+            );
+        }
         let own = self.device_list(own_account);
-        let (list_version, list_digest) = own.map_or((0, [0u8; 32]), |l| (l.version(), l.digest()));
-        let mut targets: Vec<(crate::AuthorizedDevice, Conversation)> = recipients
-            .recipients(now)
-            .iter()
-            .filter(|d| d.address() != self.address)
-            .map(|d| (d.clone(), Conversation::Direct))
-            .collect();
-        if to != own_account
+        if !to.contains(&own_account)
             && let Some(own) = own
         {
             targets.extend(
                 own.recipients(now)
                     .iter()
-                    .filter(|d| d.address() != self.address)
-                    .map(|d| (d.clone(), Conversation::OwnCopy { to })),
+                    .map(|d| (d.address(), true))
+                    .filter(|(a, _)| *a != self.address),
             );
         }
+        targets.sort_unstable_by_key(|(a, _)| *a);
+        targets.dedup_by_key(|(a, _)| *a);
+        let (list_version, list_digest) = own.map_or((0, [0u8; 32]), |l| (l.version(), l.digest()));
         let (body, body_key) = if payload.len() > INLINE_THRESHOLD {
-            let key = Secret32::new({
-                let mut k = [0u8; 32];
-                rng.fill_bytes(&mut k);
-                k
-            });
+            let mut key = Zeroizing::new([0u8; 32]);
+            rng.fill_bytes(key.as_mut_slice());
+            let key = Secret32::new(*key);
             (Some(seal_body(&key, payload)), Some(key))
         } else {
             (None, None)
         };
-        let body_digest: Option<[u8; 32]> = body.as_ref().map(|b| Sha256::digest(b).into());
+        let content = match (&body_key, &body) {
+            (Some(key), Some(body)) => {
+                Content::Body { key: *key.as_bytes(), digest: Sha256::digest(body).into() }
+            }
+            _ => Content::Inline(payload),
+        };
+        // Two plaintexts serve every device: the direct one, and the own-device copy.
+        let direct =
+            Inner { list_version, list_digest, conversation: Conversation::Direct, content }
+                .encode();
+        let own_copy = Inner {
+            list_version,
+            list_digest,
+            conversation: Conversation::OwnCopy { to: to.to_vec() },
+            content,
+        }
+        .encode();
         let mut envelopes = Vec::with_capacity(targets.len());
         let mut skipped = Vec::new();
-        for (device, conversation) in targets {
-            let address = device.address();
-            if !self.has_session(address) {
-                match self.session_from_bundle(rng, &device, bundles) {
-                    Ok(()) => {}
-                    Err(reason) => {
-                        skipped.push((address, reason));
-                        continue;
-                    }
-                }
+        for (address, is_own) in targets {
+            if !self.has_session(address)
+                && let Err(reason) = self.session_from_bundle(rng, address, bundles)
+            {
+                skipped.push((address, reason));
+                continue;
             }
-            let content = match (&body_key, &body_digest) {
-                (Some(key), Some(digest)) => {
-                    Content::Body { key: *key.as_bytes(), digest: *digest }
-                }
-                _ => Content::Inline(payload),
-            };
-            let inner = Inner { list_version, list_digest, conversation, content }.encode();
-            match self.encrypt_unchecked(rng, address, &inner) {
+            let plaintext = if is_own { &own_copy } else { &direct };
+            match self.encrypt_unchecked(rng, address, plaintext) {
                 Ok(bytes) => envelopes.push(Envelope { recipient: address, bytes }),
                 Err(error) => skipped.push((address, FanoutSkip::Session(error))),
             }
@@ -276,14 +296,14 @@ impl Device {
     fn session_from_bundle(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
-        device: &crate::AuthorizedDevice,
+        address: DeviceAddress,
         bundles: &[PrekeyBundle],
     ) -> Result<(), FanoutSkip> {
-        let bundle = bundles
-            .iter()
-            .find(|b| b.address == device.address())
-            .ok_or(FanoutSkip::MissingBundle)?;
-        if &bundle.identity != device.identity() {
+        let bundle =
+            bundles.iter().find(|b| b.address == address).ok_or(FanoutSkip::MissingBundle)?;
+        let listed =
+            self.device_list(address.account).and_then(|l| l.device(address)).map(|d| d.identity());
+        if listed != Some(&bundle.identity) {
             return Err(FanoutSkip::BundleIdentityMismatch);
         }
         let verified = bundle.clone().verify().map_err(FanoutSkip::BadBundle)?;

@@ -63,8 +63,8 @@ pub use error::{
     DecodeError, DeviceListError, FanoutError, KeyError, LinkError, SessionError, SignatureKind,
 };
 pub use fanout::{
-    Conversation, Envelope, FanoutMessage, FanoutSkip, INLINE_THRESHOLD, MAX_FANOUT_PAYLOAD,
-    ReceivedMessage,
+    Conversation, Envelope, FanoutMessage, FanoutSkip, INLINE_THRESHOLD, MAX_FANOUT_ACCOUNTS,
+    MAX_FANOUT_PAYLOAD, ReceivedMessage,
 };
 pub use keys::{AccountId, DeviceAddress, DeviceId, Fingerprint, PublicIdentity, Timestamp};
 pub use linking::pairing::{CompanionPairing, PrimaryPairing};

@@ -74,7 +74,7 @@ fn every_recipient_and_other_own_device_decrypts_and_the_sender_gets_no_copy() {
     let all = bundles(&[&alice, &bob]);
     let sender = alice.devices[1].address();
     let fanout =
-        alice.devices[1].encrypt_fanout(&mut rng, AccountId(2), &all, b"hello all", T0).unwrap();
+        alice.devices[1].encrypt_fanout(&mut rng, &[AccountId(2)], &all, b"hello all", T0).unwrap();
     assert!(fanout.skipped.is_empty(), "{:?}", fanout.skipped);
     assert_eq!(fanout.envelopes.len(), 4 + 2);
     assert!(fanout.envelopes.iter().all(|e| e.recipient != sender));
@@ -83,11 +83,12 @@ fn every_recipient_and_other_own_device_decrypts_and_the_sender_gets_no_copy() {
     for device in alice.devices.iter_mut().filter(|d| d.address() != sender) {
         let envelope = fanout.envelopes.iter().find(|e| e.recipient == device.address()).unwrap();
         let got = device.decrypt_fanout(&envelope.bytes, None, T0).unwrap();
-        assert_eq!(got.conversation, Conversation::OwnCopy { to: AccountId(2) });
+        assert_eq!(got.conversation, Conversation::OwnCopy { to: vec![AccountId(2)] });
         assert_eq!(got.sender, sender);
     }
     // A second message rides the established sessions, with no bundles at all.
-    let again = alice.devices[1].encrypt_fanout(&mut rng, AccountId(2), &[], b"again", T0).unwrap();
+    let again =
+        alice.devices[1].encrypt_fanout(&mut rng, &[AccountId(2)], &[], b"again", T0).unwrap();
     assert!(again.skipped.is_empty());
     assert_eq!(deliver(&mut bob, &again, b"again"), 4);
 }
@@ -102,7 +103,7 @@ fn payloads_at_and_above_the_inline_threshold_take_both_modes() {
     for size in [0, 1, INLINE_THRESHOLD, INLINE_THRESHOLD + 1, 100_000] {
         let payload = vec![0xa5u8; size];
         let fanout =
-            alice.devices[0].encrypt_fanout(&mut rng, AccountId(2), &all, &payload, T0).unwrap();
+            alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &all, &payload, T0).unwrap();
         assert_eq!(fanout.body.is_some(), size > INLINE_THRESHOLD, "size {size}");
         assert_eq!(deliver(&mut bob, &fanout, &payload), 2);
     }
@@ -120,7 +121,7 @@ fn missing_and_bad_bundles_are_reported() {
     supplied[1].signed_prekey.signature[0] ^= 1;
     let bad = supplied[1].address;
     let fanout =
-        alice.devices[0].encrypt_fanout(&mut rng, AccountId(2), &supplied, b"x", T0).unwrap();
+        alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &supplied, b"x", T0).unwrap();
     assert_eq!(fanout.envelopes.len(), 1);
     assert!(fanout.skipped.contains(&(missing, FanoutSkip::MissingBundle)));
     assert!(fanout.skipped.iter().any(|(a, r)| *a == bad && matches!(r, FanoutSkip::BadBundle(_))));
@@ -128,7 +129,7 @@ fn missing_and_bad_bundles_are_reported() {
     let mut substituted = bundles(&[&bob]);
     substituted[1].identity = alice.devices[0].public_identity().clone();
     let fanout =
-        alice.devices[0].encrypt_fanout(&mut rng, AccountId(2), &substituted, b"x", T0).unwrap();
+        alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &substituted, b"x", T0).unwrap();
     assert!(fanout.skipped.contains(&(missing, FanoutSkip::BundleIdentityMismatch)));
 }
 
@@ -160,12 +161,12 @@ fn removed_device_gets_nothing() {
     let mut bob = account(&mut rng, 2, 2);
     introduce(&mut alice, &mut bob);
     let all = bundles(&[&bob]);
-    alice.devices[0].encrypt_fanout(&mut rng, AccountId(2), &all, b"before", T0).unwrap();
+    alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &all, b"before", T0).unwrap();
     let removed = bob.devices[2].address();
     let list = bob.devices[0].remove_companion(removed.device, T0).unwrap();
     alice.devices[0].process_device_list(&list.to_bytes(), T0).unwrap();
     let fanout =
-        alice.devices[0].encrypt_fanout(&mut rng, AccountId(2), &all, b"after", T0).unwrap();
+        alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &all, b"after", T0).unwrap();
     assert!(fanout.envelopes.iter().all(|e| e.recipient != removed));
     assert_eq!(fanout.envelopes.len(), 2);
 }
@@ -179,8 +180,8 @@ fn a_body_swapped_for_another_messages_body_is_rejected() {
     let all = bundles(&[&bob]);
     let big_a = vec![1u8; 4096];
     let big_b = vec![2u8; 4096];
-    let a = alice.devices[0].encrypt_fanout(&mut rng, AccountId(2), &all, &big_a, T0).unwrap();
-    let b = alice.devices[0].encrypt_fanout(&mut rng, AccountId(2), &[], &big_b, T0).unwrap();
+    let a = alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &all, &big_a, T0).unwrap();
+    let b = alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &[], &big_b, T0).unwrap();
     let receiver = &mut bob.devices[0];
     let before = snapshot(receiver);
     let error = receiver.decrypt_fanout(&a.envelopes[0].bytes, b.body.as_deref(), T0).unwrap_err();
@@ -203,7 +204,8 @@ fn a_newer_sender_list_is_announced_and_never_causes_a_drop() {
     let all = bundles(&[&bob]);
     // Alice's primary refreshes; Bob has not fetched the new list yet.
     let newer = alice.devices[0].refresh_device_list(Timestamp(T0.0 + 60)).unwrap();
-    let fanout = alice.devices[0].encrypt_fanout(&mut rng, AccountId(2), &all, b"hi", T0).unwrap();
+    let fanout =
+        alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &all, b"hi", T0).unwrap();
     let got = bob.devices[0].decrypt_fanout(&fanout.envelopes[0].bytes, None, T0).unwrap();
     assert!(got.list_refresh_needed);
     assert_eq!(got.sender_list_version, newer.version());
@@ -226,8 +228,32 @@ proptest! {
         introduce(&mut alice, &mut bob);
         let all = bundles(&[&alice, &bob]);
         let payload: Vec<u8> = (0..size).map(|i| u8::try_from(i % 251).unwrap()).collect();
-        let fanout = alice.devices[0].encrypt_fanout(&mut rng, AccountId(2), &all, &payload, T0).unwrap();
+        let fanout = alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &all, &payload, T0).unwrap();
         prop_assert_eq!(fanout.envelopes.len(), recipient_companions + 1 + sender_companions);
         prop_assert_eq!(deliver(&mut bob, &fanout, &payload), recipient_companions + 1);
     }
+}
+
+#[test]
+fn one_call_reaches_every_device_of_several_accounts() {
+    let mut rng = rng(8);
+    let mut alice = account(&mut rng, 1, 1);
+    let mut bob = account(&mut rng, 2, 4);
+    let mut carol = account(&mut rng, 3, 2);
+    introduce(&mut alice, &mut bob);
+    introduce(&mut alice, &mut carol);
+    let all = bundles(&[&alice, &bob, &carol]);
+    let to = [AccountId(2), AccountId(3)];
+    let fanout = alice.devices[0].encrypt_fanout(&mut rng, &to, &all, b"group", T0).unwrap();
+    assert_eq!(fanout.envelopes.len(), 5 + 3 + 1);
+    assert_eq!(deliver(&mut bob, &fanout, b"group"), 5);
+    assert_eq!(deliver(&mut carol, &fanout, b"group"), 3);
+    let own = &mut alice.devices[1];
+    let envelope = fanout.envelopes.iter().find(|e| e.recipient == own.address()).unwrap();
+    let got = own.decrypt_fanout(&envelope.bytes, None, T0).unwrap();
+    assert_eq!(got.conversation, Conversation::OwnCopy { to: to.to_vec() });
+    assert_eq!(
+        alice.devices[0].encrypt_fanout(&mut rng, &[], &all, b"x", T0).unwrap_err(),
+        FanoutError::TooManyAccounts(0)
+    );
 }

@@ -48,7 +48,7 @@ fn qr_flow_links_a_companion_that_then_works_with_the_primary_offline() {
     phone.process_device_list(&peer.refresh_device_list(T0).unwrap().to_bytes(), T0).unwrap();
     phone.generate_one_time_prekeys(&mut rng, 2).unwrap();
     let bundles = vec![phone.prekey_upload().bundle(Some(0))];
-    let fanout = peer.encrypt_fanout(&mut rng, primary.account(), &bundles, b"hi", T0).unwrap();
+    let fanout = peer.encrypt_fanout(&mut rng, &[primary.account()], &bundles, b"hi", T0).unwrap();
     let envelope = fanout.envelopes.iter().find(|e| e.recipient == phone.address()).unwrap();
     let got = phone.decrypt_fanout(&envelope.bytes, None, T0).unwrap();
     assert_eq!(got.payload.as_slice(), b"hi");
