@@ -277,6 +277,10 @@ pub enum FanoutError {
     /// The body failed authentication.
     #[error("the message body failed authentication")]
     BodyAuthentication,
+    /// The envelope carries a history descriptor: handle it with
+    /// [`crate::Device::decrypt_history`].
+    #[error("the envelope carries history, not a message")]
+    UnexpectedHistory,
     /// A fan-out must name between 1 and [`crate::MAX_FANOUT_ACCOUNTS`] accounts.
     #[error("{0} recipient accounts")]
     TooManyAccounts(usize),
@@ -336,4 +340,45 @@ pub enum LinkError {
     /// The confirmation does not match what was approved.
     #[error("confirmation does not match the approval")]
     ConfirmationMismatch,
+}
+
+pub use crate::blob::{BlobError, MediaTypeError};
+
+/// Sending or accepting history failed. On every error the device is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// The envelope could not be decrypted or its sender is not authorized.
+    #[error(transparent)]
+    Fanout(#[from] FanoutError),
+    /// The descriptor is malformed, or the blob failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// Only the primary sends history.
+    #[error("only the primary sends history")]
+    NotPrimary,
+    /// History goes only to a companion in the primary's own verified list.
+    #[error("{0} is not a companion of this account")]
+    NotOwnCompanion(DeviceAddress),
+    /// No session and no usable bundle for the companion.
+    #[error("no session with {0}: {1:?}")]
+    NoSession(DeviceAddress, crate::FanoutSkip),
+    /// History is accepted only by a linked companion.
+    #[error("this device is not a linked companion")]
+    NotLinkedCompanion,
+    /// History came from a device of another account.
+    #[error("history from {0}, which is not of this account")]
+    NotOwnAccount(DeviceAddress),
+    /// The history window after linking has closed.
+    #[error("the history window has closed")]
+    WindowClosed,
+    /// The envelope is a regular message, not history.
+    #[error("the envelope is not history")]
+    NotHistory,
+}
+
+impl From<DecodeError> for HistoryError {
+    fn from(error: DecodeError) -> Self {
+        HistoryError::Fanout(FanoutError::Decode(error))
+    }
 }

@@ -33,6 +33,7 @@ pub const MAX_FANOUT_PAYLOAD: usize = 64 * 1024 * 1024;
 
 const KIND_INLINE: u8 = 0x01;
 const KIND_BODY: u8 = 0x02;
+const KIND_HISTORY: u8 = 0x03;
 const BODY_TYPE: u8 = 0x30;
 const BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
 
@@ -113,7 +114,25 @@ struct Inner<'a> {
 #[derive(Clone, Copy)]
 enum Content<'a> {
     Inline(&'a [u8]),
-    Body { key: [u8; 32], digest: [u8; 32] },
+    Body {
+        key: [u8; 32],
+        digest: [u8; 32],
+    },
+    /// A history blob descriptor, for one new companion only.
+    History(&'a [u8]),
+}
+
+/// Recognizes the history content kind of a session plaintext.
+pub(crate) struct HistoryContent;
+
+impl HistoryContent {
+    /// The descriptor bytes if `plaintext` is a history message, `None` for any other kind.
+    pub(crate) fn parse(plaintext: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
+        Ok(match Inner::decode(plaintext)?.content {
+            Content::History(bytes) => Some(bytes),
+            _ => None,
+        })
+    }
 }
 
 impl Inner<'_> {
@@ -122,6 +141,7 @@ impl Inner<'_> {
         let kind = match self.content {
             Content::Inline(_) => KIND_INLINE,
             Content::Body { .. } => KIND_BODY,
+            Content::History(_) => KIND_HISTORY,
         };
         out.extend_from_slice(&[wire::VERSION, kind]);
         out.extend_from_slice(&self.list_version.to_be_bytes());
@@ -136,7 +156,7 @@ impl Inner<'_> {
             }
         }
         match &self.content {
-            Content::Inline(payload) => out.extend_from_slice(payload),
+            Content::Inline(payload) | Content::History(payload) => out.extend_from_slice(payload),
             Content::Body { key, digest } => {
                 out.extend_from_slice(key);
                 out.extend_from_slice(digest);
@@ -160,6 +180,7 @@ impl Inner<'_> {
         };
         let content = match kind {
             KIND_INLINE => Content::Inline(reader.rest()),
+            KIND_HISTORY => Content::History(reader.rest()),
             KIND_BODY => {
                 let content = Content::Body { key: reader.array()?, digest: reader.array()? };
                 reader.finish()?;
@@ -293,7 +314,23 @@ impl Device {
         Ok(FanoutMessage { envelopes, body, skipped })
     }
 
-    fn session_from_bundle(
+    /// The session plaintext that carries a history descriptor.
+    pub(crate) fn history_plaintext(
+        &self,
+        descriptor: &crate::blob::BlobDescriptor,
+    ) -> Zeroizing<Vec<u8>> {
+        let own = self.device_list(self.address.account);
+        let descriptor = descriptor.to_bytes();
+        Inner {
+            list_version: own.map_or(0, |l| l.version()),
+            list_digest: own.map_or([0u8; 32], |l| l.digest()),
+            conversation: Conversation::Direct,
+            content: Content::History(&descriptor),
+        }
+        .encode()
+    }
+
+    pub(crate) fn session_from_bundle(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
         address: DeviceAddress,
@@ -347,6 +384,7 @@ impl Device {
             let payload = match inner.content {
                 Content::Inline(payload) => Zeroizing::new(payload.to_vec()),
                 Content::Body { key, digest } => open_body(&key, &digest, body)?,
+                Content::History(_) => return Err(FanoutError::UnexpectedHistory),
             };
             Ok(ReceivedMessage {
                 sender: decrypted.sender,

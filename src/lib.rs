@@ -38,6 +38,7 @@
 //! ```
 
 mod account;
+pub mod blob;
 pub mod consts;
 mod crypto;
 mod device;
@@ -45,6 +46,7 @@ mod device_list;
 pub mod error;
 mod fanout;
 pub mod hazmat;
+mod history;
 mod keys;
 mod linking;
 mod prekeys;
@@ -60,11 +62,15 @@ pub use device_list::{
     SignedDeviceList, VerifiedDeviceList,
 };
 pub use error::{
-    DecodeError, DeviceListError, FanoutError, KeyError, LinkError, SessionError, SignatureKind,
+    BlobError, DecodeError, DeviceListError, FanoutError, HistoryError, KeyError, LinkError,
+    SessionError, SignatureKind,
 };
 pub use fanout::{
     Conversation, Envelope, FanoutMessage, FanoutSkip, INLINE_THRESHOLD, MAX_FANOUT_ACCOUNTS,
     MAX_FANOUT_PAYLOAD, ReceivedMessage,
+};
+pub use history::{
+    HISTORY_MEDIA_TYPE, HISTORY_WINDOW_SECS, MAX_HISTORY_RECORD, build_history, import_history,
 };
 pub use keys::{AccountId, DeviceAddress, DeviceId, Fingerprint, PublicIdentity, Timestamp};
 pub use linking::pairing::{CompanionPairing, PrimaryPairing};

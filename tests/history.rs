@@ -1,0 +1,201 @@
+//! History sync and media attachments: blobs keyed through fan-out and pairwise messages.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+use std::io::Cursor;
+
+use multidevice::blob::{MediaType, decrypt_blob, encrypt_blob};
+use multidevice::{
+    AccountId, BlobError, Device, FanoutError, HISTORY_WINDOW_SECS, HistoryError, QrLinkApproval,
+    QrLinkOffer, build_history, import_history,
+};
+use rand::rngs::StdRng;
+use support::*;
+
+/// A primary of account 1 with one freshly linked companion that has published prekeys.
+fn linked(rng: &mut StdRng) -> (Device, Device) {
+    let mut primary = Device::new(rng, addr(1, 0), T0);
+    primary.refresh_device_list(T0).unwrap();
+    let mut companion = Device::new(rng, addr(1, 99), T0);
+    let mut offer = QrLinkOffer::new(rng, &companion, T0);
+    let (mut approval, message) =
+        QrLinkApproval::approve(&mut primary, &offer.qr_text(), T0).unwrap();
+    let confirmation = offer.accept_approval(&mut companion, &message, T0).unwrap();
+    let list = approval.finish(&mut primary, &confirmation, T0).unwrap();
+    companion.process_device_list(&list.to_bytes(), T0).unwrap();
+    companion.generate_one_time_prekeys(rng, 4).unwrap();
+    (primary, companion)
+}
+
+fn records(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("chat {i}: {}", "x".repeat(i * 37 % 300)).into_bytes()).collect()
+}
+
+#[test]
+fn new_companion_reads_history_after_the_primary_goes_offline() {
+    let mut rng = rng(1);
+    let (mut primary, mut companion) = linked(&mut rng);
+    let history = records(500);
+    let mut uploaded = Vec::new();
+    let descriptor = build_history(&mut rng, &history, &mut uploaded).unwrap();
+    let bundle = companion.prekey_upload().bundle(Some(0));
+    let envelope =
+        primary.encrypt_history(&mut rng, companion.address(), &descriptor, &[bundle], T0).unwrap();
+    drop(primary); // offline from here on
+    let received = companion.decrypt_history(&envelope.bytes, T0.plus_secs(60)).unwrap();
+    let mut imported = Vec::new();
+    let count =
+        import_history(&received, Cursor::new(&uploaded), |r| imported.push(r.to_vec())).unwrap();
+    assert_eq!(count, 500);
+    assert_eq!(imported, history);
+}
+
+#[test]
+fn history_from_another_accounts_device_is_rejected() {
+    let mut rng = rng(2);
+    let (_primary, mut companion) = linked(&mut rng);
+    let mut stranger = Device::new(&mut rng, addr(2, 0), T0);
+    let stranger_list = stranger.refresh_device_list(T0).unwrap();
+    companion.process_device_list(&stranger_list.to_bytes(), T0).unwrap();
+    let (_, descriptor) = encrypt_blob(
+        &mut rng,
+        b"fake",
+        MediaType::new("application/x-multidevice-history").unwrap(),
+    )
+    .unwrap();
+    let bundle = companion.prekey_upload().bundle(Some(0)).verify().unwrap();
+    stranger.start_session(&mut rng, &bundle).unwrap();
+    // A history-kind plaintext per docs/PROTOCOL.md, sent over the stranger's pairwise session.
+    let inner = [&[1u8, 3][..], &[0u8; 8], &[0u8; 32], &[0u8], &descriptor.to_bytes()].concat();
+    let wire = stranger.encrypt(&mut rng, companion.address(), &inner).unwrap();
+    let before = snapshot(&companion);
+    assert_eq!(
+        companion.decrypt_history(&wire, T0).unwrap_err(),
+        HistoryError::NotOwnAccount(stranger.address())
+    );
+    assert_eq!(snapshot(&companion), before);
+}
+
+#[test]
+fn history_from_a_removed_companion_is_rejected() {
+    let mut rng = rng(3);
+    let (mut primary, mut new_companion) = linked(&mut rng);
+    // A second companion, later removed, tries to push history to the new one.
+    let mut old = Device::new(&mut rng, addr(1, 99), T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &old, T0);
+    let (mut approval, message) =
+        QrLinkApproval::approve(&mut primary, &offer.qr_text(), T0).unwrap();
+    let confirmation = offer.accept_approval(&mut old, &message, T0).unwrap();
+    approval.finish(&mut primary, &confirmation, T0).unwrap();
+    let without = primary.remove_companion(old.address().device, T0).unwrap();
+    new_companion.process_device_list(&without.to_bytes(), T0).unwrap();
+    let (_, descriptor) =
+        encrypt_blob(&mut rng, b"fake", MediaType::new("text/plain").unwrap()).unwrap();
+    let bundle = new_companion.prekey_upload().bundle(Some(1)).verify().unwrap();
+    old.start_session(&mut rng, &bundle).unwrap();
+    let inner = [&[1u8, 3][..], &[0u8; 8], &[0u8; 32], &[0u8], &descriptor.to_bytes()].concat();
+    let wire = old.encrypt(&mut rng, new_companion.address(), &inner).unwrap();
+    let before = snapshot(&new_companion);
+    assert_eq!(
+        new_companion.decrypt_history(&wire, T0).unwrap_err(),
+        HistoryError::Fanout(FanoutError::UnauthorizedSender(old.address()))
+    );
+    assert_eq!(snapshot(&new_companion), before);
+}
+
+#[test]
+fn history_after_the_window_is_rejected() {
+    let mut rng = rng(4);
+    let (mut primary, mut companion) = linked(&mut rng);
+    let descriptor = build_history(&mut rng, records(3), Vec::new()).unwrap();
+    let bundle = companion.prekey_upload().bundle(Some(0));
+    let envelope =
+        primary.encrypt_history(&mut rng, companion.address(), &descriptor, &[bundle], T0).unwrap();
+    let late = T0.plus_secs(HISTORY_WINDOW_SECS + 1);
+    let before = snapshot(&companion);
+    assert_eq!(
+        companion.decrypt_history(&envelope.bytes, late).unwrap_err(),
+        HistoryError::WindowClosed
+    );
+    assert_eq!(snapshot(&companion), before);
+    assert!(companion.decrypt_history(&envelope.bytes, T0.plus_secs(HISTORY_WINDOW_SECS)).is_ok());
+}
+
+#[test]
+fn history_goes_only_to_own_companions_and_is_not_a_message() {
+    let mut rng = rng(5);
+    let (mut primary, mut companion) = linked(&mut rng);
+    let descriptor = build_history(&mut rng, records(2), Vec::new()).unwrap();
+    assert!(matches!(
+        primary.encrypt_history(&mut rng, addr(2, 0), &descriptor, &[], T0),
+        Err(HistoryError::NotOwnCompanion(_))
+    ));
+    assert_eq!(
+        companion.encrypt_history(&mut rng, primary.address(), &descriptor, &[], T0).unwrap_err(),
+        HistoryError::NotPrimary
+    );
+    let bundle = companion.prekey_upload().bundle(Some(0));
+    let envelope =
+        primary.encrypt_history(&mut rng, companion.address(), &descriptor, &[bundle], T0).unwrap();
+    let before = snapshot(&companion);
+    assert_eq!(
+        companion.decrypt_fanout(&envelope.bytes, None, T0).unwrap_err(),
+        FanoutError::UnexpectedHistory
+    );
+    assert_eq!(snapshot(&companion), before);
+    // A regular message is not history.
+    primary.decrypt_history(&envelope.bytes, T0).unwrap_err();
+    let fanout = primary.encrypt_fanout(&mut rng, &[AccountId(1)], &[], b"hello", T0).unwrap();
+    let message = &fanout.envelopes[0].bytes;
+    let error = companion.decrypt_history(message, T0).unwrap_err();
+    assert_eq!(error, HistoryError::NotHistory);
+}
+
+#[test]
+fn media_attachment_reaches_every_device_and_decrypts_with_the_descriptor_alone() {
+    let mut rng = rng(6);
+    let (mut primary, mut companion) = linked(&mut rng);
+    let photo: Vec<u8> = (0..300_000u32).map(|i| u8::try_from(i % 251).unwrap()).collect();
+    let (uploaded, descriptor) =
+        encrypt_blob(&mut rng, &photo, MediaType::new("image/jpeg").unwrap()).unwrap();
+    let mut peer = Device::new(&mut rng, addr(2, 0), T0);
+    let peer_list = peer.refresh_device_list(T0).unwrap();
+    primary.process_device_list(&peer_list.to_bytes(), T0).unwrap();
+    companion.process_device_list(&peer_list.to_bytes(), T0).unwrap();
+    peer.process_device_list(&primary.refresh_device_list(T0).unwrap().to_bytes(), T0).unwrap();
+    companion
+        .process_device_list(&primary.refresh_device_list(T0).unwrap().to_bytes(), T0)
+        .unwrap();
+    let bundles =
+        vec![peer.prekey_upload().bundle(None), companion.prekey_upload().bundle(Some(0))];
+    let fanout = primary
+        .encrypt_fanout(&mut rng, &[AccountId(2)], &bundles, &descriptor.to_bytes(), T0)
+        .unwrap();
+    assert_eq!(fanout.envelopes.len(), 2);
+    for device in [&mut peer, &mut companion] {
+        let envelope = fanout.envelopes.iter().find(|e| e.recipient == device.address()).unwrap();
+        let got = device.decrypt_fanout(&envelope.bytes, fanout.body.as_deref(), T0).unwrap();
+        let descriptor =
+            multidevice::blob::BlobDescriptor::try_from(got.payload.as_slice()).unwrap();
+        assert_eq!(decrypt_blob(&descriptor, &uploaded).unwrap().as_slice(), photo.as_slice());
+    }
+}
+
+#[test]
+fn attachment_with_a_wrong_digest_is_rejected_before_any_plaintext() {
+    let mut rng = rng(7);
+    let (uploaded, descriptor) =
+        encrypt_blob(&mut rng, b"a photo", MediaType::new("image/png").unwrap()).unwrap();
+    let (other, _) =
+        encrypt_blob(&mut rng, b"another", MediaType::new("image/png").unwrap()).unwrap();
+    assert_eq!(decrypt_blob(&descriptor, &other).unwrap_err(), BlobError::DigestMismatch);
+    let mut tampered = uploaded.clone();
+    tampered[20] ^= 1;
+    assert_eq!(decrypt_blob(&descriptor, &tampered).unwrap_err(), BlobError::DigestMismatch);
+    let mut sink = Vec::new();
+    let error =
+        import_history(&descriptor, Cursor::new(&other), |r| sink.push(r.to_vec())).unwrap_err();
+    assert_eq!(error, BlobError::DigestMismatch);
+    assert!(sink.is_empty());
+}
