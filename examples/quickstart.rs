@@ -1,13 +1,16 @@
 //! A tour of multidevice: two devices set up a session and exchange messages out of order; then
 //! an account with a primary and four companions, a refused fifth, a removal, a fan-out that
-//! reaches every device while the primary is offline, and a companion signed out after 15 days.
+//! reaches every device while the primary is offline, a companion signed out after 15 days, and
+//! a newly linked companion reading history and a photo with the primary offline.
 //!
 //! Run with `cargo run --release --example quickstart`.
 
+use multidevice::blob::{BlobDescriptor, MediaType, decrypt_blob, encrypt_blob};
 use multidevice::consts::DAY_SECS;
 use multidevice::{
     AccountId, AccountStatus, CompanionPairing, Device, DeviceAddress, DeviceId, PairingCode,
-    PrimaryPairing, QrLinkApproval, QrLinkOffer, SignedDeviceList, Timestamp,
+    PrimaryPairing, QrLinkApproval, QrLinkOffer, SignedDeviceList, Timestamp, build_history,
+    import_history,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -197,5 +200,63 @@ fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::er
     let status = laptop.account_status(day15);
     println!("Carol opens her phone; a fresh list arrives: {:?}.", status);
     assert_eq!(status, AccountStatus::Active);
+
+    let bundles: Vec<_> =
+        companions.iter().map(|(_, d)| d.prekey_upload().bundle(Some(1))).collect();
+    history_tour(rng, &mut carol, &bundles, day15)
+}
+
+/// A new companion links, receives Carol's recent history and a photo, then reads both with the
+/// primary offline.
+fn history_tour(
+    rng: &mut StdRng,
+    carol: &mut Device,
+    companion_bundles: &[multidevice::PrekeyBundle],
+    now: Timestamp,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\n== Carol links a new tablet; her phone shares recent history and a photo");
+    let mut tablet = Device::new(rng, DeviceAddress::new(AccountId(3), DeviceId(99)), now);
+    let list = link_by_qr(rng, carol, &mut tablet, false, now)?;
+    tablet.process_device_list(&list.to_bytes(), now)?;
+    tablet.generate_one_time_prekeys(rng, 5)?;
+    let chats: Vec<String> =
+        (1..=200).map(|i| format!("chat message {i} from the last month")).collect();
+    let mut history_upload = Vec::new();
+    let history = build_history(rng, &chats, &mut history_upload)?;
+    let bundle = tablet.prekey_upload().bundle(Some(0));
+    let envelope = carol.encrypt_history(rng, tablet.address(), &history, &[bundle], now)?;
+    println!(
+        "History: {} records, {} encrypted bytes uploaded once; its key goes only to {}.",
+        chats.len(),
+        history_upload.len(),
+        envelope.recipient
+    );
+    let photo: Vec<u8> = (0..200_000u32).map(|i| i.to_le_bytes()[0] ^ 0x5a).collect();
+    let (photo_upload, photo_descriptor) =
+        encrypt_blob(rng, &photo, MediaType::new("image/jpeg")?)?;
+    let fanout =
+        carol.encrypt_fanout(rng, &[AccountId(3)], &[], &photo_descriptor.to_bytes(), now)?;
+    println!(
+        "Photo: {} bytes uploaded once; descriptor fanned out to {} devices.",
+        photo_upload.len(),
+        fanout.envelopes.len()
+    );
+
+    println!("Carol's phone goes offline.");
+    let received = tablet.decrypt_history(&envelope.bytes, now.plus_secs(120))?;
+    let mut imported = 0;
+    import_history(&received, std::io::Cursor::new(&history_upload), |_record| imported += 1)?;
+    println!("The tablet imported {imported} history records.");
+    let mine =
+        fanout.envelopes.iter().find(|e| e.recipient == tablet.address()).ok_or("no envelope")?;
+    let message = tablet.decrypt_fanout(&mine.bytes, fanout.body.as_deref(), now.plus_secs(120))?;
+    let descriptor = BlobDescriptor::try_from(message.payload.as_slice())?;
+    let decrypted = decrypt_blob(&descriptor, &photo_upload)?;
+    println!(
+        "The tablet decrypted the {} photo: {} bytes, intact: {}.",
+        descriptor.media_type(),
+        decrypted.len(),
+        decrypted.as_slice() == photo.as_slice()
+    );
     Ok(())
 }
