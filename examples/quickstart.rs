@@ -234,8 +234,13 @@ fn history_tour(
     let photo: Vec<u8> = (0..200_000u32).map(|i| i.to_le_bytes()[0] ^ 0x5a).collect();
     let (photo_upload, photo_descriptor) =
         encrypt_blob(rng, &photo, MediaType::new("image/jpeg")?)?;
-    let fanout =
-        carol.encrypt_fanout(rng, &[AccountId(3)], &[], &photo_descriptor.to_bytes(), now)?;
+    let fanout = carol.encrypt_fanout(
+        rng,
+        &[AccountId(3)],
+        companion_bundles,
+        &photo_descriptor.to_bytes(),
+        now,
+    )?;
     println!(
         "Photo: {} bytes uploaded once; descriptor fanned out to {} devices.",
         photo_upload.len(),
