@@ -59,12 +59,14 @@ struct World {
     accounts: Vec<AccountId>,
     lists: Vec<Vec<u8>>,
     bundles: Vec<Vec<u8>>,
+    devices: Vec<Device>,
 }
 
 fn world(rng: &mut StdRng, n: usize) -> World {
     let mut sender = Device::new(rng, DeviceAddress::new(SENDER, DeviceId::PRIMARY), NOW);
     let sender_list = sender.refresh_device_list(NOW).unwrap();
-    let (mut accounts, mut lists, mut bundles) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut accounts, mut lists, mut bundles, mut all) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut left = n;
     let mut id = 1;
     while left > 0 {
@@ -73,17 +75,18 @@ fn world(rng: &mut StdRng, n: usize) -> World {
         accounts.push(AccountId(id));
         lists.push(list.to_bytes());
         bundles.extend(devices.iter().map(|d| d.prekey_upload().bundle(Some(0)).to_bytes()));
+        all.extend(devices);
         left -= size;
         id += 1;
     }
-    World { sender, sender_list, accounts, lists, bundles }
+    World { sender, sender_list, accounts, lists, bundles, devices: all }
 }
 
 fn parse_bundles(bytes: &[Vec<u8>]) -> Vec<PrekeyBundle> {
     bytes.iter().map(|b| PrekeyBundle::try_from(b.as_slice()).unwrap()).collect()
 }
 
-/// A sender with established sessions to `n` devices.
+/// A sender with established sessions to `n` devices: each received a message and answered.
 fn established(rng: &mut StdRng, n: usize) -> (Device, Vec<AccountId>) {
     let mut w = world(rng, n);
     for list in &w.lists {
@@ -92,7 +95,15 @@ fn established(rng: &mut StdRng, n: usize) -> (Device, Vec<AccountId>) {
     let bundles = parse_bundles(&w.bundles);
     let first = w.sender.encrypt_fanout(rng, &w.accounts, &bundles, b"setup", NOW).unwrap();
     assert_eq!(first.envelopes.len(), n);
-    let _ = w.sender_list;
+    for device in &mut w.devices {
+        device.process_device_list(&w.sender_list.to_bytes(), NOW).unwrap();
+        let envelope = first.envelopes.iter().find(|e| e.recipient == device.address()).unwrap();
+        device.decrypt_fanout(&envelope.bytes, None, NOW).unwrap();
+        let reply = device.encrypt(rng, w.sender.address(), b"reply").unwrap();
+        w.sender.decrypt(&reply, NOW).unwrap();
+    }
+    // Turn the ratchet once so the measured sends run on an existing chain.
+    w.sender.encrypt_fanout(rng, &w.accounts, &[], b"turn", NOW).unwrap();
     (w.sender, w.accounts)
 }
 
