@@ -8,10 +8,11 @@
 //! encrypts to a device a verified list does not name, and never to the sending device.
 
 use rand_core::CryptoRng;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::blob::{self, BlobDescriptor, BlobEncryptor, BlobError, MediaType};
 use crate::consts::MAX_MESSAGE_PLAINTEXT;
+use crate::crypto::{self, Secret32};
 use crate::device::Device;
 use crate::error::{DecodeError, FanoutError, KeyError, SessionError};
 use crate::keys::{AccountId, DeviceAddress, Timestamp};
@@ -33,8 +34,8 @@ pub const MAX_FANOUT_PAYLOAD: usize = 64 * 1024 * 1024;
 const KIND_INLINE: u8 = 0x01;
 const KIND_BODY: u8 = 0x02;
 const KIND_HISTORY: u8 = 0x03;
-/// Media type of shared fan-out bodies.
-const BODY_MEDIA_TYPE: &str = "application/x-multidevice-message";
+const BODY_TYPE: u8 = 0x30;
+const BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
 
 /// Which conversation a message belongs to, as the sender stated inside the ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,8 +114,10 @@ struct Inner<'a> {
 #[derive(Clone, Copy)]
 enum Content<'a> {
     Inline(&'a [u8]),
-    /// The descriptor (key, length, ciphertext digest) of the shared body blob.
-    Body(&'a [u8]),
+    Body {
+        key: [u8; 32],
+        digest: [u8; 32],
+    },
     /// A history blob descriptor, for one new companion only.
     History(&'a [u8]),
 }
@@ -137,7 +140,7 @@ impl Inner<'_> {
         let mut out = Zeroizing::new(Vec::with_capacity(64 + 77));
         let kind = match self.content {
             Content::Inline(_) => KIND_INLINE,
-            Content::Body(_) => KIND_BODY,
+            Content::Body { .. } => KIND_BODY,
             Content::History(_) => KIND_HISTORY,
         };
         out.extend_from_slice(&[wire::VERSION, kind]);
@@ -153,8 +156,10 @@ impl Inner<'_> {
             }
         }
         match &self.content {
-            Content::Inline(bytes) | Content::History(bytes) | Content::Body(bytes) => {
-                out.extend_from_slice(bytes)
+            Content::Inline(payload) | Content::History(payload) => out.extend_from_slice(payload),
+            Content::Body { key, digest } => {
+                out.extend_from_slice(key);
+                out.extend_from_slice(digest);
             }
         }
         out
@@ -176,41 +181,44 @@ impl Inner<'_> {
         let content = match kind {
             KIND_INLINE => Content::Inline(reader.rest()),
             KIND_HISTORY => Content::History(reader.rest()),
-            KIND_BODY => Content::Body(reader.rest()),
+            KIND_BODY => {
+                let content = Content::Body { key: reader.array()?, digest: reader.array()? };
+                reader.finish()?;
+                content
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(Inner { list_version, list_digest, conversation, content })
     }
 }
 
-/// Encrypts a large payload once, as a blob; hashing runs beside encryption from the fourth
-/// chunk on, so a large body costs about one pass instead of two.
-fn seal_body(
-    rng: &mut (impl CryptoRng + ?Sized),
-    payload: &[u8],
-) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), FanoutError> {
-    let media_type =
-        MediaType::new(BODY_MEDIA_TYPE).map_err(|_| FanoutError::BodyAuthentication)?;
-    let capacity = blob::ciphertext_len(u64::try_from(payload.len()).unwrap_or(u64::MAX))
-        .and_then(|len| usize::try_from(len).ok())
-        .ok_or(FanoutError::PayloadTooLarge(payload.len()))?;
-    let mut body = Vec::with_capacity(capacity);
-    let (descriptor, _) = BlobEncryptor::new(rng, media_type)
-        .background_hashing_from_chunk(4)
-        .encrypt(payload, &mut body)
-        .map_err(|_| FanoutError::BodyAuthentication)?;
-    Ok((body, descriptor.to_bytes()))
+fn seal_body(key: &Secret32, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 + payload.len() + crypto::TAG_LEN);
+    body.extend_from_slice(&[wire::VERSION, BODY_TYPE]);
+    body.extend_from_slice(payload);
+    // The content key is fresh per message, so a fixed nonce never repeats under one key.
+    crypto::seal(key.as_bytes(), &[0u8; crypto::NONCE_LEN], BODY_AAD, &mut body, 2);
+    body
 }
 
-/// Checks the body's digest before decrypting anything, then decrypts it.
-fn open_body(descriptor: &[u8], body: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, FanoutError> {
-    let descriptor =
-        BlobDescriptor::try_from(descriptor).map_err(|_| FanoutError::BodyAuthentication)?;
+fn open_body(
+    key: &[u8; 32],
+    digest: &[u8; 32],
+    body: Option<&[u8]>,
+) -> Result<Zeroizing<Vec<u8>>, FanoutError> {
     let body = body.ok_or(FanoutError::BodyMissing)?;
-    blob::decrypt_blob(&descriptor, body).map_err(|error| match error {
-        BlobError::DigestMismatch => FanoutError::BodyDigestMismatch,
-        _ => FanoutError::BodyAuthentication,
-    })
+    let actual: [u8; 32] = Sha256::digest(body).into();
+    if !crypto::ct_eq(&actual, digest) {
+        return Err(FanoutError::BodyDigestMismatch);
+    }
+    let mut reader = Reader::new(body);
+    reader.version()?;
+    match reader.u8()? {
+        BODY_TYPE => {}
+        other => return Err(DecodeError::UnknownType(other).into()),
+    }
+    crypto::open(key, &[0u8; crypto::NONCE_LEN], BODY_AAD, reader.rest())
+        .map_err(|_| FanoutError::BodyAuthentication)
 }
 
 impl Device {
@@ -263,15 +271,19 @@ impl Device {
         targets.sort_unstable_by_key(|(a, _)| *a);
         targets.dedup_by_key(|(a, _)| *a);
         let (list_version, list_digest) = own.map_or((0, [0u8; 32]), |l| (l.version(), l.digest()));
-        let (body, descriptor) = if payload.len() > INLINE_THRESHOLD {
-            let (body, descriptor) = seal_body(rng, payload)?;
-            (Some(body), Some(descriptor))
+        let (body, body_key) = if payload.len() > INLINE_THRESHOLD {
+            let mut key = Zeroizing::new([0u8; 32]);
+            rng.fill_bytes(key.as_mut_slice());
+            let key = Secret32::new(*key);
+            (Some(seal_body(&key, payload)), Some(key))
         } else {
             (None, None)
         };
-        let content = match &descriptor {
-            Some(descriptor) => Content::Body(descriptor),
-            None => Content::Inline(payload),
+        let content = match (&body_key, &body) {
+            (Some(key), Some(body)) => {
+                Content::Body { key: *key.as_bytes(), digest: Sha256::digest(body).into() }
+            }
+            _ => Content::Inline(payload),
         };
         // Two plaintexts serve every device: the direct one, and the own-device copy.
         let direct =
@@ -303,7 +315,10 @@ impl Device {
     }
 
     /// The session plaintext that carries a history descriptor.
-    pub(crate) fn history_plaintext(&self, descriptor: &BlobDescriptor) -> Zeroizing<Vec<u8>> {
+    pub(crate) fn history_plaintext(
+        &self,
+        descriptor: &crate::blob::BlobDescriptor,
+    ) -> Zeroizing<Vec<u8>> {
         let own = self.device_list(self.address.account);
         let descriptor = descriptor.to_bytes();
         Inner {
@@ -368,7 +383,7 @@ impl Device {
             }
             let payload = match inner.content {
                 Content::Inline(payload) => Zeroizing::new(payload.to_vec()),
-                Content::Body(descriptor) => open_body(descriptor, body)?,
+                Content::Body { key, digest } => open_body(&key, &digest, body)?,
                 Content::History(_) => return Err(FanoutError::UnexpectedHistory),
             };
             Ok(ReceivedMessage {
