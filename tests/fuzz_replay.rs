@@ -1,0 +1,365 @@
+//! Replays the cargo-fuzz corpora on stable: every seed and saved regression under `fuzz/` goes
+//! through the same target functions libFuzzer runs, followed by deterministic pseudo-random and
+//! mutated inputs. `generate_fuzz_corpus` (ignored) writes the seeds.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "support/fuzzing.rs"]
+mod fuzzing;
+
+use std::path::{Path, PathBuf};
+
+use fuzzing::{Event, Side};
+use multidevice::{Device, PrekeyBundle};
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt};
+
+/// A fuzz target body.
+type Target = fn(&[u8]);
+
+/// Every fuzz target, by the name of its `fuzz/fuzz_targets/<name>.rs` and corpus directory.
+const TARGETS: &[(&str, Target)] = &[
+    ("session_message", fuzzing::session_message),
+    ("prekey_bundle", fuzzing::prekey_bundle),
+    ("prekey_upload", fuzzing::prekey_upload),
+    ("public_identity", fuzzing::public_identity),
+    ("device_state", fuzzing::device_state),
+    ("decrypt", fuzzing::decrypt),
+    ("two_devices", fuzzing::two_devices),
+];
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+/// The files of `dir`, sorted by name; none if it does not exist.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file() && !is_hidden(path))
+        .collect();
+    paths.sort();
+    paths.into_iter().map(|path| (path.clone(), std::fs::read(&path).unwrap())).collect()
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with('.'))
+}
+
+fn target(name: &str) -> Target {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f).unwrap()
+}
+
+/// Replays the corpus and regressions of `name`, then `random` pseudo-random inputs and as many
+/// mutations of corpus entries.
+fn replay(name: &str, random: usize, max_len: usize) {
+    let run = target(name);
+    let corpus = files(&fuzz_dir().join("corpus").join(name));
+    assert!(!corpus.is_empty(), "no seed corpus for {name}");
+    let regressions = files(&fuzz_dir().join("regressions").join(name));
+    for (path, data) in corpus.iter().chain(&regressions) {
+        eprintln!("replaying {}", path.display());
+        run(data);
+    }
+    let seed = name.bytes().fold(0x42, |h: u64, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let mut rng: StdRng = fuzzing::seeded(seed);
+    for _ in 0..random {
+        let mut data = vec![0u8; rng.random_range(0..=max_len)];
+        rng.fill_bytes(&mut data);
+        run(&data);
+    }
+    for _ in 0..random {
+        let (_, seed) = &corpus[rng.random_range(0..corpus.len())];
+        run(&mutate(&mut rng, seed));
+    }
+}
+
+/// A few random edits of `seed`: bit flips, byte overwrites, truncation, insertion.
+fn mutate(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
+    let mut data = seed.to_vec();
+    for _ in 0..rng.random_range(1..=4) {
+        let len = data.len();
+        match rng.random_range(0..4) {
+            0 if len > 0 => data[rng.random_range(0..len)] ^= 1 << rng.random_range(0..8),
+            1 if len > 0 => data[rng.random_range(0..len)] = rng.random(),
+            2 if len > 0 => data.truncate(rng.random_range(0..len)),
+            _ => data.insert(rng.random_range(0..=len), rng.random()),
+        }
+    }
+    data
+}
+
+#[test]
+fn replay_session_message() {
+    replay("session_message", 300, 600);
+}
+
+#[test]
+fn replay_prekey_bundle() {
+    replay("prekey_bundle", 300, 400);
+}
+
+#[test]
+fn replay_prekey_upload() {
+    replay("prekey_upload", 300, 600);
+}
+
+#[test]
+fn replay_public_identity() {
+    replay("public_identity", 300, 200);
+}
+
+#[test]
+fn replay_device_state() {
+    replay("device_state", 300, 3000);
+}
+
+#[test]
+fn replay_decrypt() {
+    replay("decrypt", 300, 600);
+}
+
+#[test]
+fn replay_two_devices() {
+    replay("two_devices", 200, 600);
+}
+
+#[test]
+fn every_target_has_a_fuzz_target_file() {
+    for (name, _) in TARGETS {
+        let path = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
+        assert!(path.is_file(), "missing {}", path.display());
+    }
+}
+
+fn every_event() -> Vec<Event> {
+    use Side::{A, B};
+    vec![
+        Event::Send { from: A, len: 0 },
+        Event::Send { from: B, len: 255 },
+        Event::Deliver { index: 7 },
+        Event::Drop { index: 1 },
+        Event::Duplicate { index: 2 },
+        Event::Reorder { first: 3, second: 200 },
+        Event::Tamper { index: 4, byte: 0xBEEF, bit: 9 },
+        Event::Replay { index: 5 },
+        Event::Misroute { index: 6 },
+        Event::Snapshot { which: A },
+        Event::Restore { which: B },
+        Event::Reload { which: A },
+        Event::NewSession { from: B, one_time: 0xFF },
+        Event::Replenish { which: A, count: 3 },
+        Event::RotateSignedPrekey { which: B },
+        Event::AdvanceClock { hours: 0xFFFF },
+    ]
+}
+
+/// The seed writer mirrors `arbitrary`'s encoding; if the derive or the event list changes, the
+/// checked-in `two_devices` seeds would silently decode to something else.
+#[test]
+fn event_encoding_round_trips() {
+    let events = every_event();
+    assert_eq!(fuzzing::decode_events(&fuzzing::encode_events(&events)), events);
+    for event in &events {
+        let one = std::slice::from_ref(event);
+        assert_eq!(fuzzing::decode_events(&fuzzing::encode_events(one)), one);
+    }
+}
+
+/// Hand-written event scripts: each one exercises one behaviour of the two-device model.
+fn scripts() -> Vec<(&'static str, Vec<Event>)> {
+    use Event::*;
+    use Side::{A, B};
+    let send = |from, len| Send { from, len };
+    let deliver = |index| Deliver { index };
+    let mut ping_pong = Vec::new();
+    for round in 0..6u8 {
+        let from = if round % 2 == 0 { A } else { B };
+        ping_pong.extend([send(from, round * 10), send(from, 3), deliver(0), deliver(0)]);
+    }
+    vec![
+        ("ping-pong", ping_pong),
+        (
+            "loss-reorder-duplicates",
+            vec![
+                send(A, 1),
+                deliver(0),
+                send(B, 2),
+                deliver(0),
+                send(A, 3),
+                send(A, 4),
+                send(A, 5),
+                send(A, 6),
+                Reorder { first: 0, second: 3 },
+                Drop { index: 1 },
+                Duplicate { index: 0 },
+                deliver(0),
+                deliver(0),
+                deliver(0),
+                deliver(0),
+                send(B, 7),
+                send(B, 8),
+                deliver(1),
+                deliver(0),
+            ],
+        ),
+        (
+            "snapshot-restore-receiver",
+            vec![
+                send(A, 1),
+                deliver(0),
+                Snapshot { which: B },
+                send(A, 2),
+                send(A, 3),
+                Duplicate { index: 0 },
+                deliver(0),
+                Restore { which: B },
+                deliver(0),
+                deliver(0),
+                Replay { index: 1 },
+                send(B, 4),
+                deliver(0),
+            ],
+        ),
+        (
+            "snapshot-restore-sender",
+            vec![
+                send(A, 1),
+                deliver(0),
+                send(B, 2),
+                deliver(0),
+                Snapshot { which: A },
+                send(A, 3),
+                deliver(0),
+                Restore { which: A },
+                send(A, 4),
+                deliver(0),
+                send(A, 5),
+                deliver(0),
+                Reload { which: A },
+                send(B, 6),
+                deliver(0),
+            ],
+        ),
+        (
+            "simultaneous-initiation",
+            vec![
+                NewSession { from: B, one_time: 0 },
+                send(A, 1),
+                send(B, 2),
+                deliver(0),
+                deliver(0),
+                send(A, 3),
+                send(B, 4),
+                deliver(1),
+                deliver(0),
+                send(A, 5),
+                deliver(0),
+            ],
+        ),
+        (
+            "tamper-replay-misroute",
+            vec![
+                send(A, 40),
+                Misroute { index: 0 },
+                Duplicate { index: 0 },
+                Tamper { index: 1, byte: 0, bit: 0 },
+                Tamper { index: 0, byte: 150, bit: 3 },
+                deliver(0),
+                deliver(0),
+                send(A, 2),
+                Tamper { index: 0, byte: 60, bit: 7 },
+                deliver(0),
+                send(A, 3),
+                deliver(0),
+                Replay { index: 0 },
+                Replay { index: 2 },
+            ],
+        ),
+        (
+            "prekeys-rotation-clock",
+            vec![
+                NewSession { from: A, one_time: 0 },
+                NewSession { from: A, one_time: 0 },
+                send(A, 1),
+                RotateSignedPrekey { which: B },
+                AdvanceClock { hours: 24 * 31 },
+                deliver(0),
+                NewSession { from: A, one_time: 0xFF },
+                send(A, 2),
+                deliver(0),
+                Replenish { which: B, count: 7 },
+                NewSession { from: A, one_time: 5 },
+                send(A, 3),
+                deliver(0),
+                NewSession { from: B, one_time: 0 },
+                send(B, 4),
+                deliver(0),
+            ],
+        ),
+    ]
+}
+
+fn write_seed(target: &str, name: &str, data: &[u8]) {
+    let dir = fuzz_dir().join("corpus").join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), data).unwrap();
+}
+
+/// Writes the seed corpora under `fuzz/corpus/`. Deterministic; run with
+/// `cargo test --test fuzz_replay -- --ignored generate_fuzz_corpus`.
+#[test]
+#[ignore = "writes the checked-in seed corpus"]
+fn generate_fuzz_corpus() {
+    let fixture = fuzzing::build_decrypt_fixture();
+    let [a_state, b_state] = &fixture.state;
+    let a = Device::from_bytes(a_state).unwrap();
+    let b = Device::from_bytes(b_state).unwrap();
+
+    // Session messages: prekey and ordinary, delivered and pending.
+    for (i, wire) in fixture.delivered.iter().enumerate() {
+        write_seed("session_message", &format!("delivered-{i}"), wire);
+        write_seed("decrypt", &format!("replayed-{i}"), wire);
+    }
+    for (i, pending) in fixture.pending.iter().enumerate() {
+        write_seed("session_message", &format!("pending-{i}"), &pending.wire);
+        write_seed("decrypt", &format!("pending-{i}"), &pending.wire);
+    }
+    let mut tampered = fixture.pending[0].wire.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    write_seed("decrypt", "tampered-tag", &tampered);
+
+    // Bundles and uploads.
+    let upload = b.prekey_upload();
+    write_seed("prekey_upload", "one-time-prekeys", &upload.to_bytes());
+    write_seed("prekey_upload", "no-one-time-prekeys", &a.prekey_upload().to_bytes());
+    write_seed("prekey_bundle", "with-one-time-prekey", &upload.bundle(Some(0)).to_bytes());
+    write_seed("prekey_bundle", "without-one-time-prekey", &upload.bundle(None).to_bytes());
+    let mut low_order = upload.bundle(Some(0));
+    if let Some(otk) = low_order.one_time_prekey.as_mut() {
+        otk.public = [0; 32];
+    }
+    assert!(PrekeyBundle::try_from(low_order.to_bytes().as_slice()).unwrap().verify().is_ok());
+    write_seed("prekey_bundle", "low-order-one-time-prekey", &low_order.to_bytes());
+
+    // Identities and device states.
+    write_seed("public_identity", "a", &a.public_identity().to_bytes());
+    write_seed("public_identity", "b", &b.public_identity().to_bytes());
+    write_seed("device_state", "a-established", a_state);
+    write_seed("device_state", "b-skipped-keys", b_state);
+    let mut rng = fuzzing::seeded(7);
+    let fresh = Device::new(&mut rng, fuzzing::address(5, 2), fuzzing::NOW);
+    write_seed("device_state", "fresh", &fresh.to_bytes());
+
+    // Event scripts for the stateful target; each must do what it is named for.
+    for (name, events) in scripts() {
+        let bytes = fuzzing::encode_events(&events);
+        assert_eq!(fuzzing::decode_events(&bytes), events, "{name} does not round-trip");
+        let stats = fuzzing::run_two_devices(&bytes);
+        assert!(stats.accepted > 0 && stats.events == events.len(), "{name}: {stats:?}");
+        write_seed("two_devices", name, &bytes);
+    }
+}

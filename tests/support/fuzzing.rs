@@ -1,0 +1,764 @@
+//! Bodies of the cargo-fuzz targets, shared with `tests/fuzz_replay.rs`.
+//!
+//! Each `pub(crate) fn <target>(data: &[u8])` is what `fuzz/fuzz_targets/<target>.rs` runs under
+//! libFuzzer and what the stable replay test runs over the checked-in corpus. A target must never
+//! panic on its own; every `assert!` below is an invariant of the crate, and a failing one is a
+//! bug in the crate (or in this model), never in the input.
+//!
+//! This module depends only on `multidevice`, `rand` and `arbitrary`, so the fuzz crate can
+//! include it by path.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use arbitrary::{Arbitrary, Unstructured};
+use multidevice::consts::MAX_ONE_TIME_PREKEYS;
+use multidevice::{
+    AccountId, Device, DeviceAddress, DeviceId, PrekeyBundle, PrekeyUpload, PublicIdentity,
+    SessionMessage, Timestamp, VerifiedPrekeyBundle,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+/// The time every fuzz target runs at, unless an event moves the clock.
+pub(crate) const NOW: Timestamp = Timestamp(1_700_000_000);
+
+/// Sender (12) and recipient (12) addresses after the version and type bytes.
+const ADDRESSES_END: usize = 2 + 12 + 12;
+/// Shortest session message: version, type, addresses, ratchet header (68), tag (16).
+const MIN_MESSAGE_LEN: usize = ADDRESSES_END + 68 + 16;
+/// Shortest prekey fields: identity (128), base key (32), signed prekey id (4), flag (1).
+const MIN_PREKEY_FIELDS_LEN: usize = 128 + 32 + 4 + 1;
+
+/// Address of device `device` of account `account`.
+pub(crate) fn address(account: u64, device: u32) -> DeviceAddress {
+    DeviceAddress::new(AccountId(account), DeviceId(device))
+}
+
+/// A deterministic RNG.
+pub(crate) fn seeded(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn fresh_device(rng: &mut StdRng, address: DeviceAddress, one_time_prekeys: usize) -> Device {
+    let mut device = Device::new(rng, address, NOW);
+    device.generate_one_time_prekeys(rng, one_time_prekeys).expect("within the prekey limit");
+    device
+}
+
+/// The bundle an honest server hands out for `owner`, carried as bytes and verified by the
+/// fetching device. `one_time` picks a one-time prekey from the current upload; out of range
+/// means none. The server may hand the same one-time prekey to two initiators.
+fn fetch_bundle(owner: &Device, one_time: usize) -> VerifiedPrekeyBundle {
+    let upload = owner.prekey_upload();
+    let index = (one_time < upload.one_time_prekeys.len()).then_some(one_time);
+    let bytes = upload.bundle(index).to_bytes();
+    PrekeyBundle::try_from(bytes.as_slice())
+        .expect("a bundle's own encoding parses")
+        .verify()
+        .expect("an honest bundle verifies")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode targets: one per parser.
+// ---------------------------------------------------------------------------------------------
+
+/// `SessionMessage::try_from`: no panic, and an accepted message has the documented layout.
+pub(crate) fn session_message(data: &[u8]) {
+    let Ok(message) = SessionMessage::try_from(data) else {
+        return;
+    };
+    assert!(data.len() >= MIN_MESSAGE_LEN, "accepted a {}-byte message", data.len());
+    assert_eq!(data.first(), Some(&1), "accepted an unknown version");
+    let expected_type = if message.is_prekey_message() { 2 } else { 1 };
+    assert_eq!(data.get(1), Some(&expected_type));
+    if message.is_prekey_message() {
+        assert!(data.len() >= MIN_MESSAGE_LEN + MIN_PREKEY_FIELDS_LEN);
+    }
+    assert_eq!(address_at(data, 2), Some(message.sender()));
+    assert_eq!(address_at(data, 14), Some(message.recipient()));
+}
+
+fn address_at(data: &[u8], offset: usize) -> Option<DeviceAddress> {
+    let account = data.get(offset..offset + 8)?;
+    let device = data.get(offset + 8..offset + 12)?;
+    Some(address(
+        u64::from_be_bytes(account.try_into().ok()?),
+        u32::from_be_bytes(device.try_into().ok()?),
+    ))
+}
+
+/// A device that starts sessions from fuzzed bundles; rebuilt from these bytes every time.
+fn initiator_bytes() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        let mut rng = seeded(0xB0D1E);
+        fresh_device(&mut rng, address(9, 0), 0).to_bytes().to_vec()
+    })
+}
+
+/// `PrekeyBundle::try_from`: canonical encoding, and a bundle that verifies is safe to start a
+/// session with (typed error and no state change, or a session).
+pub(crate) fn prekey_bundle(data: &[u8]) {
+    let Ok(bundle) = PrekeyBundle::try_from(data) else {
+        return;
+    };
+    assert_eq!(bundle.to_bytes(), data, "non-canonical bundle accepted");
+    let Ok(verified) = bundle.verify() else {
+        return;
+    };
+    let mut device = Device::from_bytes(initiator_bytes()).expect("fixture state loads");
+    let remote = verified.bundle().address;
+    let mut rng = seeded(1);
+    match device.start_session(&mut rng, &verified) {
+        Ok(()) => assert!(device.has_session(remote)),
+        Err(error) => {
+            assert_eq!(device.to_bytes().as_slice(), initiator_bytes(), "changed by {error:?}");
+        }
+    }
+}
+
+/// `PrekeyUpload::try_from`: canonical encoding, and every bundle cut from it round-trips.
+pub(crate) fn prekey_upload(data: &[u8]) {
+    let Ok(upload) = PrekeyUpload::try_from(data) else {
+        return;
+    };
+    assert_eq!(upload.to_bytes(), data, "non-canonical upload accepted");
+    assert!(upload.one_time_prekeys.len() <= MAX_ONE_TIME_PREKEYS);
+    let signature_ok = upload.bundle(None).verify().is_ok();
+    for index in [None, Some(0), Some(upload.one_time_prekeys.len().saturating_sub(1))] {
+        let bundle = upload.bundle(index);
+        let bytes = bundle.to_bytes();
+        assert_eq!(PrekeyBundle::try_from(bytes.as_slice()).as_ref(), Ok(&bundle));
+        // The one-time prekey is not signed, so which one is served cannot change the verdict.
+        assert_eq!(bundle.verify().is_ok(), signature_ok);
+    }
+}
+
+/// `PublicIdentity::try_from`: canonical encoding and a stable fingerprint.
+pub(crate) fn public_identity(data: &[u8]) {
+    let Ok(identity) = PublicIdentity::try_from(data) else {
+        return;
+    };
+    let bytes = identity.to_bytes();
+    assert_eq!(bytes.as_slice(), data, "non-canonical identity accepted");
+    let again = PublicIdentity::try_from(bytes.as_slice()).expect("own encoding parses");
+    assert_eq!(again, identity);
+    assert_eq!(again.fingerprint(), identity.fingerprint());
+}
+
+/// `Device::from_bytes`: a loaded device serializes stably and exposes consistent public data.
+pub(crate) fn device_state(data: &[u8]) {
+    let Ok(device) = Device::from_bytes(data) else {
+        return;
+    };
+    let first = device.to_bytes();
+    let reloaded = Device::from_bytes(&first).expect("a device's own bytes load");
+    assert_eq!(reloaded.to_bytes(), first, "persisted state is not stable");
+    let identity = device.public_identity().to_bytes();
+    assert_eq!(
+        PublicIdentity::try_from(identity.as_slice()).as_ref(),
+        Ok(device.public_identity())
+    );
+    // A state this crate wrote never holds more one-time prekeys than the limit; a state from
+    // elsewhere might, and its upload then cannot be parsed back, so only check the normal case.
+    if device.one_time_prekeys_remaining() <= MAX_ONE_TIME_PREKEYS {
+        let upload = device.prekey_upload();
+        let bytes = upload.to_bytes();
+        assert_eq!(PrekeyUpload::try_from(bytes.as_slice()), Ok(upload));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decrypt target: arbitrary bytes against a fixed pair of devices.
+// ---------------------------------------------------------------------------------------------
+
+/// One of the two devices of a fuzzed conversation.
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Device 1:0.
+    A,
+    /// Device 2:0.
+    B,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+
+    /// The address of this side's device.
+    pub(crate) fn address(self) -> DeviceAddress {
+        match self {
+            Side::A => address(1, 0),
+            Side::B => address(2, 0),
+        }
+    }
+}
+
+/// A genuine message the fixture devices have not received yet: it decrypts exactly once.
+pub(crate) struct Pending {
+    /// Receiving side.
+    pub(crate) to: Side,
+    /// Claimed and true sender.
+    pub(crate) from: DeviceAddress,
+    /// The wire bytes.
+    pub(crate) wire: Vec<u8>,
+    /// What it decrypts to.
+    pub(crate) plaintext: Vec<u8>,
+}
+
+/// The fixed conversation the decrypt target attacks, and messages for seeding its corpus.
+pub(crate) struct DecryptFixture {
+    /// Persisted state of A and B.
+    pub(crate) state: [Vec<u8>; 2],
+    /// Messages that decrypt at the fixture state.
+    pub(crate) pending: Vec<Pending>,
+    /// Messages the fixture devices already received (replays).
+    pub(crate) delivered: Vec<Vec<u8>>,
+}
+
+/// Builds the fixture: A and B established in both directions, B holding skipped keys, A a new
+/// chain waiting, and a third device C about to start a session with B.
+pub(crate) fn build_decrypt_fixture() -> DecryptFixture {
+    let mut rng = seeded(0xDEC0DE);
+    let mut a = fresh_device(&mut rng, Side::A.address(), 3);
+    let mut b = fresh_device(&mut rng, Side::B.address(), 3);
+    let mut c = fresh_device(&mut rng, address(3, 1), 0);
+    let mut pending = Vec::new();
+    let mut delivered = Vec::new();
+    let send = |from: &mut Device, to: &Device, text: &[u8], rng: &mut StdRng| {
+        from.encrypt(rng, to.address(), text).expect("session exists")
+    };
+
+    a.start_session(&mut rng, &fetch_bundle(&b, 0)).expect("genuine bundle");
+    let first = send(&mut a, &b, b"first, a prekey message", &mut rng);
+    b.decrypt(&first, NOW).expect("genuine");
+    delivered.push(first);
+    let reply = send(&mut b, &a, b"reply", &mut rng);
+    a.decrypt(&reply, NOW).expect("genuine");
+    delivered.push(reply);
+
+    // A turns the ratchet and sends three; B receives only the third and keeps two skipped keys.
+    let skipped: Vec<(Vec<u8>, &[u8])> = [&b"skipped one"[..], b"skipped two"]
+        .into_iter()
+        .map(|text| (send(&mut a, &b, text, &mut rng), text))
+        .collect();
+    let third = send(&mut a, &b, b"third", &mut rng);
+    b.decrypt(&third, NOW).expect("genuine");
+    delivered.push(third);
+    for (wire, text) in skipped {
+        pending.push(Pending { to: Side::B, from: a.address(), wire, plaintext: text.to_vec() });
+    }
+
+    // B turns the ratchet; nothing reaches A yet.
+    for text in [&b"new chain one"[..], b"new chain two"] {
+        let wire = send(&mut b, &a, text, &mut rng);
+        pending.push(Pending { to: Side::A, from: b.address(), wire, plaintext: text.to_vec() });
+    }
+
+    // C starts a session with B using one of B's unused one-time prekeys.
+    c.start_session(&mut rng, &fetch_bundle(&b, 0)).expect("genuine bundle");
+    let text = b"hello from a third device";
+    let wire = send(&mut c, &b, text, &mut rng);
+    pending.push(Pending { to: Side::B, from: c.address(), wire, plaintext: text.to_vec() });
+
+    DecryptFixture { state: [a.to_bytes().to_vec(), b.to_bytes().to_vec()], pending, delivered }
+}
+
+struct DecryptTarget {
+    fixture: DecryptFixture,
+    live: [Mutex<Device>; 2],
+}
+
+fn decrypt_target() -> &'static DecryptTarget {
+    static TARGET: OnceLock<DecryptTarget> = OnceLock::new();
+    TARGET.get_or_init(|| {
+        let fixture = build_decrypt_fixture();
+        let load = |bytes: &[u8]| Mutex::new(Device::from_bytes(bytes).expect("fixture loads"));
+        let live = [load(&fixture.state[0]), load(&fixture.state[1])];
+        DecryptTarget { fixture, live }
+    })
+}
+
+/// Feeds `data` to both fixture devices. Only a pending genuine message may decrypt, to its
+/// plaintext, exactly once; any failure leaves the device byte-identical.
+pub(crate) fn decrypt(data: &[u8]) {
+    let target = decrypt_target();
+    for side in [Side::A, Side::B] {
+        let state = &target.fixture.state[side.index()];
+        let mut device = lock(&target.live[side.index()]);
+        match device.decrypt(data, NOW) {
+            Ok(got) => {
+                let expected = target
+                    .fixture
+                    .pending
+                    .iter()
+                    .find(|p| p.to == side && p.wire == data)
+                    .expect("only a genuine pending message can decrypt");
+                assert_eq!(got.plaintext.as_slice(), expected.plaintext.as_slice());
+                assert_eq!(got.sender, expected.from);
+                let after = device.to_bytes();
+                assert!(device.decrypt(data, NOW).is_err(), "a message decrypted twice");
+                assert_eq!(device.to_bytes(), after, "a rejected replay changed state");
+                *device = Device::from_bytes(state).expect("fixture loads");
+            }
+            Err(error) => {
+                assert_eq!(device.to_bytes().as_slice(), state.as_slice(), "changed by {error:?}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stateful target: two devices, an untrusted relay and a clock, driven by an event list.
+// ---------------------------------------------------------------------------------------------
+
+/// Events are decoded until the input runs out or this many were read.
+pub(crate) const MAX_EVENTS: usize = 256;
+/// The relay remembers this many delivered messages for replays.
+const LOG_LEN: usize = 64;
+
+/// One step of the two-device model. Indices pick an in-flight message modulo their count.
+#[derive(Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// `from` encrypts a message with `len` filler bytes to the other device.
+    Send {
+        /// The sender.
+        from: Side,
+        /// Filler length.
+        len: u8,
+    },
+    /// The relay delivers an in-flight message.
+    Deliver {
+        /// Which one.
+        index: u8,
+    },
+    /// The relay drops an in-flight message.
+    Drop {
+        /// Which one.
+        index: u8,
+    },
+    /// The relay queues a second copy of an in-flight message.
+    Duplicate {
+        /// Which one.
+        index: u8,
+    },
+    /// The relay swaps two in-flight messages.
+    Reorder {
+        /// First position.
+        first: u8,
+        /// Second position.
+        second: u8,
+    },
+    /// The relay flips one bit of an in-flight message.
+    Tamper {
+        /// Which message.
+        index: u8,
+        /// Which byte, modulo the length.
+        byte: u16,
+        /// Which bit, modulo 8.
+        bit: u8,
+    },
+    /// The relay re-delivers a message it delivered earlier.
+    Replay {
+        /// Which one of the remembered messages.
+        index: u8,
+    },
+    /// The relay delivers an in-flight message to its sender instead.
+    Misroute {
+        /// Which one.
+        index: u8,
+    },
+    /// The app persists a device.
+    Snapshot {
+        /// Which device.
+        which: Side,
+    },
+    /// The app restores a device from its last snapshot, replacing the live one.
+    Restore {
+        /// Which device.
+        which: Side,
+    },
+    /// The app persists and reloads a device.
+    Reload {
+        /// Which device.
+        which: Side,
+    },
+    /// `from` fetches a bundle for the other device and starts a new session.
+    NewSession {
+        /// The initiator.
+        from: Side,
+        /// Which one-time prekey the server serves (out of range: none).
+        one_time: u8,
+    },
+    /// A device creates more one-time prekeys.
+    Replenish {
+        /// Which device.
+        which: Side,
+        /// How many (modulo 8).
+        count: u8,
+    },
+    /// A device rotates its signed prekey.
+    RotateSignedPrekey {
+        /// Which device.
+        which: Side,
+    },
+    /// Time passes.
+    AdvanceClock {
+        /// Hours.
+        hours: u16,
+    },
+}
+
+const EVENT_VARIANTS: u32 = 15;
+
+impl Event {
+    fn variant(&self) -> u32 {
+        match self {
+            Event::Send { .. } => 0,
+            Event::Deliver { .. } => 1,
+            Event::Drop { .. } => 2,
+            Event::Duplicate { .. } => 3,
+            Event::Reorder { .. } => 4,
+            Event::Tamper { .. } => 5,
+            Event::Replay { .. } => 6,
+            Event::Misroute { .. } => 7,
+            Event::Snapshot { .. } => 8,
+            Event::Restore { .. } => 9,
+            Event::Reload { .. } => 10,
+            Event::NewSession { .. } => 11,
+            Event::Replenish { .. } => 12,
+            Event::RotateSignedPrekey { .. } => 13,
+            Event::AdvanceClock { .. } => 14,
+        }
+    }
+}
+
+/// Decodes an event list the way the `two_devices` target does.
+pub(crate) fn decode_events(data: &[u8]) -> Vec<Event> {
+    let mut input = Unstructured::new(data);
+    let mut events = Vec::new();
+    while !input.is_empty() && events.len() < MAX_EVENTS {
+        match Event::arbitrary(&mut input) {
+            Ok(event) => events.push(event),
+            Err(_) => break,
+        }
+    }
+    events
+}
+
+/// Encodes events into bytes that [`decode_events`] turns back into them, for writing seeds.
+/// Mirrors `arbitrary`'s derive: a variant is a little-endian `u32` scaled onto the variant
+/// count, integers are little-endian.
+pub(crate) fn encode_events(events: &[Event]) -> Vec<u8> {
+    fn tag(out: &mut Vec<u8>, variant: u32, count: u32) {
+        let value = (u64::from(variant) << 32).div_ceil(u64::from(count));
+        out.extend_from_slice(&u32::try_from(value).unwrap_or(u32::MAX).to_le_bytes());
+    }
+    fn side(out: &mut Vec<u8>, side: Side) {
+        tag(out, u32::from(side == Side::B), 2);
+    }
+    let mut out = Vec::new();
+    for event in events {
+        tag(&mut out, event.variant(), EVENT_VARIANTS);
+        match *event {
+            Event::Send { from, len } => {
+                side(&mut out, from);
+                out.push(len);
+            }
+            Event::Deliver { index }
+            | Event::Drop { index }
+            | Event::Duplicate { index }
+            | Event::Replay { index }
+            | Event::Misroute { index } => out.push(index),
+            Event::Reorder { first, second } => out.extend_from_slice(&[first, second]),
+            Event::Tamper { index, byte, bit } => {
+                out.push(index);
+                out.extend_from_slice(&byte.to_le_bytes());
+                out.push(bit);
+            }
+            Event::Snapshot { which }
+            | Event::Restore { which }
+            | Event::Reload { which }
+            | Event::RotateSignedPrekey { which } => side(&mut out, which),
+            Event::NewSession { from, one_time } => {
+                side(&mut out, from);
+                out.push(one_time);
+            }
+            Event::Replenish { which, count } => {
+                side(&mut out, which);
+                out.push(count);
+            }
+            Event::AdvanceClock { hours } => out.extend_from_slice(&hours.to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// A message on the relay.
+#[derive(Clone)]
+struct Envelope {
+    /// Index into `World::sent`.
+    id: usize,
+    bytes: Vec<u8>,
+}
+
+/// What was really sent.
+struct Sent {
+    from: Side,
+    to: Side,
+    wire: Vec<u8>,
+    plaintext: Vec<u8>,
+}
+
+struct Peer {
+    device: Device,
+    /// Messages this device's state lineage has accepted.
+    accepted: BTreeSet<usize>,
+    snapshot: Option<(Vec<u8>, BTreeSet<usize>)>,
+}
+
+/// What a run did, for choosing seeds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stats {
+    /// Events run.
+    pub(crate) events: usize,
+    /// Messages sent.
+    pub(crate) sent: usize,
+    /// Successful decryptions.
+    pub(crate) accepted: usize,
+    /// Failed decryptions.
+    pub(crate) rejected: usize,
+}
+
+struct World {
+    rng: StdRng,
+    now: Timestamp,
+    peers: [Peer; 2],
+    in_flight: Vec<Envelope>,
+    log: Vec<Envelope>,
+    sent: Vec<Sent>,
+    stats: Stats,
+}
+
+fn two_device_start() -> &'static [Vec<u8>; 2] {
+    static START: OnceLock<[Vec<u8>; 2]> = OnceLock::new();
+    START.get_or_init(|| {
+        let mut rng = seeded(0x2DE7);
+        let mut a = fresh_device(&mut rng, Side::A.address(), 3);
+        let b = fresh_device(&mut rng, Side::B.address(), 3);
+        a.start_session(&mut rng, &fetch_bundle(&b, 0)).expect("genuine bundle");
+        [a.to_bytes().to_vec(), b.to_bytes().to_vec()]
+    })
+}
+
+fn plaintext(id: usize, len: u8) -> Vec<u8> {
+    let tag = u64::try_from(id).unwrap_or(u64::MAX).to_be_bytes();
+    let mut text = tag.to_vec();
+    text.extend(tag.iter().cycle().take(usize::from(len)));
+    text
+}
+
+fn pick(len: usize, index: impl Into<usize>) -> Option<usize> {
+    (len > 0).then(|| index.into() % len)
+}
+
+impl World {
+    fn new() -> Self {
+        let start = two_device_start();
+        let peer = |bytes: &[u8]| Peer {
+            device: Device::from_bytes(bytes).expect("start state loads"),
+            accepted: BTreeSet::new(),
+            snapshot: None,
+        };
+        Self {
+            rng: seeded(0x5EED),
+            now: NOW,
+            peers: [peer(&start[0]), peer(&start[1])],
+            in_flight: Vec::new(),
+            log: Vec::new(),
+            sent: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    fn peer(&mut self, side: Side) -> &mut Peer {
+        &mut self.peers[side.index()]
+    }
+
+    fn run(&mut self, event: &Event) {
+        self.stats.events += 1;
+        match *event {
+            Event::Send { from, len } => self.send(from, len),
+            Event::Deliver { index } => {
+                if let Some(i) = pick(self.in_flight.len(), index) {
+                    let envelope = self.in_flight.remove(i);
+                    let to = self.sent[envelope.id].to;
+                    self.deliver(&envelope, to);
+                    if self.log.len() == LOG_LEN {
+                        self.log.remove(0);
+                    }
+                    self.log.push(envelope);
+                }
+            }
+            Event::Drop { index } => {
+                if let Some(i) = pick(self.in_flight.len(), index) {
+                    self.in_flight.remove(i);
+                }
+            }
+            Event::Duplicate { index } => {
+                if let Some(i) = pick(self.in_flight.len(), index) {
+                    let copy = self.in_flight[i].clone();
+                    self.in_flight.push(copy);
+                }
+            }
+            Event::Reorder { first, second } => {
+                let len = self.in_flight.len();
+                if let (Some(i), Some(j)) = (pick(len, first), pick(len, second)) {
+                    self.in_flight.swap(i, j);
+                }
+            }
+            Event::Tamper { index, byte, bit } => {
+                if let Some(i) = pick(self.in_flight.len(), index) {
+                    let bytes = &mut self.in_flight[i].bytes;
+                    if let Some(b) = pick(bytes.len(), byte) {
+                        bytes[b] ^= 1u8 << (bit % 8);
+                    }
+                }
+            }
+            Event::Replay { index } => {
+                if let Some(i) = pick(self.log.len(), index) {
+                    let envelope = self.log[i].clone();
+                    let to = self.sent[envelope.id].to;
+                    self.deliver(&envelope, to);
+                }
+            }
+            Event::Misroute { index } => {
+                if let Some(i) = pick(self.in_flight.len(), index) {
+                    let envelope = self.in_flight[i].clone();
+                    let to = self.sent[envelope.id].from;
+                    self.deliver(&envelope, to);
+                }
+            }
+            Event::Snapshot { which } => {
+                let peer = self.peer(which);
+                peer.snapshot = Some((peer.device.to_bytes().to_vec(), peer.accepted.clone()));
+            }
+            Event::Restore { which } => {
+                let peer = self.peer(which);
+                if let Some((bytes, accepted)) = &peer.snapshot {
+                    peer.device = Device::from_bytes(bytes).expect("a snapshot loads");
+                    peer.accepted = accepted.clone();
+                }
+            }
+            Event::Reload { which } => {
+                let device = &mut self.peer(which).device;
+                let bytes = device.to_bytes();
+                *device = Device::from_bytes(&bytes).expect("a device's own bytes load");
+                assert_eq!(device.to_bytes(), bytes, "reloading changed the state");
+            }
+            Event::NewSession { from, one_time } => {
+                let bundle =
+                    fetch_bundle(&self.peers[from.other().index()].device, one_time.into());
+                let (rng, device) = (&mut self.rng, &mut self.peers[from.index()].device);
+                let before = device.to_bytes();
+                match device.start_session(rng, &bundle) {
+                    Ok(()) => assert!(device.has_session(from.other().address())),
+                    Err(error) => assert_eq!(device.to_bytes(), before, "changed by {error:?}"),
+                }
+            }
+            Event::Replenish { which, count } => {
+                let (rng, device) = (&mut self.rng, &mut self.peers[which.index()].device);
+                let before = device.to_bytes();
+                let count = usize::from(count % 8);
+                let had = device.one_time_prekeys_remaining();
+                match device.generate_one_time_prekeys(rng, count) {
+                    Ok(fresh) => {
+                        assert_eq!(fresh.len(), count);
+                        assert_eq!(device.one_time_prekeys_remaining(), had + count);
+                    }
+                    Err(error) => assert_eq!(device.to_bytes(), before, "changed by {error:?}"),
+                }
+                assert!(device.one_time_prekeys_remaining() <= MAX_ONE_TIME_PREKEYS);
+            }
+            Event::RotateSignedPrekey { which } => {
+                let (rng, device) = (&mut self.rng, &mut self.peers[which.index()].device);
+                let fresh = device.rotate_signed_prekey(rng, self.now);
+                assert_eq!(device.prekey_upload().signed_prekey, fresh);
+            }
+            Event::AdvanceClock { hours } => {
+                self.now = self.now.plus_secs(u64::from(hours) * 3600);
+            }
+        }
+    }
+
+    fn send(&mut self, from: Side, len: u8) {
+        let id = self.sent.len();
+        let text = plaintext(id, len);
+        let (rng, device) = (&mut self.rng, &mut self.peers[from.index()].device);
+        let before = device.to_bytes();
+        match device.encrypt(rng, from.other().address(), &text) {
+            Ok(wire) => {
+                self.stats.sent += 1;
+                self.in_flight.push(Envelope { id, bytes: wire.clone() });
+                self.sent.push(Sent { from, to: from.other(), wire, plaintext: text });
+            }
+            Err(error) => assert_eq!(device.to_bytes(), before, "changed by {error:?}"),
+        }
+    }
+
+    fn deliver(&mut self, envelope: &Envelope, to: Side) {
+        let sent = &self.sent[envelope.id];
+        let now = self.now;
+        let peer = &mut self.peers[to.index()];
+        let before = peer.device.to_bytes();
+        match peer.device.decrypt(&envelope.bytes, now) {
+            Ok(got) => {
+                self.stats.accepted += 1;
+                assert_eq!(to, sent.to, "accepted by a device it was not addressed to");
+                assert!(envelope.bytes == sent.wire, "accepted a tampered message");
+                assert_eq!(got.plaintext.as_slice(), sent.plaintext.as_slice());
+                assert_eq!(got.sender, sent.from.address());
+                assert!(
+                    peer.accepted.insert(envelope.id),
+                    "message {} accepted twice",
+                    envelope.id
+                );
+            }
+            Err(error) => {
+                self.stats.rejected += 1;
+                assert_eq!(peer.device.to_bytes(), before, "changed by {error:?}");
+            }
+        }
+    }
+}
+
+/// Runs an event list and reports what happened.
+pub(crate) fn run_two_devices(data: &[u8]) -> Stats {
+    let mut world = World::new();
+    for event in decode_events(data) {
+        world.run(&event);
+    }
+    world.stats
+}
+
+/// The stateful target: two devices, a hostile relay, snapshots, restores and a clock.
+pub(crate) fn two_devices(data: &[u8]) {
+    run_two_devices(data);
+}
