@@ -25,6 +25,15 @@ const TARGETS: &[(&str, Target)] = &[
     ("device_state", fuzzing::device_state),
     ("decrypt", fuzzing::decrypt),
     ("two_devices", fuzzing::two_devices),
+    ("device_list", fuzzing::device_list),
+    ("signed_device_identity", fuzzing::signed_device_identity),
+    ("logout_request", fuzzing::logout_request),
+    ("qr_text", fuzzing::qr_text),
+    ("link_messages", fuzzing::link_messages),
+    ("pairing_messages", fuzzing::pairing_messages),
+    ("blob_descriptor", fuzzing::blob_descriptor),
+    ("blob_chunks", fuzzing::blob_chunks),
+    ("account_events", fuzzing::account_events),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -362,4 +371,101 @@ fn generate_fuzz_corpus() {
         assert!(stats.accepted > 0 && stats.events == events.len(), "{name}: {stats:?}");
         write_seed("two_devices", name, &bytes);
     }
+}
+
+#[test]
+fn replay_device_list() {
+    replay("device_list", 200, 1800);
+}
+
+#[test]
+fn replay_signed_device_identity() {
+    replay("signed_device_identity", 200, 400);
+}
+
+#[test]
+fn replay_logout_request() {
+    replay("logout_request", 200, 200);
+}
+
+#[test]
+fn replay_qr_text() {
+    replay("qr_text", 200, 400);
+}
+
+#[test]
+fn replay_link_messages() {
+    replay("link_messages", 100, 500);
+}
+
+#[test]
+fn replay_pairing_messages() {
+    replay("pairing_messages", 60, 300);
+}
+
+#[test]
+fn replay_blob_descriptor() {
+    replay("blob_descriptor", 300, 200);
+}
+
+#[test]
+fn replay_blob_chunks() {
+    replay("blob_chunks", 100, 2000);
+}
+
+#[test]
+fn replay_account_events() {
+    replay("account_events", 60, 128);
+}
+
+/// Writes the seed corpora of the account, linking and blob targets. Deterministic; run with
+/// `cargo test --test fuzz_replay -- --ignored generate_account_corpus`.
+#[test]
+#[ignore = "writes the checked-in seed corpus"]
+fn generate_account_corpus() {
+    use multidevice::blob::{MediaType, encrypt_blob};
+    use multidevice::{CompanionPairing, PrimaryPairing, QrLinkApproval, QrLinkOffer};
+
+    let list = fuzzing::seed_device_list();
+    write_seed("device_list", "one-companion", &list);
+    let mut flipped = list.clone();
+    flipped[40] ^= 1;
+    write_seed("device_list", "flipped-identity", &flipped);
+    let signed_identity_start = list.len() - 282;
+    write_seed("signed_device_identity", "genuine", &list[signed_identity_start..]);
+
+    let mut rng = fuzzing::seeded(11);
+    let mut primary = Device::new(&mut rng, fuzzing::address(1, 0), fuzzing::NOW);
+    primary.refresh_device_list(fuzzing::NOW).unwrap();
+    let mut companion = Device::new(&mut rng, fuzzing::address(1, 99), fuzzing::NOW);
+    let mut offer = QrLinkOffer::new(&mut rng, &companion, fuzzing::NOW);
+    write_seed("qr_text", "genuine", offer.qr_text().as_bytes());
+    write_seed("qr_text", "wrong-prefix", b"MULTIDEVICE://LINK/2/AAAA");
+    let (mut approval, message) =
+        QrLinkApproval::approve(&mut primary, &offer.qr_text(), fuzzing::NOW).unwrap();
+    write_seed("link_messages", "approval-for-another-offer", &message);
+    let confirmation = offer.accept_approval(&mut companion, &message, fuzzing::NOW).unwrap();
+    write_seed("link_messages", "confirmation-for-another-offer", &confirmation);
+    approval.finish(&mut primary, &confirmation, fuzzing::NOW).unwrap();
+    write_seed(
+        "logout_request",
+        "genuine",
+        &companion.logout_request(fuzzing::NOW).unwrap().to_bytes(),
+    );
+
+    let tablet = Device::new(&mut rng, fuzzing::address(1, 98), fuzzing::NOW);
+    let (attempt, hello) = CompanionPairing::start(&mut rng, &tablet, fuzzing::NOW);
+    write_seed("pairing_messages", "hello", &hello);
+    let (_pairing, response) =
+        PrimaryPairing::respond(&mut rng, &primary, &hello, attempt.code(), fuzzing::NOW).unwrap();
+    write_seed("pairing_messages", "response", &response);
+
+    let (blob, descriptor) =
+        encrypt_blob(&mut rng, b"a small photo", MediaType::new("image/png").unwrap()).unwrap();
+    write_seed("blob_descriptor", "genuine", &descriptor.to_bytes());
+    write_seed("blob_chunks", "small-blob", &blob);
+    write_seed("blob_chunks", "plaintext", &[7u8; 300]);
+
+    write_seed("account_events", "link-remove-deliver", &[0, 2, 3, 0, 1, 0, 3, 1, 6, 4, 14, 6]);
+    write_seed("account_events", "days-pass", &[0, 3, 0, 4, 13, 4, 2, 6, 5, 9, 6, 7, 0]);
 }

@@ -13,10 +13,12 @@ use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use arbitrary::{Arbitrary, Unstructured};
-use multidevice::consts::MAX_ONE_TIME_PREKEYS;
+use multidevice::consts::{DAY_SECS, MAX_COMPANIONS, MAX_ONE_TIME_PREKEYS};
 use multidevice::{
-    AccountId, Device, DeviceAddress, DeviceId, PrekeyBundle, PrekeyUpload, PublicIdentity,
-    SessionMessage, Timestamp, VerifiedPrekeyBundle,
+    AccountId, AccountStatus, CompanionPairing, Device, DeviceAddress, DeviceId, DeviceListError,
+    LogoutRequest, PairingCode, PrekeyBundle, PrekeyUpload, PrimaryPairing, PublicIdentity,
+    QrLinkApproval, QrLinkOffer, SessionMessage, SignedDeviceIdentity, SignedDeviceList, Timestamp,
+    VerifiedPrekeyBundle,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -761,4 +763,282 @@ pub(crate) fn run_two_devices(data: &[u8]) -> Stats {
 /// The stateful target: two devices, a hostile relay, snapshots, restores and a clock.
 pub(crate) fn two_devices(data: &[u8]) {
     run_two_devices(data);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts, linking and blobs.
+
+/// A primary (1:0) with one linked companion, and a peer (2:0) that holds the primary's list.
+struct AccountFixture {
+    primary: Vec<u8>,
+    companion: Vec<u8>,
+    peer: Vec<u8>,
+    list: Vec<u8>,
+}
+
+fn account_fixture() -> &'static AccountFixture {
+    static FIXTURE: OnceLock<AccountFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let mut rng = seeded(0xacc0);
+        let mut primary = Device::new(&mut rng, address(1, 0), NOW);
+        primary.refresh_device_list(NOW).unwrap_or_else(|_| unreachable_fixture());
+        let mut companion = Device::new(&mut rng, address(1, 99), NOW);
+        let approval = primary
+            .approve_companion(companion.public_identity(), NOW)
+            .unwrap_or_else(|_| unreachable_fixture());
+        let signed =
+            companion.countersign_approval(&approval).unwrap_or_else(|_| unreachable_fixture());
+        let list = primary.add_companion(&signed, NOW).unwrap_or_else(|_| unreachable_fixture());
+        companion
+            .process_device_list(&list.to_bytes(), NOW)
+            .unwrap_or_else(|_| unreachable_fixture());
+        let mut peer = Device::new(&mut rng, address(2, 0), NOW);
+        peer.process_device_list(&list.to_bytes(), NOW).unwrap_or_else(|_| unreachable_fixture());
+        AccountFixture {
+            primary: primary.to_bytes().to_vec(),
+            companion: companion.to_bytes().to_vec(),
+            peer: peer.to_bytes().to_vec(),
+            list: list.to_bytes(),
+        }
+    })
+}
+
+fn unreachable_fixture<T>() -> T {
+    panic!("fuzz fixture setup failed")
+}
+
+fn restore(bytes: &[u8]) -> Device {
+    Device::from_bytes(bytes).unwrap_or_else(|_| unreachable_fixture())
+}
+
+/// The seed list, for corpus generation.
+pub(crate) fn seed_device_list() -> Vec<u8> {
+    account_fixture().list.clone()
+}
+
+/// Parses and verifies a device list, checks canonical re-encoding, and feeds it to a peer: a
+/// rejected list leaves the peer unchanged (an identity change only raises its flag).
+pub(crate) fn device_list(data: &[u8]) {
+    if let Ok(list) = SignedDeviceList::try_from(data) {
+        assert_eq!(list.to_bytes(), data, "device list encoding is not canonical");
+        let _ = list.verify();
+    }
+    let fixture = account_fixture();
+    let mut peer = restore(&fixture.peer);
+    match peer.process_device_list(data, NOW) {
+        Ok(update) => assert!(update.list.devices().len() <= 1 + MAX_COMPANIONS),
+        Err(DeviceListError::IdentityChanged { .. }) => {}
+        Err(_) => assert_eq!(peer.to_bytes().as_slice(), fixture.peer.as_slice()),
+    }
+}
+
+/// Parses a signed device identity and checks it against the account identity.
+pub(crate) fn signed_device_identity(data: &[u8]) {
+    if let Ok(signed) = SignedDeviceIdentity::try_from(data) {
+        assert_eq!(signed.to_bytes(), data, "signed identity encoding is not canonical");
+        let primary = restore(&account_fixture().primary);
+        let _ = signed.verify(primary.public_identity());
+    }
+}
+
+/// A logout request to the primary: rejected ones change nothing.
+pub(crate) fn logout_request(data: &[u8]) {
+    if let Ok(request) = LogoutRequest::try_from(data) {
+        assert_eq!(request.to_bytes(), data, "logout encoding is not canonical");
+    }
+    let fixture = account_fixture();
+    let mut primary = restore(&fixture.primary);
+    if primary.process_logout(data, NOW).is_err() {
+        assert_eq!(primary.to_bytes().as_slice(), fixture.primary.as_slice());
+    }
+}
+
+/// Scanned QR text: a rejected offer leaves the primary unchanged.
+pub(crate) fn qr_text(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let fixture = account_fixture();
+    let mut primary = restore(&fixture.primary);
+    if QrLinkApproval::approve(&mut primary, &text, NOW).is_err() {
+        assert_eq!(primary.to_bytes().as_slice(), fixture.primary.as_slice());
+    }
+}
+
+/// Arbitrary bytes as the primary's approval (to a waiting companion) and as the companion's
+/// confirmation (to a waiting primary): rejected, and nothing changes.
+pub(crate) fn link_messages(data: &[u8]) {
+    let mut rng = seeded(0x11c);
+    let fixture = account_fixture();
+    let mut primary = restore(&fixture.primary);
+    let waiting = Device::new(&mut rng, address(1, 98), NOW);
+    let waiting_bytes = waiting.to_bytes().to_vec();
+    let mut waiting = restore(&waiting_bytes);
+    let mut offer = QrLinkOffer::new(&mut rng, &waiting, NOW);
+    if offer.accept_approval(&mut waiting, data, NOW).is_err() {
+        assert_eq!(waiting.to_bytes().as_slice(), waiting_bytes.as_slice());
+    }
+    if let Ok((mut approval, _)) = QrLinkApproval::approve(&mut primary, &offer.qr_text(), NOW) {
+        let before = primary.to_bytes().to_vec();
+        if approval.finish(&mut primary, data, NOW).is_err() {
+            assert_eq!(primary.to_bytes().as_slice(), before.as_slice());
+        }
+    }
+}
+
+/// Arbitrary bytes as every pairing-code message, to both sides.
+pub(crate) fn pairing_messages(data: &[u8]) {
+    let mut rng = seeded(0x9a1);
+    let fixture = account_fixture();
+    let mut primary = restore(&fixture.primary);
+    let companion = Device::new(&mut rng, address(1, 97), NOW);
+    let code = PairingCode::generate(&mut rng);
+    let _ = PrimaryPairing::respond(&mut rng, &primary, data, &code, NOW);
+    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &companion, NOW);
+    let _ = attempt.handle_response(data, NOW);
+    if let Ok((mut pairing, _)) = PrimaryPairing::respond(&mut rng, &primary, &hello, &code, NOW) {
+        let before = primary.to_bytes().to_vec();
+        if pairing.handle_confirm(&mut primary, data, NOW).is_err() {
+            assert_eq!(primary.to_bytes().as_slice(), before.as_slice());
+        }
+    }
+}
+
+/// Blob descriptors: the blob module's own invariant checker.
+pub(crate) fn blob_descriptor(data: &[u8]) {
+    assert!(multidevice::blob::fuzz_descriptor(data), "blob descriptor invariant broken");
+}
+
+/// Blob chunk streams: the blob module's own invariant checker.
+pub(crate) fn blob_chunks(data: &[u8]) {
+    assert!(multidevice::blob::fuzz_chunk_stream(data), "blob chunk stream invariant broken");
+}
+
+/// One step of the accounts scenario.
+#[derive(Arbitrary, Debug, Clone)]
+pub(crate) enum AccountEvent {
+    /// The primary links a new companion by QR.
+    Link,
+    /// The primary removes companion `i`.
+    Remove(u8),
+    /// The primary re-signs its list.
+    Refresh,
+    /// The server delivers published list `i` (possibly an old one) to the peer and companions.
+    Deliver(u8),
+    /// Time moves on by `n` days (at most 20).
+    AdvanceDays(u8),
+    /// The clock is wound back by `n` days.
+    WindBack(u8),
+    /// The peer fans a message out to the account; every listed device tries to read it.
+    PeerSends,
+    /// Companion `i` asks to be logged out.
+    Logout(u8),
+}
+
+/// Random account histories: lists never roll back at the peer, the peer never holds a device
+/// set the primary did not publish, and only active companions read messages.
+pub(crate) fn account_events(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let events: Vec<AccountEvent> =
+        (0..64).map_while(|_| AccountEvent::arbitrary(&mut u).ok()).collect();
+    let mut rng = seeded(0xe7e);
+    let fixture = account_fixture();
+    let mut primary = restore(&fixture.primary);
+    let mut companions = vec![restore(&fixture.companion)];
+    let mut peer = restore(&fixture.peer);
+    let mut published: Vec<(u64, Vec<DeviceAddress>, Vec<u8>)> = Vec::new();
+    let mut now = NOW;
+    let mut held_version = peer.device_list(AccountId(1)).map_or(0, |l| l.version());
+    for event in events {
+        match event {
+            AccountEvent::Link => {
+                let mut companion = Device::new(&mut rng, address(1, 99), now);
+                let mut offer = QrLinkOffer::new(&mut rng, &companion, now);
+                if let Ok((mut approval, message)) =
+                    QrLinkApproval::approve(&mut primary, &offer.qr_text(), now)
+                    && let Ok(confirmation) = offer.accept_approval(&mut companion, &message, now)
+                    && let Ok(list) = approval.finish(&mut primary, &confirmation, now)
+                {
+                    publish(&mut published, &list);
+                    companions.push(companion);
+                }
+            }
+            AccountEvent::Remove(i) if !companions.is_empty() => {
+                let device = companions[usize::from(i) % companions.len()].address().device;
+                if let Ok(list) = primary.remove_companion(device, now) {
+                    publish(&mut published, &list);
+                }
+            }
+            AccountEvent::Refresh => {
+                if let Ok(list) = primary.refresh_device_list(now) {
+                    publish(&mut published, &list);
+                }
+            }
+            AccountEvent::Deliver(i) if !published.is_empty() => {
+                let (_, _, bytes) = &published[usize::from(i) % published.len()];
+                let _ = peer.process_device_list(bytes, now);
+                for companion in &mut companions {
+                    let _ = companion.process_device_list(bytes, now);
+                }
+            }
+            AccountEvent::AdvanceDays(n) => now = now.plus_secs(u64::from(n % 21) * DAY_SECS),
+            AccountEvent::WindBack(n) => {
+                now = Timestamp(now.0.saturating_sub(u64::from(n % 21) * DAY_SECS))
+            }
+            AccountEvent::PeerSends => {
+                let bundles: Vec<_> = companions
+                    .iter_mut()
+                    .filter_map(|c| {
+                        let _ = c.generate_one_time_prekeys(&mut rng, 1);
+                        c.prekey_upload()
+                            .one_time_prekeys
+                            .len()
+                            .checked_sub(1)
+                            .map(|last| c.prekey_upload().bundle(Some(last)))
+                    })
+                    .collect();
+                if let Ok(fanout) =
+                    peer.encrypt_fanout(&mut rng, &[AccountId(1)], &bundles, b"hello", now)
+                {
+                    for envelope in &fanout.envelopes {
+                        if let Some(companion) =
+                            companions.iter_mut().find(|c| c.address() == envelope.recipient)
+                        {
+                            let status = companion.account_status(now);
+                            let result = companion.decrypt_fanout(&envelope.bytes, None, now);
+                            if status != AccountStatus::Active {
+                                assert!(result.is_err(), "a {status:?} companion read a message");
+                            }
+                        }
+                    }
+                }
+            }
+            AccountEvent::Logout(i) if !companions.is_empty() => {
+                let companion = &companions[usize::from(i) % companions.len()];
+                if let Ok(request) = companion.logout_request(now)
+                    && let Ok(list) = primary.process_logout(&request.to_bytes(), now)
+                {
+                    publish(&mut published, &list);
+                }
+            }
+            _ => {}
+        }
+        if let Some(held) = peer.device_list(AccountId(1)) {
+            assert!(held.version() >= held_version, "the peer's list rolled back");
+            held_version = held.version();
+            let devices: Vec<DeviceAddress> = held.devices().iter().map(|d| d.address()).collect();
+            if let Some((_, intended, _)) = published.iter().find(|(v, _, _)| *v == held.version())
+            {
+                assert_eq!(
+                    &devices, intended,
+                    "the peer holds a device set the primary never published"
+                );
+            }
+        }
+    }
+}
+
+fn publish(published: &mut Vec<(u64, Vec<DeviceAddress>, Vec<u8>)>, list: &SignedDeviceList) {
+    if let Ok(verified) = list.verify() {
+        let devices = verified.devices().iter().map(|d| d.address()).collect();
+        published.push((list.version(), devices, list.to_bytes()));
+    }
 }
