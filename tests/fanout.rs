@@ -257,3 +257,33 @@ fn one_call_reaches_every_device_of_several_accounts() {
         FanoutError::TooManyAccounts(0)
     );
 }
+
+#[test]
+fn a_sender_missing_from_a_stale_list_asks_for_a_refresh_and_the_retry_succeeds() {
+    let mut rng = rng(9);
+    let mut alice = account(&mut rng, 1, 0);
+    let mut bob = account(&mut rng, 2, 0);
+    introduce(&mut alice, &mut bob);
+    // Alice links a phone; Bob still holds Alice's old list.
+    let mut phone = Device::new(&mut rng, addr(1, 99), T0);
+    let approval = alice.devices[0].approve_companion(phone.public_identity(), T0).unwrap();
+    let signed = phone.countersign_approval(&approval).unwrap();
+    let newer = alice.devices[0].add_companion(&signed, T0).unwrap();
+    phone.process_device_list(&newer.to_bytes(), T0).unwrap();
+    phone.process_device_list(&bob.list.to_bytes(), T0).unwrap();
+    let bundle = bob.devices[0].prekey_upload().bundle(Some(0));
+    let fanout =
+        phone.encrypt_fanout(&mut rng, &[AccountId(2)], &[bundle], b"from my phone", T0).unwrap();
+    let wire = &fanout.envelopes[0].bytes;
+    let receiver = &mut bob.devices[0];
+    let before = snapshot(receiver);
+    assert_eq!(
+        receiver.decrypt_fanout(wire, None, T0).unwrap_err(),
+        FanoutError::RefreshSenderList { account: AccountId(1), version: newer.version() }
+    );
+    assert_eq!(snapshot(receiver), before);
+    receiver.process_device_list(&newer.to_bytes(), T0).unwrap();
+    let got = receiver.decrypt_fanout(wire, None, T0).unwrap();
+    assert_eq!(got.payload.as_slice(), b"from my phone");
+    assert!(!got.list_refresh_needed);
+}
