@@ -16,7 +16,20 @@
 //!   which a peer must [`verify`](PrekeyBundle::verify) before [`Device::start_session`].
 //! - [`Device::encrypt`] and [`Device::decrypt`] run the Double Ratchet. Decryption is
 //!   transactional: any error leaves the device unchanged.
-//! - [`consts`] lists every limit; [`error`] every error.
+//! - Accounts: the primary signs companions into a [`SignedDeviceList`]
+//!   ([`Device::approve_companion`], [`Device::add_companion`], [`Device::remove_companion`],
+//!   [`Device::refresh_device_list`]); every device verifies lists with
+//!   [`Device::process_device_list`], the only way to a [`VerifiedDeviceList`]. A companion's
+//!   [`Device::account_status`] applies the 14-day rule.
+//! - Linking: by QR code ([`QrLinkOffer`], [`QrLinkApproval`]) or by pairing code over CPace
+//!   ([`CompanionPairing`], [`PrimaryPairing`]).
+//! - Fan-out: [`Device::encrypt_fanout`] encrypts once for every authorized device of the
+//!   recipients and every other own device; [`Device::decrypt_fanout`] accepts only authorized
+//!   senders.
+//! - Media and history: [`blob`] (chunked STREAM AEAD), [`build_history`],
+//!   [`Device::encrypt_history`], [`Device::decrypt_history`], [`import_history`].
+//! - [`consts`] lists every limit; [`error`] every error; [`hazmat`] the known-answer entry
+//!   points.
 //!
 //! The wire format, every KDF and signature label and the state machines are specified in
 //! `docs/PROTOCOL.md`; what is and is not protected is in `SECURITY.md`.
