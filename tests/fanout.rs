@@ -287,3 +287,21 @@ fn a_sender_missing_from_a_stale_list_asks_for_a_refresh_and_the_retry_succeeds(
     assert_eq!(got.payload.as_slice(), b"from my phone");
     assert!(!got.list_refresh_needed);
 }
+
+#[test]
+fn recipient_account_count_is_bounded_at_n_and_n_plus_one() {
+    let mut rng = rng(10);
+    let mut alice = account(&mut rng, 1, 0);
+    let limit = multidevice::MAX_FANOUT_ACCOUNTS;
+    let accounts: Vec<AccountId> = (100..100 + limit as u64 + 1).map(AccountId).collect();
+    let sender = &mut alice.devices[0];
+    // N accounts pass the bound (and then fail on the first list the sender does not hold).
+    assert_eq!(
+        sender.encrypt_fanout(&mut rng, &accounts[..limit], &[], b"x", T0).unwrap_err(),
+        FanoutError::UnknownAccount(AccountId(100))
+    );
+    assert_eq!(
+        sender.encrypt_fanout(&mut rng, &accounts, &[], b"x", T0).unwrap_err(),
+        FanoutError::TooManyAccounts(limit + 1)
+    );
+}

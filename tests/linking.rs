@@ -374,3 +374,19 @@ fn qr_flow_completes_from_real_qr_pixels() {
     let confirmation = offer.accept_approval(&mut phone, &message, T0).unwrap();
     approval.finish(&mut primary, &confirmation, T0).unwrap();
 }
+
+#[test]
+fn pairing_code_works_at_its_lifetime_limit() {
+    let mut rng = rng(15);
+    let mut primary = primary(&mut rng);
+    let mut tablet = companion(&mut rng);
+    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
+    let code = PairingCode::parse(&attempt.code().to_string()).unwrap();
+    let at_limit = T0.plus_secs(PAIRING_CODE_LIFETIME_SECS);
+    let (mut pairing, response) =
+        PrimaryPairing::respond(&mut rng, &primary, &hello, &code, T0).unwrap();
+    let confirm = attempt.handle_response(&response, at_limit).unwrap();
+    let approval = pairing.handle_confirm(&mut primary, &confirm, T0.plus_secs(1)).unwrap();
+    let confirmation = attempt.accept_approval(&mut tablet, &approval, at_limit).unwrap();
+    pairing.finish(&mut primary, &confirmation, at_limit).unwrap();
+}
