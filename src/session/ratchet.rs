@@ -258,7 +258,7 @@ impl Session {
         let mut skipped = Vec::new();
         let (key, chain_key) = advance(
             chain.ratchet_key,
-            chain.chain_key.clone(),
+            &chain.chain_key,
             chain.counter,
             header.counter,
             max_jump,
@@ -289,7 +289,7 @@ impl Session {
             // The key `advance` returns, at `previous_counter`, was never used by the peer.
             advance(
                 last.ratchet_key,
-                last.chain_key.clone(),
+                &last.chain_key,
                 last.counter,
                 header.previous_counter,
                 max_jump,
@@ -300,7 +300,7 @@ impl Session {
         let dh = ours.ratchet.dh(&header.ratchet_key)?;
         let (root_key, chain_key) = root_step(&self.root_key, &dh);
         let (key, next_chain_key) =
-            advance(header.ratchet_key, chain_key, 0, header.counter, max_jump, &mut skipped)?;
+            advance(header.ratchet_key, &chain_key, 0, header.counter, max_jump, &mut skipped)?;
         let chain = ReceiverChain {
             ratchet_key: header.ratchet_key,
             chain_key: next_chain_key,
@@ -354,7 +354,7 @@ impl Session {
 /// the chain key after it. Refuses jumps beyond `max_jump` before doing any work.
 fn advance(
     ratchet_key: [u8; 32],
-    mut chain_key: Secret32,
+    chain_key: &Secret32,
     from: u32,
     to: u32,
     max_jump: u32,
@@ -364,14 +364,13 @@ fn advance(
     if jump > u64::from(max_jump) {
         return Err(SessionError::TooFarAhead { jump, limit: max_jump });
     }
+    let (mut message_key, mut next) = crypto::chain_step(chain_key.as_bytes());
     let mut counter = from;
-    loop {
-        let (message_key, next) = crypto::chain_step(chain_key.as_bytes());
-        chain_key = next;
-        if counter == to {
-            return Ok((message_key, chain_key));
-        }
+    while counter < to {
+        let (following, after) = crypto::chain_step(next.as_bytes());
         skipped.push(SkippedKey { ratchet_key, counter, message_key });
+        (message_key, next) = (following, after);
         counter = counter.saturating_add(1);
     }
+    Ok((message_key, next))
 }
