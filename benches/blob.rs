@@ -23,7 +23,7 @@ use std::time::Duration;
 use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit, Nonce};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use multidevice::blob::{BlobDecryptor, BlobEncryptor, MediaType, decrypt_blob, encrypt_blob};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -53,7 +53,7 @@ fn bench_blob(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size as u64));
 
         for (suffix, forced) in VARIANTS {
-            group.bench_function(format!("encrypt{suffix}/{label}"), |b| {
+            group.bench_function(BenchmarkId::new(format!("encrypt{suffix}"), label), |b| {
                 b.iter(|| {
                     out.clear();
                     let encryptor = BlobEncryptor::new(&mut rng, media.clone());
@@ -74,7 +74,7 @@ fn bench_blob(c: &mut Criterion) {
                 Some(true) => decryptor.background_hashing_from_chunk(0),
                 Some(false) => decryptor.background_hashing(false),
             };
-            group.bench_function(format!("decrypt{suffix}/{label}"), |b| {
+            group.bench_function(BenchmarkId::new(format!("decrypt{suffix}"), label), |b| {
                 b.iter(|| {
                     out.clear();
                     black_box(decryptor.decrypt(&ciphertext[..], &mut out).unwrap());
@@ -82,14 +82,14 @@ fn bench_blob(c: &mut Criterion) {
             });
         }
 
-        group.bench_function(format!("decrypt_blob/{label}"), |b| {
+        group.bench_function(BenchmarkId::new("decrypt_blob", label), |b| {
             b.iter(|| black_box(decrypt_blob(&descriptor, &ciphertext).unwrap()));
         });
 
         let cipher = Aes256Gcm::new_from_slice(&[7u8; 32]).unwrap();
         let nonce = Nonce::<U12>::from([9u8; 12]);
         let mut buf = plaintext.clone();
-        group.bench_function(format!("floor/{label}"), |b| {
+        group.bench_function(BenchmarkId::new("floor", label), |b| {
             b.iter(|| {
                 black_box(
                     cipher.encrypt_inout_detached(&nonce, b"", buf.as_mut_slice().into()).unwrap(),
@@ -98,14 +98,14 @@ fn bench_blob(c: &mut Criterion) {
         });
         let mut sealed = plaintext.clone();
         let tag = cipher.encrypt_inout_detached(&nonce, b"", sealed.as_mut_slice().into()).unwrap();
-        group.bench_function(format!("floor_open/{label}"), |b| {
+        group.bench_function(BenchmarkId::new("floor_open", label), |b| {
             b.iter(|| {
                 let inout = InOutBuf::new(&sealed[..], &mut buf[..]).unwrap();
                 cipher.decrypt_inout_detached(&nonce, b"", inout, &tag).unwrap();
             });
         });
 
-        group.bench_function(format!("sha256/{label}"), |b| {
+        group.bench_function(BenchmarkId::new("sha256", label), |b| {
             b.iter(|| black_box(Sha256::digest(&ciphertext)));
         });
     }
