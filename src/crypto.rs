@@ -85,14 +85,30 @@ impl X25519KeyPair {
         &self.public
     }
 
-    /// Diffie-Hellman with a peer-supplied key, rejecting non-contributory results.
+    /// Diffie-Hellman with a peer-supplied key, rejecting non-canonical encodings and
+    /// non-contributory results.
     pub(crate) fn dh(&self, their_public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        if !is_canonical_x25519(their_public) {
+            return Err(KeyError::NonCanonicalKey);
+        }
         let shared = self.secret.diffie_hellman(&XPublicKey::from(*their_public));
         if !shared.was_contributory() {
             return Err(KeyError::NonContributoryKey);
         }
         Ok(Zeroizing::new(shared.to_bytes()))
     }
+}
+
+/// True if `key` encodes a u-coordinate below p = 2^255 - 19 with the top bit clear: the only
+/// encodings our own keys ever have. RFC 7748 would reduce the others; we refuse them, so every
+/// key has exactly one accepted encoding.
+fn is_canonical_x25519(key: &[u8; 32]) -> bool {
+    let [low, middle @ .., high] = key;
+    if *high & 0x80 != 0 {
+        return false;
+    }
+    // Below 2^255 - 19 unless every byte is at its maximum and the lowest is at least 0xed.
+    !(*high == 0x7f && middle.iter().all(|&b| b == 0xff) && *low >= 0xed)
 }
 
 impl From<Secret32> for X25519KeyPair {

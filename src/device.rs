@@ -392,15 +392,26 @@ impl Device {
         Zeroizing::new(postcard::to_allocvec(self).unwrap_or_default())
     }
 
-    /// Restores a device from [`Device::to_bytes`]. Rejects other format versions and trailing
-    /// bytes.
+    /// Restores a device from [`Device::to_bytes`]. Rejects other format versions, trailing
+    /// bytes, non-canonical encodings and any state beyond the crate's limits, so a tampered
+    /// store cannot lift a bound (for example the forward-jump limit).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let (device, rest) =
             postcard::take_from_bytes::<Self>(bytes).map_err(|_| DecodeError::MalformedState)?;
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
+        if !device.within_limits() || device.to_bytes().as_slice() != bytes {
+            return Err(DecodeError::MalformedState);
+        }
         Ok(device)
+    }
+
+    /// Every bound a live device keeps also holds for restored state.
+    fn within_limits(&self) -> bool {
+        (1..=MAX_FORWARD_JUMP_CEILING).contains(&self.max_forward_jump)
+            && self.prekeys.one_time_remaining() <= crate::consts::MAX_ONE_TIME_PREKEYS
+            && self.sessions.values().all(SessionRecord::within_limits)
     }
 }
 

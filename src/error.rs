@@ -71,6 +71,10 @@ pub enum KeyError {
     /// A peer-supplied X25519 key gave an all-zero (non-contributory) shared secret.
     #[error("non-contributory X25519 key")]
     NonContributoryKey,
+    /// A peer-supplied X25519 key is not canonically encoded (u-coordinate of p or more, or the
+    /// top bit set).
+    #[error("non-canonical X25519 key")]
+    NonCanonicalKey,
 }
 
 /// Setting up, using or restoring a pairwise session failed.
@@ -153,7 +157,7 @@ impl SessionError {
                 | Self::TooFarAhead { .. }
                 | Self::AuthenticationFailed
                 | Self::UnknownSession(_)
-                | Self::Key(KeyError::NonContributoryKey)
+                | Self::Key(KeyError::NonContributoryKey | KeyError::NonCanonicalKey)
         )
     }
 }

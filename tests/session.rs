@@ -669,3 +669,23 @@ fn secrets_never_appear_in_debug_output() {
     assert!(debug.contains("Device"));
     assert!(!debug.contains("secret") && !debug.contains("chain_key") && !debug.contains("root"));
 }
+
+#[test]
+fn restored_state_beyond_a_limit_or_non_canonical_is_rejected() {
+    let mut rng = rng(34);
+    let (mut alice, _bob) = established(&mut rng);
+    // 23,456 encodes as the varint a0 b7 01, which occurs once in the state.
+    alice.set_max_forward_jump(23_456).unwrap();
+    let bytes = alice.to_bytes().to_vec();
+    let at = bytes.windows(3).position(|w| w == [0xa0, 0xb7, 0x01]).unwrap();
+    assert_eq!(bytes.windows(3).filter(|w| *w == [0xa0, 0xb7, 0x01]).count(), 1);
+    assert!(Device::from_bytes(&bytes).is_ok());
+    // A store that lifts the forward-jump bound is refused.
+    let lifted = [&bytes[..at], &[0xff, 0xff, 0xff, 0xff, 0x0f], &bytes[at + 3..]].concat();
+    assert!(Device::from_bytes(&lifted).is_err());
+    let zero = [&bytes[..at], &[0x00], &bytes[at + 3..]].concat();
+    assert!(Device::from_bytes(&zero).is_err());
+    // An overlong encoding of the same value is not canonical.
+    let overlong = [&bytes[..at], &[0xa0, 0xb7, 0x81, 0x00], &bytes[at + 3..]].concat();
+    assert!(Device::from_bytes(&overlong).is_err());
+}

@@ -118,6 +118,11 @@ fn bad_x25519_keys() -> Vec<XKey> {
 
 const NON_CONTRIBUTORY: SessionError = SessionError::Key(KeyError::NonContributoryKey);
 
+/// The rejection a bad peer key gets: non-canonical encodings are refused before the DH.
+fn rejection(key: &[u8; 32]) -> SessionError {
+    if canonical(key) { NON_CONTRIBUTORY } else { SessionError::Key(KeyError::NonCanonicalKey) }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Wire offsets, from docs/PROTOCOL.md §2, §3 and §6
 // ---------------------------------------------------------------------------------------------
@@ -225,7 +230,7 @@ fn x25519_low_order_one_time_prekey_is_rejected() {
         let before = snapshot(&alice);
         assert_eq!(
             alice.start_session(&mut rng, &verified),
-            Err(NON_CONTRIBUTORY),
+            Err(rejection(&key.public)),
             "tcId {}",
             key.id
         );
@@ -247,12 +252,25 @@ fn x25519_every_wycheproof_key_as_one_time_prekey_is_rejected_iff_the_secret_is_
         let mut bundle = bob.prekey_upload().bundle(Some(0));
         bundle.one_time_prekey.as_mut().unwrap().public = key.public;
         let result = alice.start_session(&mut rng, &bundle.verify().unwrap());
-        if key.zero_shared {
+        if !canonical(&key.public) {
+            assert_eq!(
+                result,
+                Err(SessionError::Key(KeyError::NonCanonicalKey)),
+                "tcId {}",
+                key.id
+            );
+        } else if key.zero_shared {
             assert_eq!(result, Err(NON_CONTRIBUTORY), "tcId {}", key.id);
         } else {
             assert_eq!(result, Ok(()), "tcId {}", key.id);
         }
     }
+}
+
+/// Canonical X25519 encoding: top bit clear and the u-coordinate below 2^255 - 19.
+fn canonical(key: &[u8; 32]) -> bool {
+    let below_p = !(key[31] == 0x7f && key[1..31].iter().all(|&b| b == 0xff) && key[0] >= 0xed);
+    key[31] & 0x80 == 0 && below_p
 }
 
 /// The signed prekey is signed: a server that swaps in a low-order key breaks the signature.
@@ -316,7 +334,7 @@ fn x25519_low_order_keys_in_an_attacker_signed_bundle_are_rejected() {
             let before = snapshot(&alice);
             assert_eq!(
                 alice.start_session(&mut rng, &verified),
-                Err(NON_CONTRIBUTORY),
+                Err(rejection(&key.public)),
                 "tcId {}",
                 key.id
             );
@@ -345,7 +363,7 @@ fn x25519_low_order_ratchet_key_in_a_message_is_rejected() {
         let mut forged = genuine.clone();
         forged[MESSAGE_RATCHET_KEY].copy_from_slice(&key.public);
         assert!(SessionMessage::try_from(forged.as_slice()).is_ok(), "the forgery parses");
-        rejected_with(&mut alice, &forged, NON_CONTRIBUTORY, key.id);
+        rejected_with(&mut alice, &forged, rejection(&key.public), key.id);
     }
     let got = alice.decrypt(&genuine, T0).unwrap();
     assert_eq!(got.plaintext.as_slice(), b"new ratchet key");
@@ -387,7 +405,7 @@ fn x25519_low_order_base_key_in_a_prekey_message_is_rejected() {
         // The base key alone no longer matches the ratchet key: not a canonical prekey message.
         assert!(matches!(bob.decrypt(&forged, T0), Err(SessionError::Decode(_))));
         forged[ratchet_key.clone()].copy_from_slice(&key.public);
-        rejected_with(&mut bob, &forged, NON_CONTRIBUTORY, key.id);
+        rejected_with(&mut bob, &forged, rejection(&key.public), key.id);
         assert_eq!(bob.one_time_prekeys_remaining(), prekeys);
     }
     assert_eq!(bob.decrypt(&genuine, T0).unwrap().plaintext.as_slice(), b"first");
@@ -414,7 +432,7 @@ fn x25519_low_order_identity_key_in_a_prekey_message_is_rejected() {
     for key in bad_x25519_keys() {
         let mut forged = genuine.clone();
         forged[PREKEY_IDENTITY].copy_from_slice(&attacker.identity(&key.public));
-        rejected_with(&mut bob, &forged, NON_CONTRIBUTORY, key.id);
+        rejected_with(&mut bob, &forged, rejection(&key.public), key.id);
     }
     bob.decrypt(&genuine, T0).unwrap();
 }

@@ -164,6 +164,11 @@ impl Session {
         self.pending_prekey.is_none()
     }
 
+    /// True if the skipped keys and receiving chains are within their bounds.
+    pub(crate) fn within_limits(&self) -> bool {
+        self.skipped.len() <= MAX_SKIPPED_KEYS && self.receiving.len() <= MAX_RECEIVER_CHAINS
+    }
+
     /// Number of receiving chains held.
     pub(crate) fn receiver_chains(&self) -> usize {
         self.receiving.len()

@@ -49,6 +49,13 @@ impl SessionRecord {
         self.sessions.get_mut(index)
     }
 
+    /// True if the record and each session respect the crate's bounds.
+    pub(crate) fn within_limits(&self) -> bool {
+        !self.sessions.is_empty()
+            && self.archived_len() <= MAX_ARCHIVED_SESSIONS
+            && self.sessions.iter().all(Session::within_limits)
+    }
+
     pub(crate) fn archived_len(&self) -> usize {
         self.sessions.len().saturating_sub(1)
     }
