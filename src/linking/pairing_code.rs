@@ -220,10 +220,14 @@ mod tests {
     impl TryRng for ScriptedRng {
         type Error = Infallible;
         fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-            unimplemented!()
+            let mut bytes = [0u8; 4];
+            self.try_fill_bytes(&mut bytes)?;
+            Ok(u32::from_le_bytes(bytes))
         }
         fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-            unimplemented!()
+            let mut bytes = [0u8; 8];
+            self.try_fill_bytes(&mut bytes)?;
+            Ok(u64::from_le_bytes(bytes))
         }
         fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
             let rest = self.0.split_off(dst.len());
