@@ -167,8 +167,7 @@ impl SignedDeviceIdentity {
     }
 
     fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        reader.version()?;
-        expect_type(reader, SIGNED_IDENTITY_TYPE)?;
+        reader.header(SIGNED_IDENTITY_TYPE)?;
         Ok(Self {
             metadata: LinkingMetadata::read(reader)?,
             identity: PublicIdentity::read(reader)?,
@@ -186,13 +185,6 @@ impl TryFrom<&[u8]> for SignedDeviceIdentity {
         let value = Self::read(&mut reader)?;
         reader.finish()?;
         Ok(value)
-    }
-}
-
-fn expect_type(reader: &mut Reader<'_>, expected: u8) -> Result<(), DecodeError> {
-    match reader.u8()? {
-        t if t == expected => Ok(()),
-        other => Err(DecodeError::UnknownType(other)),
     }
 }
 
@@ -235,8 +227,7 @@ impl ListBody {
     }
 
     fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        reader.version()?;
-        expect_type(reader, LIST_TYPE)?;
+        reader.header(LIST_TYPE)?;
         let account = AccountId(reader.u64()?);
         let account_identity = PublicIdentity::read(reader)?;
         let version = reader.u64()?;
@@ -575,8 +566,7 @@ impl TryFrom<&[u8]> for LogoutRequest {
 
     fn try_from(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(bytes);
-        reader.version()?;
-        expect_type(&mut reader, LOGOUT_TYPE)?;
+        reader.header(LOGOUT_TYPE)?;
         let address = DeviceAddress::read(&mut reader)?;
         let key_index = reader.u32()?;
         let timestamp = Timestamp(reader.u64()?);

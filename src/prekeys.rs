@@ -132,8 +132,7 @@ impl TryFrom<&[u8]> for PrekeyUpload {
 
     fn try_from(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(bytes);
-        reader.version()?;
-        expect_type(&mut reader, UPLOAD_TYPE)?;
+        reader.header(UPLOAD_TYPE)?;
         let address = DeviceAddress::read(&mut reader)?;
         let identity = PublicIdentity::read(&mut reader)?;
         let signed_prekey = SignedPrekeyPublic::read(&mut reader)?;
@@ -145,13 +144,6 @@ impl TryFrom<&[u8]> for PrekeyUpload {
             (0..count).map(|_| OneTimePrekeyPublic::read(&mut reader)).collect::<Result<_, _>>()?;
         reader.finish()?;
         Ok(Self { address, identity, signed_prekey, one_time_prekeys })
-    }
-}
-
-fn expect_type(reader: &mut Reader<'_>, expected: u8) -> Result<(), DecodeError> {
-    match reader.u8()? {
-        t if t == expected => Ok(()),
-        other => Err(DecodeError::UnknownType(other)),
     }
 }
 
@@ -204,8 +196,7 @@ impl TryFrom<&[u8]> for PrekeyBundle {
 
     fn try_from(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(bytes);
-        reader.version()?;
-        expect_type(&mut reader, BUNDLE_TYPE)?;
+        reader.header(BUNDLE_TYPE)?;
         let address = DeviceAddress::read(&mut reader)?;
         let identity = PublicIdentity::read(&mut reader)?;
         let signed_prekey = SignedPrekeyPublic::read(&mut reader)?;

@@ -67,6 +67,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Reads the version byte and a type byte, which must be `kind`.
+    pub(crate) fn header(&mut self, kind: u8) -> Result<(), DecodeError> {
+        self.version()?;
+        match self.u8()? {
+            t if t == kind => Ok(()),
+            other => Err(DecodeError::UnknownType(other)),
+        }
+    }
+
     /// How many bytes are left.
     pub(crate) fn remaining(&self) -> usize {
         self.rest.len()

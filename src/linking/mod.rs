@@ -19,7 +19,7 @@ use crate::account::CompanionApproval;
 use crate::crypto::{self, Secret32, label};
 use crate::device::Device;
 use crate::device_list::{LinkingMetadata, SignedDeviceIdentity, SignedDeviceList};
-use crate::error::{DecodeError, LinkError};
+use crate::error::LinkError;
 use crate::keys::{PublicIdentity, Timestamp};
 use crate::wire::{self, Reader};
 
@@ -55,14 +55,6 @@ fn seal_mac(secret: &LinkSecret, mac_label: &[u8], mut body: Vec<u8>) -> Vec<u8>
     body
 }
 
-fn expect_header(reader: &mut Reader<'_>, kind: u8) -> Result<(), DecodeError> {
-    reader.version()?;
-    match reader.u8()? {
-        t if t == kind => Ok(()),
-        other => Err(DecodeError::UnknownType(other)),
-    }
-}
-
 /// Primary: approves `companion` and returns the MAC'ed approval message.
 pub(crate) fn approve(
     primary: &mut Device,
@@ -89,7 +81,7 @@ pub(crate) fn accept_approval(
 ) -> Result<Vec<u8>, LinkError> {
     let body = check_mac(secret, label::MAC_LINK_APPROVAL, bytes)?;
     let mut reader = Reader::new(body);
-    expect_header(&mut reader, APPROVAL_TYPE)?;
+    reader.header(APPROVAL_TYPE)?;
     if reader.array::<16>()? != secret.reference {
         return Err(LinkError::WrongAttempt);
     }
@@ -122,7 +114,7 @@ pub(crate) fn finish(
 ) -> Result<SignedDeviceList, LinkError> {
     let body = check_mac(secret, label::MAC_LINK_CONFIRMATION, bytes)?;
     let mut reader = Reader::new(body);
-    expect_header(&mut reader, CONFIRMATION_TYPE)?;
+    reader.header(CONFIRMATION_TYPE)?;
     if reader.array::<16>()? != secret.reference {
         return Err(LinkError::WrongAttempt);
     }

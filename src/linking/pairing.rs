@@ -52,11 +52,8 @@ fn derive(isk: &[u8; 64], sid: &Reference) -> Keys {
 }
 
 fn header(reader: &mut Reader<'_>, kind: u8) -> Result<Reference, DecodeError> {
-    reader.version()?;
-    match reader.u8()? {
-        t if t == kind => Ok(reader.array()?),
-        other => Err(DecodeError::UnknownType(other)),
-    }
+    reader.header(kind)?;
+    reader.array()
 }
 
 fn transcript(hello: &[u8], response: &[u8]) -> [u8; 32] {
