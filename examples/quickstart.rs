@@ -250,7 +250,7 @@ fn history_tour(
     println!("Carol's phone goes offline.");
     let received = tablet.decrypt_history(&envelope.bytes, now.plus_secs(120))?;
     let mut imported = 0;
-    import_history(&received, std::io::Cursor::new(&history_upload), |_record| imported += 1)?;
+    import_history(received, std::io::Cursor::new(&history_upload), |_record| imported += 1)?;
     println!("The tablet imported {imported} history records.");
     let mine =
         fanout.envelopes.iter().find(|e| e.recipient == tablet.address()).ok_or("no envelope")?;

@@ -297,6 +297,18 @@ impl Device {
         }
     }
 
+    /// Primary: when the companion `device` was linked (its linking metadata's timestamp).
+    pub(crate) fn companion_linked_at(&self, device: DeviceId) -> Option<Timestamp> {
+        match &self.role {
+            Role::Primary(state) => state
+                .companions
+                .iter()
+                .find(|c| c.metadata.device == device)
+                .map(|c| c.metadata.timestamp),
+            Role::Companion(_) => None,
+        }
+    }
+
     /// True if a link offer with this reference was already approved.
     pub(crate) fn link_reference_used(&self, reference: &[u8; 16]) -> bool {
         match &self.role {

@@ -379,6 +379,18 @@ pub enum HistoryError {
     /// The envelope is a regular message, not history.
     #[error("the envelope is not history")]
     NotHistory,
+    /// History goes only to a companion linked at most `HISTORY_WINDOW_SECS` ago.
+    #[error("{0} was linked too long ago to receive history")]
+    NotNewlyLinked(DeviceAddress),
+    /// A history record is longer than `MAX_HISTORY_RECORD` bytes.
+    #[error("history record of {len} bytes is over the limit")]
+    RecordTooLarge {
+        /// The record's length (as given, or as its length prefix claims).
+        len: u64,
+    },
+    /// The history plaintext ends inside a record.
+    #[error("history ends inside a record")]
+    TruncatedRecord,
 }
 
 impl From<DecodeError> for HistoryError {

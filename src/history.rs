@@ -32,11 +32,19 @@ pub const MAX_HISTORY_RECORD: usize = 16 * 1024 * 1024;
 /// The media type of history blobs.
 pub const HISTORY_MEDIA_TYPE: &str = "application/x-multidevice-history";
 
-/// Frames records lazily, so a history of any size is read in constant memory.
+/// Length of the big-endian `u32` length prefix of every framed record.
+const RECORD_PREFIX_LEN: usize = 4;
+
+/// Frames records lazily, serving each length prefix and record straight from the caller's
+/// buffers (no copy of the plaintext), so a history of any size is read in constant memory.
 struct RecordReader<I: Iterator> {
     records: I,
-    current: Vec<u8>,
+    current: Option<I::Item>,
+    prefix: [u8; RECORD_PREFIX_LEN],
+    /// Position within `prefix || current`.
     position: usize,
+    /// Set when a record over [`MAX_HISTORY_RECORD`] stopped the stream.
+    oversized: Option<u64>,
 }
 
 impl<I, R> Read for RecordReader<I>
@@ -45,58 +53,103 @@ where
     R: AsRef<[u8]>,
 {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.position == self.current.len() {
-            let Some(record) = self.records.next() else { return Ok(0) };
+        loop {
+            let Some(record) = &self.current else {
+                let Some(record) = self.records.next() else { return Ok(0) };
+                let len = record.as_ref().len();
+                let prefix = u32::try_from(len).ok().filter(|_| len <= MAX_HISTORY_RECORD);
+                let Some(prefix) = prefix else {
+                    self.oversized = Some(u64::try_from(len).unwrap_or(u64::MAX));
+                    return Err(io::Error::from(io::ErrorKind::InvalidInput));
+                };
+                self.prefix = prefix.to_be_bytes();
+                self.position = 0;
+                self.current = Some(record);
+                continue;
+            };
             let record = record.as_ref();
-            if record.len() > MAX_HISTORY_RECORD {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "history record too large",
-                ));
+            let source = match self.position.checked_sub(RECORD_PREFIX_LEN) {
+                None => self.prefix.get(self.position..).unwrap_or_default(),
+                Some(offset) => record.get(offset..).unwrap_or_default(),
+            };
+            if source.is_empty() && self.position >= RECORD_PREFIX_LEN {
+                self.current = None;
+                continue;
             }
-            self.current.clear();
-            self.current
-                .extend_from_slice(&u32::try_from(record.len()).unwrap_or(u32::MAX).to_be_bytes());
-            self.current.extend_from_slice(record);
-            self.position = 0;
+            let n = source.len().min(out.len());
+            if let (Some(dst), Some(src)) = (out.get_mut(..n), source.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            self.position += n;
+            return Ok(n);
         }
-        let available = self.current.get(self.position..).unwrap_or_default();
-        let n = available.len().min(out.len());
-        if let (Some(dst), Some(src)) = (out.get_mut(..n), available.get(..n)) {
-            dst.copy_from_slice(src);
-        }
-        self.position += n;
-        Ok(n)
     }
 }
 
 /// Parses framed records as plaintext arrives and hands each complete one to the callback.
 struct RecordSink<F: FnMut(&[u8])> {
     on_record: F,
-    buffer: Zeroizing<Vec<u8>>,
+    /// The bytes of a record not yet complete; grown only by [`extend_wiping`].
+    pending: Zeroizing<Vec<u8>>,
     records: u64,
+    /// Set when a length prefix over [`MAX_HISTORY_RECORD`] stopped the import.
+    oversized: Option<u64>,
 }
 
 impl<F: FnMut(&[u8])> RecordSink<F> {
-    fn drain(&mut self) -> io::Result<()> {
-        loop {
-            let Some(prefix) = self.buffer.first_chunk::<4>() else { return Ok(()) };
-            let len = usize::try_from(u32::from_be_bytes(*prefix)).unwrap_or(usize::MAX);
-            if len > MAX_HISTORY_RECORD {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "history record too large"));
-            }
-            let Some(record) = self.buffer.get(4..4 + len) else { return Ok(()) };
+    /// Hands out every complete record at the start of `data`; returns how many bytes it used.
+    fn hand_out(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut used = 0;
+        while let Some((prefix, rest)) =
+            data.get(used..).and_then(|d| d.split_first_chunk::<RECORD_PREFIX_LEN>())
+        {
+            let len = self.checked_len(*prefix)?;
+            let Some(record) = rest.get(..len) else { break };
             (self.on_record)(record);
             self.records += 1;
-            self.buffer.drain(..4 + len);
+            used += RECORD_PREFIX_LEN + len;
+        }
+        Ok(used)
+    }
+
+    fn checked_len(&mut self, prefix: [u8; RECORD_PREFIX_LEN]) -> io::Result<usize> {
+        let len = u32::from_be_bytes(prefix);
+        match usize::try_from(len) {
+            Ok(len) if len <= MAX_HISTORY_RECORD => Ok(len),
+            _ => {
+                self.oversized = Some(u64::from(len));
+                Err(io::Error::from(io::ErrorKind::InvalidData))
+            }
         }
     }
 }
 
 impl<F: FnMut(&[u8])> Write for RecordSink<F> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buffer.extend_from_slice(data);
-        self.drain()?;
+        let mut fresh = data;
+        if !self.pending.is_empty() {
+            // Complete the pending record first: its prefix, then its body.
+            let missing_prefix = RECORD_PREFIX_LEN.saturating_sub(self.pending.len());
+            let (head, rest) = fresh.split_at(missing_prefix.min(fresh.len()));
+            extend_wiping(&mut self.pending, head);
+            fresh = rest;
+            let Some(prefix) = self.pending.first_chunk::<RECORD_PREFIX_LEN>().copied() else {
+                return Ok(data.len());
+            };
+            let total = RECORD_PREFIX_LEN + self.checked_len(prefix)?;
+            let missing = total.saturating_sub(self.pending.len());
+            let (head, rest) = fresh.split_at(missing.min(fresh.len()));
+            extend_wiping(&mut self.pending, head);
+            fresh = rest;
+            if self.pending.len() < total {
+                return Ok(data.len());
+            }
+            (self.on_record)(self.pending.get(RECORD_PREFIX_LEN..).unwrap_or_default());
+            self.records += 1;
+            self.pending.clear();
+        }
+        let used = self.hand_out(fresh)?;
+        extend_wiping(&mut self.pending, fresh.get(used..).unwrap_or_default());
         Ok(data.len())
     }
 
@@ -105,37 +158,96 @@ impl<F: FnMut(&[u8])> Write for RecordSink<F> {
     }
 }
 
+/// Appends to a wiped-on-drop buffer without leaving an unwiped copy behind when it grows
+/// (`Vec` would free its old allocation without wiping it).
+fn extend_wiping(buffer: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
+    let needed = buffer.len().saturating_add(data.len());
+    if needed > buffer.capacity() {
+        let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(buffer.capacity() * 2)));
+        grown.extend_from_slice(buffer);
+        *buffer = grown;
+    }
+    buffer.extend_from_slice(data);
+}
+
 /// Encrypts `records` as a history blob into `writer` (the bytes to upload) and returns the
-/// descriptor to send with [`Device::encrypt_history`].
+/// descriptor to send with [`Device::encrypt_history`]. Records are read lazily, in constant
+/// memory.
+///
+/// ```
+/// use multidevice::{build_history, import_history};
+///
+/// let mut rng = rand::rng();
+/// let chats = [&b"alice: hi"[..], &b"bob: hello"[..]];
+/// let mut upload = Vec::new();
+/// let descriptor = build_history(&mut rng, chats, &mut upload)?;
+///
+/// // The companion receives the descriptor through `Device::decrypt_history`.
+/// let mut imported = Vec::new();
+/// let count = import_history(descriptor, std::io::Cursor::new(&upload), |record| {
+///     imported.push(record.to_vec())
+/// })?;
+/// assert_eq!((count, imported), (2, vec![b"alice: hi".to_vec(), b"bob: hello".to_vec()]));
+/// # Ok::<(), multidevice::HistoryError>(())
+/// ```
+///
+/// # Errors
+/// [`HistoryError::RecordTooLarge`] for a record over [`MAX_HISTORY_RECORD`] bytes (the bytes
+/// written so far are then no valid blob); [`HistoryError::Blob`] if writing fails.
 pub fn build_history<R: AsRef<[u8]>>(
     rng: &mut (impl CryptoRng + ?Sized),
     records: impl IntoIterator<Item = R>,
     writer: impl Write,
-) -> Result<BlobDescriptor, BlobError> {
+) -> Result<BlobDescriptor, HistoryError> {
     let media_type = MediaType::new(HISTORY_MEDIA_TYPE).map_err(BlobError::from)?;
-    let reader = RecordReader { records: records.into_iter(), current: Vec::new(), position: 0 };
-    blob::encrypt_stream(rng, reader, writer, media_type)
+    let mut reader = RecordReader {
+        records: records.into_iter(),
+        current: None,
+        prefix: [0; RECORD_PREFIX_LEN],
+        position: 0,
+        oversized: None,
+    };
+    let result = blob::encrypt_stream(rng, &mut reader, writer, media_type);
+    match reader.oversized {
+        Some(len) => Err(HistoryError::RecordTooLarge { len }),
+        None => Ok(result?),
+    }
 }
 
 /// Decrypts a downloaded history blob, checking its digest in a first pass before any record
-/// comes out, and hands each record to `on_record`. Returns the number of records. The
-/// descriptor (and its key) should be dropped afterwards, which wipes the key.
+/// comes out, and hands each record to `on_record`. Returns the number of records. Takes the
+/// descriptor by value: its key is wiped when the import ends, whatever the outcome.
+///
+/// On an error after some records were handed out (the blob is authentic, but its sender
+/// framed it wrongly), the import as a whole failed and those records should be discarded.
+///
+/// # Errors
+/// [`HistoryError::Blob`] for any blob failure ([`BlobError::DigestMismatch`] before any
+/// record), [`HistoryError::RecordTooLarge`] for a length prefix over [`MAX_HISTORY_RECORD`],
+/// [`HistoryError::TruncatedRecord`] if the plaintext ends inside a record.
 pub fn import_history(
-    descriptor: &BlobDescriptor,
+    descriptor: BlobDescriptor,
     blob_bytes: impl Read + Seek,
     on_record: impl FnMut(&[u8]),
-) -> Result<u64, BlobError> {
-    let mut sink = RecordSink { on_record, buffer: Zeroizing::new(Vec::new()), records: 0 };
-    blob::decrypt_verified(descriptor, blob_bytes, &mut sink)?;
-    if !sink.buffer.is_empty() {
-        return Err(BlobError::Truncated);
+) -> Result<u64, HistoryError> {
+    let mut sink =
+        RecordSink { on_record, pending: Zeroizing::new(Vec::new()), records: 0, oversized: None };
+    let result = blob::decrypt_verified(&descriptor, blob_bytes, &mut sink);
+    drop(descriptor);
+    if let Some(len) = sink.oversized {
+        return Err(HistoryError::RecordTooLarge { len });
+    }
+    result?;
+    if !sink.pending.is_empty() {
+        return Err(HistoryError::TruncatedRecord);
     }
     Ok(sink.records)
 }
 
 impl Device {
-    /// Primary: sends a history descriptor to one newly linked companion of its own account,
-    /// through their pairwise session (set up from `bundles` if needed).
+    /// Primary: sends a history descriptor to one newly linked companion of its own account
+    /// (linked at most [`HISTORY_WINDOW_SECS`] ago), through their pairwise session (set up
+    /// from `bundles` if needed).
     pub fn encrypt_history(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
@@ -150,11 +262,15 @@ impl Device {
         if companion.account != self.address.account || companion == self.address {
             return Err(HistoryError::NotOwnCompanion(companion));
         }
-        self.ensure_active(now).map_err(FanoutError::from)?;
         let listed = self.device_list(self.address.account).and_then(|l| l.device(companion));
-        if listed.is_none() {
+        let linked_at = self.companion_linked_at(companion.device);
+        let (Some(_), Some(linked_at)) = (listed, linked_at) else {
             return Err(HistoryError::NotOwnCompanion(companion));
+        };
+        if now.max(self.clock).secs_since(linked_at) > HISTORY_WINDOW_SECS {
+            return Err(HistoryError::NotNewlyLinked(companion));
         }
+        self.ensure_active(now).map_err(FanoutError::from)?;
         if !self.has_session(companion) {
             self.session_from_bundle(rng, companion, bundles)
                 .map_err(|skip| HistoryError::NoSession(companion, skip))?;

@@ -5,10 +5,10 @@ mod support;
 
 use std::io::Cursor;
 
-use multidevice::blob::{MediaType, decrypt_blob, encrypt_blob};
+use multidevice::blob::{BlobDescriptor, CHUNK_SIZE, MediaType, decrypt_blob, encrypt_blob};
 use multidevice::{
-    AccountId, BlobError, Device, FanoutError, HISTORY_WINDOW_SECS, HistoryError, QrLinkApproval,
-    QrLinkOffer, build_history, import_history,
+    AccountId, BlobError, Device, FanoutError, HISTORY_MEDIA_TYPE, HISTORY_WINDOW_SECS,
+    HistoryError, MAX_HISTORY_RECORD, QrLinkApproval, QrLinkOffer, build_history, import_history,
 };
 use rand::rngs::StdRng;
 use support::*;
@@ -46,7 +46,7 @@ fn new_companion_reads_history_after_the_primary_goes_offline() {
     let received = companion.decrypt_history(&envelope.bytes, T0.plus_secs(60)).unwrap();
     let mut imported = Vec::new();
     let count =
-        import_history(&received, Cursor::new(&uploaded), |r| imported.push(r.to_vec())).unwrap();
+        import_history(received, Cursor::new(&uploaded), |r| imported.push(r.to_vec())).unwrap();
     assert_eq!(count, 500);
     assert_eq!(imported, history);
 }
@@ -176,8 +176,7 @@ fn media_attachment_reaches_every_device_and_decrypts_with_the_descriptor_alone(
     for device in [&mut peer, &mut companion] {
         let envelope = fanout.envelopes.iter().find(|e| e.recipient == device.address()).unwrap();
         let got = device.decrypt_fanout(&envelope.bytes, fanout.body.as_deref(), T0).unwrap();
-        let descriptor =
-            multidevice::blob::BlobDescriptor::try_from(got.payload.as_slice()).unwrap();
+        let descriptor = BlobDescriptor::try_from(got.payload.as_slice()).unwrap();
         assert_eq!(decrypt_blob(&descriptor, &uploaded).unwrap().as_slice(), photo.as_slice());
     }
 }
@@ -195,7 +194,99 @@ fn attachment_with_a_wrong_digest_is_rejected_before_any_plaintext() {
     assert_eq!(decrypt_blob(&descriptor, &tampered).unwrap_err(), BlobError::DigestMismatch);
     let mut sink = Vec::new();
     let error =
-        import_history(&descriptor, Cursor::new(&other), |r| sink.push(r.to_vec())).unwrap_err();
-    assert_eq!(error, BlobError::DigestMismatch);
+        import_history(descriptor, Cursor::new(&other), |r| sink.push(r.to_vec())).unwrap_err();
+    assert_eq!(error, HistoryError::Blob(BlobError::DigestMismatch));
     assert!(sink.is_empty());
+}
+
+#[test]
+fn primary_sends_history_only_within_the_window_after_the_link() {
+    let mut rng = rng(8);
+    let (mut primary, companion) = linked(&mut rng);
+    let descriptor = build_history(&mut rng, records(2), Vec::new()).unwrap();
+    let bundle = companion.prekey_upload().bundle(Some(0));
+    let late = T0.plus_secs(HISTORY_WINDOW_SECS + 1);
+    let before = snapshot(&primary);
+    assert_eq!(
+        primary
+            .encrypt_history(
+                &mut rng,
+                companion.address(),
+                &descriptor,
+                std::slice::from_ref(&bundle),
+                late
+            )
+            .unwrap_err(),
+        HistoryError::NotNewlyLinked(companion.address())
+    );
+    assert_eq!(snapshot(&primary), before);
+    let last_moment = T0.plus_secs(HISTORY_WINDOW_SECS);
+    primary
+        .encrypt_history(&mut rng, companion.address(), &descriptor, &[bundle], last_moment)
+        .unwrap();
+}
+
+/// Imports `uploaded` and returns the records, or the error.
+fn import_all(descriptor: BlobDescriptor, uploaded: &[u8]) -> Result<Vec<Vec<u8>>, HistoryError> {
+    let mut imported = Vec::new();
+    let count = import_history(descriptor, Cursor::new(uploaded), |r| imported.push(r.to_vec()))?;
+    assert_eq!(count, imported.len() as u64);
+    Ok(imported)
+}
+
+#[test]
+fn records_of_every_size_round_trip_across_chunk_boundaries() {
+    let mut rng = rng(9);
+    let sizes = [0, 1, CHUNK_SIZE - 5, CHUNK_SIZE, CHUNK_SIZE + 1, 3, 200_000, 0, 7];
+    let history: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| u8::try_from((i * 31 + j) % 256).unwrap()).collect())
+        .collect();
+    let mut uploaded = Vec::new();
+    let descriptor = build_history(&mut rng, &history, &mut uploaded).unwrap();
+    assert_eq!(import_all(descriptor, &uploaded).unwrap(), history);
+}
+
+#[test]
+fn history_record_limit_at_n_and_n_plus_one() {
+    let mut rng = rng(10);
+    let largest = vec![0x5a; MAX_HISTORY_RECORD];
+    let mut uploaded = Vec::new();
+    let descriptor = build_history(&mut rng, [&largest[..], b"next"], &mut uploaded).unwrap();
+    let imported = import_all(descriptor, &uploaded).unwrap();
+    assert_eq!(imported.len(), 2);
+    assert!(imported[0] == largest && imported[1] == b"next");
+
+    let too_large = vec![0x5a; MAX_HISTORY_RECORD + 1];
+    assert_eq!(
+        build_history(&mut rng, [&too_large[..]], Vec::new()).unwrap_err(),
+        HistoryError::RecordTooLarge { len: MAX_HISTORY_RECORD as u64 + 1 }
+    );
+}
+
+/// A history blob whose plaintext is `plaintext` exactly, framing and all.
+fn raw_history(rng: &mut StdRng, plaintext: &[u8]) -> (Vec<u8>, BlobDescriptor) {
+    encrypt_blob(rng, plaintext, MediaType::new(HISTORY_MEDIA_TYPE).unwrap()).unwrap()
+}
+
+#[test]
+fn import_rejects_a_length_prefix_over_the_limit() {
+    let mut rng = rng(11);
+    let claimed = u32::try_from(MAX_HISTORY_RECORD + 1).unwrap();
+    let plaintext = [&claimed.to_be_bytes()[..], b"short"].concat();
+    let (uploaded, descriptor) = raw_history(&mut rng, &plaintext);
+    assert_eq!(
+        import_all(descriptor, &uploaded).unwrap_err(),
+        HistoryError::RecordTooLarge { len: u64::from(claimed) }
+    );
+}
+
+#[test]
+fn import_rejects_history_ending_inside_a_record() {
+    let mut rng = rng(12);
+    for plaintext in [&[0u8, 0, 0, 5, b'a', b'b', b'c'][..], &[0, 0], &[0, 0, 0, 0, 0]] {
+        let (uploaded, descriptor) = raw_history(&mut rng, plaintext);
+        assert_eq!(import_all(descriptor, &uploaded).unwrap_err(), HistoryError::TruncatedRecord);
+    }
 }
