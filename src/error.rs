@@ -30,6 +30,9 @@ pub enum DecodeError {
     /// An Ed25519 public key is not a valid point encoding.
     #[error("invalid Ed25519 public key encoding")]
     InvalidSigningKey,
+    /// An identity's signature over its X25519 agreement key fails `verify_strict`.
+    #[error("identity signature over the agreement key is invalid")]
+    BadIdentitySignature,
     /// A length field exceeds its limit.
     #[error("length {got} exceeds limit {limit}")]
     TooLong {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, Hex, Secret32, X25519KeyPair, label};
-use crate::error::{DecodeError, KeyError, SignatureKind};
+use crate::error::{DecodeError, SignatureKind};
 use crate::wire::Reader;
 
 /// Identifies an account, as assigned by the app's server (for example a hashed phone number).
@@ -186,24 +186,19 @@ impl PublicIdentity {
     }
 
     pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Self::from_parts(reader.array()?, reader.array()?, reader.array()?)
-            .map_err(|_| DecodeError::InvalidSigningKey)
-    }
-
-    fn from_parts(
-        signing: [u8; 32],
-        agreement: [u8; 32],
-        agreement_signature: [u8; 64],
-    ) -> Result<Self, KeyError> {
-        let signing = VerifyingKey::from_bytes(&signing)
-            .map_err(|_| KeyError::BadSignature(SignatureKind::IdentityAgreementKey))?;
+        let signing: [u8; 32] = reader.array()?;
+        let agreement: [u8; 32] = reader.array()?;
+        let agreement_signature: [u8; 64] = reader.array()?;
+        let signing =
+            VerifyingKey::from_bytes(&signing).map_err(|_| DecodeError::InvalidSigningKey)?;
         crypto::verify(
             &signing,
             label::SIG_IDENTITY_AGREEMENT,
             &[&agreement],
             &agreement_signature,
             SignatureKind::IdentityAgreementKey,
-        )?;
+        )
+        .map_err(|_| DecodeError::BadIdentitySignature)?;
         Ok(Self { signing, agreement, agreement_signature })
     }
 }

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signer, SigningKey};
 use multidevice::{
-    Device, KeyError, PrekeyBundle, PublicIdentity, SessionError, SessionMessage, SignatureKind,
+    DecodeError, Device, KeyError, PrekeyBundle, PublicIdentity, SessionError, SessionMessage,
+    SignatureKind,
 };
 use serde::Deserialize;
 use support::*;
@@ -499,7 +500,7 @@ fn ed25519_malleated_signatures_are_rejected_through_the_public_api() {
     let mut forged = identity;
     forged[IDENTITY_SIGNATURE].copy_from_slice(&malleate(&identity[IDENTITY_SIGNATURE]));
     assert!(PublicIdentity::try_from(&identity[..]).is_ok());
-    assert!(PublicIdentity::try_from(&forged[..]).is_err());
+    assert_eq!(PublicIdentity::try_from(&forged[..]), Err(DecodeError::BadIdentitySignature));
 
     let mut bundle = bob.prekey_upload().bundle(Some(0));
     let signature = malleate(&bundle.signed_prekey.signature);
@@ -523,7 +524,10 @@ fn ed25519_small_order_signing_key_cannot_forge_an_identity() {
         forged.extend_from_slice(&agreement);
         forged.extend_from_slice(&identity_point);
         forged.extend_from_slice(&[0; 32]);
-        assert!(PublicIdentity::try_from(forged.as_slice()).is_err());
+        assert_eq!(
+            PublicIdentity::try_from(forged.as_slice()),
+            Err(DecodeError::BadIdentitySignature)
+        );
     }
 }
 
@@ -560,8 +564,18 @@ fn every_bit_flipped_in_an_identity_is_rejected() {
     let identity = bob.public_identity().to_bytes();
     assert!(PublicIdentity::try_from(&identity[..]).is_ok());
     // All 1024 bits: signing key, agreement key and the 512 bits of the agreement signature.
+    // A flipped signing key is either no curve point or the wrong key; any other flip breaks
+    // the signature.
     for bit in 0..PublicIdentity::LEN * 8 {
-        assert!(PublicIdentity::try_from(flip(&identity, bit).as_slice()).is_err(), "bit {bit}");
+        let error = PublicIdentity::try_from(flip(&identity, bit).as_slice()).unwrap_err();
+        if bit < 256 {
+            assert!(
+                matches!(error, DecodeError::InvalidSigningKey | DecodeError::BadIdentitySignature),
+                "bit {bit}: {error:?}"
+            );
+        } else {
+            assert_eq!(error, DecodeError::BadIdentitySignature, "bit {bit}");
+        }
     }
     // And inside a bundle, where the server could try the same.
     let bundle = bob.prekey_upload().bundle(None).to_bytes();
