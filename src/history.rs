@@ -326,3 +326,91 @@ impl From<SessionError> for HistoryError {
         HistoryError::Fanout(FanoutError::Session(error))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(records: &[&[u8]]) -> Vec<u8> {
+        records
+            .iter()
+            .flat_map(|r| {
+                let len = u32::try_from(r.len()).unwrap_or(u32::MAX);
+                len.to_be_bytes().into_iter().chain(r.iter().copied())
+            })
+            .collect()
+    }
+
+    /// Feeds `stream` to a sink in pieces cut at `cuts`; returns the records and what is pending.
+    fn feed(stream: &[u8], cuts: &[usize]) -> (Vec<Vec<u8>>, usize) {
+        let mut records = Vec::new();
+        let mut sink = RecordSink {
+            on_record: |r: &[u8]| records.push(r.to_vec()),
+            pending: Zeroizing::new(Vec::new()),
+            records: 0,
+            oversized: None,
+        };
+        let mut start = 0;
+        for &cut in cuts.iter().chain([&stream.len()]) {
+            let piece = stream.get(start..cut).unwrap_or_default();
+            assert_eq!(sink.write(piece).unwrap(), piece.len());
+            start = cut;
+        }
+        let pending = sink.pending.len();
+        (records, pending)
+    }
+
+    #[test]
+    fn sink_reassembles_records_cut_anywhere() {
+        let records: [&[u8]; 5] = [b"", b"a", b"hello world", b"", &[9; 300]];
+        let stream = framed(&records);
+        for cut in 0..=stream.len() {
+            assert_eq!(feed(&stream, &[cut]), (records.map(<[u8]>::to_vec).to_vec(), 0));
+        }
+        let every_byte: Vec<usize> = (0..=stream.len()).collect();
+        assert_eq!(feed(&stream, &every_byte), (records.map(<[u8]>::to_vec).to_vec(), 0));
+    }
+
+    #[test]
+    fn sink_keeps_a_partial_record_pending() {
+        let stream = framed(&[b"complete", b"partial"]);
+        let cut = stream.len() - 3;
+        let (records, pending) = feed(stream.get(..cut).unwrap_or_default(), &[5]);
+        assert_eq!(records, vec![b"complete".to_vec()]);
+        assert_eq!(pending, 4 + b"partial".len() - 3);
+    }
+
+    #[test]
+    fn reader_frames_records_for_any_read_size() {
+        let records: [&[u8]; 4] = [b"x", b"", &[1; 70_000], b"end"];
+        for read_size in [1, 3, 4, 5, 4096, 100_000] {
+            let mut reader = RecordReader {
+                records: records.iter(),
+                current: None,
+                prefix: [0; RECORD_PREFIX_LEN],
+                position: 0,
+                oversized: None,
+            };
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; read_size];
+            loop {
+                let n = reader.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(buf.get(..n).unwrap_or_default());
+            }
+            assert_eq!(out, framed(&records), "read size {read_size}");
+        }
+    }
+
+    #[test]
+    fn extend_wiping_grows_without_losing_bytes() {
+        let mut buffer = Zeroizing::new(Vec::new());
+        for i in 0..1000u32 {
+            extend_wiping(&mut buffer, &i.to_be_bytes());
+        }
+        let expected: Vec<u8> = (0..1000u32).flat_map(u32::to_be_bytes).collect();
+        assert_eq!(buffer.as_slice(), expected.as_slice());
+    }
+}

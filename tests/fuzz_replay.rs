@@ -33,6 +33,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("pairing_messages", fuzzing::pairing_messages),
     ("blob_descriptor", fuzzing::blob_descriptor),
     ("blob_chunks", fuzzing::blob_chunks),
+    ("history_records", fuzzing::history_records),
     ("account_events", fuzzing::account_events),
 ];
 
@@ -414,6 +415,11 @@ fn replay_blob_chunks() {
 }
 
 #[test]
+fn replay_history_records() {
+    replay("history_records", 200, 2000);
+}
+
+#[test]
 fn replay_account_events() {
     replay("account_events", 60, 128);
 }
@@ -465,6 +471,10 @@ fn generate_account_corpus() {
     write_seed("blob_descriptor", "genuine", &descriptor.to_bytes());
     write_seed("blob_chunks", "small-blob", &blob);
     write_seed("blob_chunks", "plaintext", &[7u8; 300]);
+    write_seed("history_records", "framed", &[0, 0, 0, 2, b'h', b'i', 0, 0, 0, 0, 0, 0, 0, 1, 7]);
+    write_seed("history_records", "cut-at-zeros", b"chat one\0chat two\0\0last");
+    write_seed("history_records", "truncated", &[0, 0, 1, 0, 1, 2, 3]);
+    write_seed("history_records", "oversized", &[0xff, 0xff, 0xff, 0xff, 1]);
 
     write_seed("account_events", "link-remove-deliver", &[0, 2, 3, 0, 1, 0, 3, 1, 6, 4, 14, 6]);
     write_seed("account_events", "days-pass", &[0, 3, 0, 4, 13, 4, 2, 6, 5, 9, 6, 7, 0]);

@@ -912,6 +912,44 @@ pub(crate) fn blob_chunks(data: &[u8]) {
     assert!(multidevice::blob::fuzz_chunk_stream(data), "blob chunk stream invariant broken");
 }
 
+/// History records: any plaintext, framing and all, either imports as records that frame back to
+/// exactly that plaintext or fails with a framing error; records cut from `data` round-trip.
+pub(crate) fn history_records(data: &[u8]) {
+    use multidevice::blob::{MediaType, encrypt_blob};
+    use multidevice::{HISTORY_MEDIA_TYPE, HistoryError, build_history, import_history};
+    use std::io::Cursor;
+
+    let mut rng = seeded(u64::try_from(data.len()).unwrap_or(0));
+    let media = MediaType::new(HISTORY_MEDIA_TYPE).expect("valid media type");
+    let (blob, descriptor) = encrypt_blob(&mut rng, data, media).expect("small blob encrypts");
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    match import_history(descriptor, Cursor::new(&blob), |r| records.push(r.to_vec())) {
+        Ok(count) => {
+            assert_eq!(count, u64::try_from(records.len()).unwrap_or(u64::MAX));
+            let framed: Vec<u8> = records
+                .iter()
+                .flat_map(|r| {
+                    let len = u32::try_from(r.len()).expect("record length fits a u32");
+                    len.to_be_bytes().into_iter().chain(r.iter().copied())
+                })
+                .collect();
+            assert_eq!(framed, data, "imported records do not frame back to the plaintext");
+        }
+        Err(error) => assert!(
+            matches!(error, HistoryError::RecordTooLarge { .. } | HistoryError::TruncatedRecord),
+            "unexpected import error {error:?}"
+        ),
+    }
+
+    let cut: Vec<&[u8]> = data.split(|&b| b == 0).collect();
+    let mut upload = Vec::new();
+    let descriptor = build_history(&mut rng, &cut, &mut upload).expect("history builds");
+    let mut back: Vec<Vec<u8>> = Vec::new();
+    import_history(descriptor, Cursor::new(&upload), |r| back.push(r.to_vec()))
+        .expect("own history imports");
+    assert!(back.iter().map(Vec::as_slice).eq(cut.iter().copied()), "history did not round-trip");
+}
+
 /// One step of the accounts scenario.
 #[derive(Arbitrary, Debug, Clone)]
 pub(crate) enum AccountEvent {
