@@ -862,6 +862,27 @@ impl Pool {
     }
 }
 
+/// Ends a chunk: hands its sealed bytes (`buf[..sealed_len]`) to the hasher and, unless it
+/// was the last chunk, moves `index` on and returns the buffer for the next one.
+fn next_chunk_buffer(
+    hashing: &mut Hashing<'_>,
+    pool: &mut Pool,
+    buf: ChunkBuf,
+    sealed_len: usize,
+    last: bool,
+    index: &mut u32,
+) -> Result<Option<ChunkBuf>, BlobError> {
+    let returned = hashing.hand_off(buf, sealed_len)?;
+    if last {
+        return Ok(None);
+    }
+    *index = index.checked_add(1).ok_or(BlobError::TooManyChunks)?;
+    match returned {
+        Some(buf) => Ok(Some(buf)),
+        None => pool.acquire(hashing).map(Some),
+    }
+}
+
 #[derive(Default)]
 struct Progress {
     plaintext_len: u64,
@@ -1023,15 +1044,10 @@ fn encrypt_chunks<'scope, 'env, R: Read + ?Sized, W: Write + ?Sized>(
         progress.plaintext_len = progress.plaintext_len.saturating_add(to_u64(filled));
         progress.ciphertext_len = progress.ciphertext_len.saturating_add(to_u64(sealed_len));
         progress.chunks = progress.chunks.saturating_add(1);
-        let returned = hashing.hand_off(buf, sealed_len)?;
-        if last {
-            break;
+        match next_chunk_buffer(hashing, pool, buf, sealed_len, last, &mut index)? {
+            Some(next) => buf = next,
+            None => break,
         }
-        index = index.checked_add(1).ok_or(BlobError::TooManyChunks)?;
-        buf = match returned {
-            Some(buf) => buf,
-            None => pool.acquire(hashing)?,
-        };
     }
     writer.flush()?;
     Ok(progress)
@@ -1280,15 +1296,10 @@ fn decrypt_chunks<'scope, 'env, R: Read + ?Sized, W: Write + ?Sized>(
         writer.write_all(plaintext.unwrap_or_default())?;
         progress.plaintext_len = progress.plaintext_len.saturating_add(to_u64(plain_len));
         progress.chunks = progress.chunks.saturating_add(1);
-        let returned = hashing.hand_off(buf, filled)?;
-        if last {
-            break;
+        match next_chunk_buffer(hashing, pool, buf, filled, last, &mut index)? {
+            Some(next) => buf = next,
+            None => break,
         }
-        index = index.checked_add(1).ok_or(BlobError::TooManyChunks)?;
-        buf = match returned {
-            Some(buf) => buf,
-            None => pool.acquire(hashing)?,
-        };
     }
     writer.flush()?;
     Ok(progress)
