@@ -11,7 +11,7 @@
 use std::io::{self, Read, Seek, Write};
 
 use rand_core::CryptoRng;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::account::Role;
 use crate::blob::{self, BlobDescriptor, MediaType};
@@ -53,6 +53,9 @@ where
     R: AsRef<[u8]>,
 {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.oversized.is_some() {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
         loop {
             let Some(record) = &self.current else {
                 let Some(record) = self.records.next() else { return Ok(0) };
@@ -89,7 +92,7 @@ where
 /// Parses framed records as plaintext arrives and hands each complete one to the callback.
 struct RecordSink<F: FnMut(&[u8])> {
     on_record: F,
-    /// The bytes of a record not yet complete; grown only by [`extend_wiping`].
+    /// The bytes of a record not yet complete; grown only by [`reserve_wiping`].
     pending: Zeroizing<Vec<u8>>,
     records: u64,
     /// Set when a length prefix over [`MAX_HISTORY_RECORD`] stopped the import.
@@ -124,6 +127,28 @@ impl<F: FnMut(&[u8])> RecordSink<F> {
     }
 }
 
+impl<F: FnMut(&[u8])> RecordSink<F> {
+    /// Appends to the pending record, growing its buffer once to exactly the record's framed
+    /// size as soon as the length prefix is known (only the prefix's size before that).
+    fn stash(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let have = self.pending.len();
+        let mut prefix = [0u8; RECORD_PREFIX_LEN];
+        let known = self.pending.iter().chain(bytes).take(RECORD_PREFIX_LEN);
+        let mut filled = 0;
+        for (slot, byte) in prefix.iter_mut().zip(known) {
+            *slot = *byte;
+            filled += 1;
+        }
+        let framed_len = match filled {
+            RECORD_PREFIX_LEN => RECORD_PREFIX_LEN + self.checked_len(prefix)?,
+            _ => RECORD_PREFIX_LEN,
+        };
+        reserve_wiping(&mut self.pending, framed_len.max(have + bytes.len()));
+        self.pending.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 impl<F: FnMut(&[u8])> Write for RecordSink<F> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut fresh = data;
@@ -131,25 +156,26 @@ impl<F: FnMut(&[u8])> Write for RecordSink<F> {
             // Complete the pending record first: its prefix, then its body.
             let missing_prefix = RECORD_PREFIX_LEN.saturating_sub(self.pending.len());
             let (head, rest) = fresh.split_at(missing_prefix.min(fresh.len()));
-            extend_wiping(&mut self.pending, head);
+            self.stash(head)?;
             fresh = rest;
             let Some(prefix) = self.pending.first_chunk::<RECORD_PREFIX_LEN>().copied() else {
                 return Ok(data.len());
             };
-            let total = RECORD_PREFIX_LEN + self.checked_len(prefix)?;
-            let missing = total.saturating_sub(self.pending.len());
+            let framed_len = RECORD_PREFIX_LEN + self.checked_len(prefix)?;
+            let missing = framed_len.saturating_sub(self.pending.len());
             let (head, rest) = fresh.split_at(missing.min(fresh.len()));
-            extend_wiping(&mut self.pending, head);
+            self.stash(head)?;
             fresh = rest;
-            if self.pending.len() < total {
+            if self.pending.len() < framed_len {
                 return Ok(data.len());
             }
             (self.on_record)(self.pending.get(RECORD_PREFIX_LEN..).unwrap_or_default());
             self.records += 1;
+            self.pending.as_mut_slice().zeroize();
             self.pending.clear();
         }
         let used = self.hand_out(fresh)?;
-        extend_wiping(&mut self.pending, fresh.get(used..).unwrap_or_default());
+        self.stash(fresh.get(used..).unwrap_or_default())?;
         Ok(data.len())
     }
 
@@ -158,16 +184,78 @@ impl<F: FnMut(&[u8])> Write for RecordSink<F> {
     }
 }
 
-/// Appends to a wiped-on-drop buffer without leaving an unwiped copy behind when it grows
-/// (`Vec` would free its old allocation without wiping it).
-fn extend_wiping(buffer: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
-    let needed = buffer.len().saturating_add(data.len());
-    if needed > buffer.capacity() {
-        let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(buffer.capacity() * 2)));
+/// Grows a wiped-on-drop buffer to hold `capacity` bytes without leaving an unwiped copy
+/// behind (`Vec` would free its old allocation without wiping it).
+fn reserve_wiping(buffer: &mut Zeroizing<Vec<u8>>, capacity: usize) {
+    if capacity > buffer.capacity() {
+        let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
         grown.extend_from_slice(buffer);
         *buffer = grown;
     }
-    buffer.extend_from_slice(data);
+}
+
+/// Fuzz entry point for the history record parser. Never panics; returns `false` only if an
+/// invariant is broken: `data` fed to the parser in one write and again in pieces of 1 to 9
+/// bytes (sizes taken from `data` itself) must give the same records and the same verdict,
+/// and records accepted as complete must frame back to exactly the bytes they came from.
+#[doc(hidden)]
+pub fn fuzz_record_stream(data: &[u8]) -> bool {
+    let mut cuts = Vec::new();
+    let mut position = 0;
+    for &byte in data {
+        position += 1 + usize::from(byte % 9);
+        if position >= data.len() {
+            break;
+        }
+        cuts.push(position);
+    }
+    let whole = parse_records(data, &[]);
+    let pieces = parse_records(data, &cuts);
+    let reframed = whole.records.iter().fold(Vec::new(), |mut out, record| {
+        out.extend_from_slice(&u32::try_from(record.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(record);
+        out
+    });
+    let consistent = match whole.oversized {
+        None => {
+            data.get(..reframed.len()) == Some(reframed.as_slice())
+                && reframed.len() + whole.pending == data.len()
+        }
+        Some(_) => data.starts_with(&reframed),
+    };
+    whole == pieces && consistent
+}
+
+/// What the record parser made of a stream.
+#[derive(PartialEq, Eq)]
+struct ParsedRecords {
+    records: Vec<Vec<u8>>,
+    pending: usize,
+    oversized: Option<u64>,
+}
+
+/// Feeds `stream` to a record parser in pieces ending at `cuts` (ascending), stopping at the
+/// first error as a blob decryptor would.
+fn parse_records(stream: &[u8], cuts: &[usize]) -> ParsedRecords {
+    let mut records = Vec::new();
+    let mut sink = RecordSink {
+        on_record: |r: &[u8]| records.push(r.to_vec()),
+        pending: Zeroizing::new(Vec::new()),
+        records: 0,
+        oversized: None,
+    };
+    let mut start = 0;
+    for &end in cuts.iter().chain([&stream.len()]) {
+        let piece = stream.get(start..end).unwrap_or_default();
+        if sink.write(piece).is_err() {
+            break;
+        }
+        start = end;
+    }
+    // Where a stream stopped on an oversized prefix, what was pending is moot.
+    let oversized = sink.oversized;
+    let pending = if oversized.is_some() { 0 } else { sink.pending.len() };
+    ParsedRecords { records, pending, oversized }
 }
 
 /// Encrypts `records` as a history blob into `writer` (the bytes to upload) and returns the
@@ -341,23 +429,8 @@ mod tests {
             .collect()
     }
 
-    /// Feeds `stream` to a sink in pieces cut at `cuts`; returns the records and what is pending.
-    fn feed(stream: &[u8], cuts: &[usize]) -> (Vec<Vec<u8>>, usize) {
-        let mut records = Vec::new();
-        let mut sink = RecordSink {
-            on_record: |r: &[u8]| records.push(r.to_vec()),
-            pending: Zeroizing::new(Vec::new()),
-            records: 0,
-            oversized: None,
-        };
-        let mut start = 0;
-        for &cut in cuts.iter().chain([&stream.len()]) {
-            let piece = stream.get(start..cut).unwrap_or_default();
-            assert_eq!(sink.write(piece).unwrap(), piece.len());
-            start = cut;
-        }
-        let pending = sink.pending.len();
-        (records, pending)
+    fn owned(records: &[&[u8]]) -> Vec<Vec<u8>> {
+        records.iter().map(|r| r.to_vec()).collect()
     }
 
     #[test]
@@ -365,19 +438,70 @@ mod tests {
         let records: [&[u8]; 5] = [b"", b"a", b"hello world", b"", &[9; 300]];
         let stream = framed(&records);
         for cut in 0..=stream.len() {
-            assert_eq!(feed(&stream, &[cut]), (records.map(<[u8]>::to_vec).to_vec(), 0));
+            let parsed = parse_records(&stream, &[cut]);
+            assert!(parsed.records == owned(&records) && parsed.pending == 0, "cut {cut}");
         }
         let every_byte: Vec<usize> = (0..=stream.len()).collect();
-        assert_eq!(feed(&stream, &every_byte), (records.map(<[u8]>::to_vec).to_vec(), 0));
+        assert_eq!(parse_records(&stream, &every_byte).records, owned(&records));
     }
 
     #[test]
     fn sink_keeps_a_partial_record_pending() {
         let stream = framed(&[b"complete", b"partial"]);
         let cut = stream.len() - 3;
-        let (records, pending) = feed(stream.get(..cut).unwrap_or_default(), &[5]);
-        assert_eq!(records, vec![b"complete".to_vec()]);
-        assert_eq!(pending, 4 + b"partial".len() - 3);
+        let parsed = parse_records(stream.get(..cut).unwrap_or_default(), &[5]);
+        assert_eq!(parsed.records, owned(&[b"complete"]));
+        assert_eq!(parsed.pending, 4 + b"partial".len() - 3);
+    }
+
+    #[test]
+    fn sink_rejects_an_oversized_prefix_split_across_writes() {
+        let oversized = u32::try_from(MAX_HISTORY_RECORD + 1).unwrap_or(u32::MAX).to_be_bytes();
+        let largest = u32::try_from(MAX_HISTORY_RECORD).unwrap_or(u32::MAX).to_be_bytes();
+        let stream = [&framed(&[b"first"])[..], &oversized, b"body"].concat();
+        let prefix_start = 4 + b"first".len();
+        for cut in prefix_start..prefix_start + 4 {
+            let parsed = parse_records(&stream, &[cut]);
+            assert_eq!(parsed.records, owned(&[b"first"]), "cut {cut}");
+            assert_eq!(parsed.oversized, Some(u64::from(u32::from_be_bytes(oversized))));
+        }
+        // At exactly the limit the prefix is accepted and the record waits for its body.
+        let stream = [&largest[..], b"body"].concat();
+        let parsed = parse_records(&stream, &[2]);
+        assert_eq!((parsed.oversized, parsed.pending), (None, stream.len()));
+    }
+
+    #[test]
+    fn sink_buffers_a_split_record_in_exactly_its_size() {
+        let record = [7u8; 1000];
+        let stream = framed(&[&record[..]]);
+        let mut seen = Vec::new();
+        let mut sink = RecordSink {
+            on_record: |r: &[u8]| seen.push(r.len()),
+            pending: Zeroizing::new(Vec::new()),
+            records: 0,
+            oversized: None,
+        };
+        for piece in stream.chunks(10) {
+            assert_eq!(sink.write(piece).ok(), Some(piece.len()));
+            assert!(sink.pending.capacity() <= stream.len(), "grew past the record");
+        }
+        assert!(sink.pending.is_empty());
+        assert_eq!(seen, vec![1000]);
+    }
+
+    #[test]
+    fn record_stream_fuzz_invariants_hold_on_samples() {
+        let samples: [&[u8]; 5] = [
+            &framed(&[b"abc", b"", b"defgh"]),
+            &[0, 0, 0, 9, 1, 2],
+            &[0xff, 0xff, 0xff, 0xff, 0],
+            &[0, 0],
+            b"",
+        ];
+        for sample in samples {
+            assert!(fuzz_record_stream(sample), "{sample:?}");
+        }
     }
 
     #[test]
@@ -394,7 +518,7 @@ mod tests {
             let mut out = Vec::new();
             let mut buf = vec![0u8; read_size];
             loop {
-                let n = reader.read(&mut buf).unwrap();
+                let n = reader.read(&mut buf).unwrap_or(0);
                 if n == 0 {
                     break;
                 }
@@ -405,12 +529,23 @@ mod tests {
     }
 
     #[test]
-    fn extend_wiping_grows_without_losing_bytes() {
-        let mut buffer = Zeroizing::new(Vec::new());
-        for i in 0..1000u32 {
-            extend_wiping(&mut buffer, &i.to_be_bytes());
+    fn reader_stays_failed_after_an_oversized_record() {
+        let too_large = vec![0u8; MAX_HISTORY_RECORD + 1];
+        let records: [&[u8]; 2] = [&too_large, b"next"];
+        let mut reader = RecordReader {
+            records: records.iter(),
+            current: None,
+            prefix: [0; RECORD_PREFIX_LEN],
+            position: 0,
+            oversized: None,
+        };
+        let mut buf = [0u8; 16];
+        for _ in 0..3 {
+            assert_eq!(
+                reader.read(&mut buf).map_err(|e| e.kind()),
+                Err(io::ErrorKind::InvalidInput)
+            );
         }
-        let expected: Vec<u8> = (0..1000u32).flat_map(u32::to_be_bytes).collect();
-        assert_eq!(buffer.as_slice(), expected.as_slice());
+        assert_eq!(reader.oversized, Some(u64::try_from(too_large.len()).unwrap_or(0)));
     }
 }

@@ -82,6 +82,8 @@ pub use fanout::{
     Conversation, Envelope, FanoutMessage, FanoutSkip, INLINE_THRESHOLD, MAX_FANOUT_ACCOUNTS,
     MAX_FANOUT_PAYLOAD, ReceivedMessage,
 };
+#[doc(hidden)]
+pub use history::fuzz_record_stream;
 pub use history::{
     HISTORY_MEDIA_TYPE, HISTORY_WINDOW_SECS, MAX_HISTORY_RECORD, build_history, import_history,
 };

@@ -235,9 +235,11 @@ fn import_all(descriptor: BlobDescriptor, uploaded: &[u8]) -> Result<Vec<Vec<u8>
 }
 
 #[test]
-fn records_of_every_size_round_trip_across_chunk_boundaries() {
+fn records_and_length_prefixes_split_across_chunks_round_trip() {
     let mut rng = rng(9);
-    let sizes = [0, 1, CHUNK_SIZE - 5, CHUNK_SIZE, CHUNK_SIZE + 1, 3, 200_000, 0, 7];
+    // The first record ends 2 bytes before the first chunk boundary, so the second record's
+    // length prefix straddles it; the others split record bodies at later boundaries.
+    let sizes = [CHUNK_SIZE - 6, 0, 1, CHUNK_SIZE - 5, CHUNK_SIZE, CHUNK_SIZE + 1, 3, 200_000, 7];
     let history: Vec<Vec<u8>> = sizes
         .iter()
         .enumerate()
@@ -280,6 +282,57 @@ fn import_rejects_a_length_prefix_over_the_limit() {
         import_all(descriptor, &uploaded).unwrap_err(),
         HistoryError::RecordTooLarge { len: u64::from(claimed) }
     );
+}
+
+#[test]
+fn import_rejects_an_oversized_prefix_straddling_a_chunk_boundary() {
+    let mut rng = rng(13);
+    let filler = vec![1u8; CHUNK_SIZE - 6];
+    let claimed = u32::try_from(MAX_HISTORY_RECORD + 1).unwrap();
+    let plaintext = [
+        &u32::try_from(filler.len()).unwrap().to_be_bytes()[..],
+        &filler,
+        &claimed.to_be_bytes(),
+        b"body",
+    ]
+    .concat();
+    let (uploaded, descriptor) = raw_history(&mut rng, &plaintext);
+    assert_eq!(
+        import_all(descriptor, &uploaded).unwrap_err(),
+        HistoryError::RecordTooLarge { len: u64::from(claimed) }
+    );
+}
+
+#[test]
+fn primary_history_window_follows_its_clock_high_water_mark() {
+    let mut rng = rng(14);
+    let (mut primary, mut companion) = linked(&mut rng);
+    let primary_bundle = primary.prekey_upload().bundle(None).verify().unwrap();
+    companion.start_session(&mut rng, &primary_bundle).unwrap();
+    let wire = companion.encrypt(&mut rng, primary.address(), b"still here").unwrap();
+    primary.decrypt(&wire, T0.plus_secs(HISTORY_WINDOW_SECS + 1)).unwrap();
+    let descriptor = build_history(&mut rng, records(1), Vec::new()).unwrap();
+    let bundle = companion.prekey_upload().bundle(Some(0));
+    // A clock wound back into the window does not reopen it.
+    assert_eq!(
+        primary.encrypt_history(&mut rng, companion.address(), &descriptor, &[bundle], T0),
+        Err(HistoryError::NotNewlyLinked(companion.address()))
+    );
+}
+
+#[test]
+fn primary_sends_no_history_to_a_removed_companion() {
+    let mut rng = rng(15);
+    let (mut primary, companion) = linked(&mut rng);
+    primary.remove_companion(companion.address().device, T0).unwrap();
+    let descriptor = build_history(&mut rng, records(1), Vec::new()).unwrap();
+    let bundle = companion.prekey_upload().bundle(Some(0));
+    let before = snapshot(&primary);
+    assert_eq!(
+        primary.encrypt_history(&mut rng, companion.address(), &descriptor, &[bundle], T0),
+        Err(HistoryError::NotOwnCompanion(companion.address()))
+    );
+    assert_eq!(snapshot(&primary), before);
 }
 
 #[test]

@@ -912,12 +912,17 @@ pub(crate) fn blob_chunks(data: &[u8]) {
     assert!(multidevice::blob::fuzz_chunk_stream(data), "blob chunk stream invariant broken");
 }
 
-/// History records: any plaintext, framing and all, either imports as records that frame back to
-/// exactly that plaintext or fails with a framing error; records cut from `data` round-trip.
+/// History records: the record parser's own invariant checker on `data` cut into small pieces;
+/// then any plaintext, framing and all, either imports as records that frame back to exactly that
+/// plaintext or fails with a framing error; records cut from `data` round-trip.
 pub(crate) fn history_records(data: &[u8]) {
     use multidevice::blob::{MediaType, encrypt_blob};
     use multidevice::{HISTORY_MEDIA_TYPE, HistoryError, build_history, import_history};
     use std::io::Cursor;
+
+    // The record parser itself, fed in pieces as small as one byte (a blob decryptor writes
+    // whole 64 KiB chunks, so the inputs here would never split a record otherwise).
+    assert!(multidevice::fuzz_record_stream(data), "history record parser invariant broken");
 
     let mut rng = seeded(u64::try_from(data.len()).unwrap_or(0));
     let media = MediaType::new(HISTORY_MEDIA_TYPE).expect("valid media type");
