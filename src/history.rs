@@ -47,6 +47,18 @@ struct RecordReader<I: Iterator> {
     oversized: Option<u64>,
 }
 
+impl<I: Iterator> RecordReader<I> {
+    fn new(records: I) -> Self {
+        Self {
+            records,
+            current: None,
+            prefix: [0; RECORD_PREFIX_LEN],
+            position: 0,
+            oversized: None,
+        }
+    }
+}
+
 impl<I, R> Read for RecordReader<I>
 where
     I: Iterator<Item = R>,
@@ -100,6 +112,10 @@ struct RecordSink<F: FnMut(&[u8])> {
 }
 
 impl<F: FnMut(&[u8])> RecordSink<F> {
+    fn new(on_record: F) -> Self {
+        Self { on_record, pending: Zeroizing::new(Vec::new()), records: 0, oversized: None }
+    }
+
     /// Hands out every complete record at the start of `data`; returns how many bytes it used.
     fn hand_out(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut used = 0;
@@ -238,12 +254,7 @@ struct ParsedRecords {
 /// first error as a blob decryptor would.
 fn parse_records(stream: &[u8], cuts: &[usize]) -> ParsedRecords {
     let mut records = Vec::new();
-    let mut sink = RecordSink {
-        on_record: |r: &[u8]| records.push(r.to_vec()),
-        pending: Zeroizing::new(Vec::new()),
-        records: 0,
-        oversized: None,
-    };
+    let mut sink = RecordSink::new(|r: &[u8]| records.push(r.to_vec()));
     let mut start = 0;
     for &end in cuts.iter().chain([&stream.len()]) {
         let piece = stream.get(start..end).unwrap_or_default();
@@ -288,13 +299,7 @@ pub fn build_history<R: AsRef<[u8]>>(
     writer: impl Write,
 ) -> Result<BlobDescriptor, HistoryError> {
     let media_type = MediaType::new(HISTORY_MEDIA_TYPE).map_err(BlobError::from)?;
-    let mut reader = RecordReader {
-        records: records.into_iter(),
-        current: None,
-        prefix: [0; RECORD_PREFIX_LEN],
-        position: 0,
-        oversized: None,
-    };
+    let mut reader = RecordReader::new(records.into_iter());
     let result = blob::encrypt_stream(rng, &mut reader, writer, media_type);
     match reader.oversized {
         Some(len) => Err(HistoryError::RecordTooLarge { len }),
@@ -476,12 +481,7 @@ mod tests {
         let record = [7u8; 1000];
         let stream = framed(&[&record[..]]);
         let mut seen = Vec::new();
-        let mut sink = RecordSink {
-            on_record: |r: &[u8]| seen.push(r.len()),
-            pending: Zeroizing::new(Vec::new()),
-            records: 0,
-            oversized: None,
-        };
+        let mut sink = RecordSink::new(|r: &[u8]| seen.push(r.len()));
         for piece in stream.chunks(10) {
             assert_eq!(sink.write(piece).ok(), Some(piece.len()));
             assert!(sink.pending.capacity() <= stream.len(), "grew past the record");
@@ -508,13 +508,7 @@ mod tests {
     fn reader_frames_records_for_any_read_size() {
         let records: [&[u8]; 4] = [b"x", b"", &[1; 70_000], b"end"];
         for read_size in [1, 3, 4, 5, 4096, 100_000] {
-            let mut reader = RecordReader {
-                records: records.iter(),
-                current: None,
-                prefix: [0; RECORD_PREFIX_LEN],
-                position: 0,
-                oversized: None,
-            };
+            let mut reader = RecordReader::new(records.iter());
             let mut out = Vec::new();
             let mut buf = vec![0u8; read_size];
             loop {
@@ -532,13 +526,7 @@ mod tests {
     fn reader_stays_failed_after_an_oversized_record() {
         let too_large = vec![0u8; MAX_HISTORY_RECORD + 1];
         let records: [&[u8]; 2] = [&too_large, b"next"];
-        let mut reader = RecordReader {
-            records: records.iter(),
-            current: None,
-            prefix: [0; RECORD_PREFIX_LEN],
-            position: 0,
-            oversized: None,
-        };
+        let mut reader = RecordReader::new(records.iter());
         let mut buf = [0u8; 16];
         for _ in 0..3 {
             assert_eq!(
