@@ -323,8 +323,7 @@ pub fn import_history(
     blob_bytes: impl Read + Seek,
     on_record: impl FnMut(&[u8]),
 ) -> Result<u64, HistoryError> {
-    let mut sink =
-        RecordSink { on_record, pending: Zeroizing::new(Vec::new()), records: 0, oversized: None };
+    let mut sink = RecordSink::new(on_record);
     let result = blob::decrypt_verified(&descriptor, blob_bytes, &mut sink);
     drop(descriptor);
     if let Some(len) = sink.oversized {
