@@ -17,11 +17,11 @@ use std::io::{self, Cursor, Read, Write};
 use std::rc::Rc;
 
 use multidevice::blob::{
-    BlobDecryptor, BlobDescriptor, BlobEncryptor, BlobError, BlobKey, CHUNK_SIZE,
-    DESCRIPTOR_MAX_LEN, DESCRIPTOR_MIN_LEN, HEADER_LEN, MAX_PLAINTEXT_LEN, MediaType,
-    MediaTypeError, SEALED_CHUNK_LEN, STREAM_BUFFER_BYTES, TAG_LEN, ciphertext_len, decrypt_blob,
-    decrypt_stream, decrypt_verified, encrypt_blob, encrypt_stream, fuzz_chunk_stream,
-    fuzz_descriptor,
+    BACKGROUND_HASHING_FROM_CHUNK, BlobDecryptor, BlobDescriptor, BlobEncryptor, BlobError,
+    BlobKey, CHUNK_SIZE, DESCRIPTOR_MAX_LEN, DESCRIPTOR_MIN_LEN, HEADER_LEN, MAX_PLAINTEXT_LEN,
+    MediaType, MediaTypeError, SEALED_CHUNK_LEN, STREAM_BUFFER_BYTES, TAG_LEN, ciphertext_len,
+    decrypt_blob, decrypt_stream, decrypt_verified, encrypt_blob, encrypt_stream,
+    fuzz_chunk_stream, fuzz_descriptor,
 };
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -185,18 +185,32 @@ fn round_trip_several_chunks() {
     assert_round_trip(3 * CHUNK_SIZE + 5);
 }
 
+/// Encrypts and decrypts a blob of `chunks` full chunks with default settings;
+/// returns whether each side hashed on a second thread.
+fn hashed_in_background(chunks: usize) -> (bool, bool) {
+    let plaintext = pattern(chunks * CHUNK_SIZE, 3);
+    let mut out = Vec::new();
+    let (descriptor, enc) =
+        BlobEncryptor::new(&mut rng(2), media()).encrypt(&plaintext[..], &mut out).unwrap();
+    assert_eq!(enc.chunks, chunks as u64);
+    let dec = BlobDecryptor::new(&descriptor).decrypt(&out[..], io::sink()).unwrap();
+    for stats in [enc, dec] {
+        match stats.background_hashing {
+            false => assert_eq!(stats.peak_buffer_bytes, SEALED_CHUNK_LEN, "{stats:?}"),
+            true => assert!(stats.peak_buffer_bytes <= STREAM_BUFFER_BYTES, "{stats:?}"),
+        }
+    }
+    (enc.background_hashing, dec.background_hashing)
+}
+
 #[test]
 fn small_blobs_never_start_a_hashing_thread() {
-    let plaintext = pattern(16 * CHUNK_SIZE, 3);
-    let mut out = Vec::new();
-    let (descriptor, stats) =
-        BlobEncryptor::new(&mut rng(2), media()).encrypt(&plaintext[..], &mut out).unwrap();
-    assert_eq!(stats.chunks, 16);
-    assert!(!stats.background_hashing);
-    assert_eq!(stats.peak_buffer_bytes, SEALED_CHUNK_LEN);
-    let stats = BlobDecryptor::new(&descriptor).decrypt(&out[..], io::sink()).unwrap();
-    assert!(!stats.background_hashing);
-    assert_eq!(stats.peak_buffer_bytes, SEALED_CHUNK_LEN);
+    // The chunk at index BACKGROUND_HASHING_FROM_CHUNK starts the thread
+    // only if another chunk follows it.
+    let last_inline = BACKGROUND_HASHING_FROM_CHUNK as usize + 1;
+    assert_eq!(hashed_in_background(1), (false, false));
+    assert_eq!(hashed_in_background(last_inline), (false, false));
+    assert_eq!(hashed_in_background(last_inline + 1), (true, true));
 }
 
 #[test]
