@@ -81,11 +81,11 @@ pub const MAX_PLAINTEXT_LEN: u64 = MAX_CHUNKS * CHUNK_SIZE_U64;
 /// side runs ahead by up to this many chunks before it waits for a buffer.
 pub const PIPELINE_DEPTH: usize = 16;
 /// Chunk index from which hashing moves to a second thread by default, if the
-/// blob goes on past it: blobs of up to 5 chunks (320 KiB) never start one.
-/// Measured on the 2-core development machine, starting a thread (50–70 µs)
-/// costs about what it saves up to some 8 chunks and saves 20–40% from 1 MiB
-/// on.
-pub const BACKGROUND_HASHING_FROM_CHUNK: u32 = 4;
+/// blob goes on past it: blobs of up to 1 MiB (16 chunks) never start one. In
+/// criterion runs on the 2-core development machine a thread (50–70 µs to
+/// start) changed 1 MiB blobs by −4% to +8%, within the noise, and made
+/// 64 MiB blobs 23–43% faster.
+pub const BACKGROUND_HASHING_FROM_CHUNK: u32 = 15;
 /// Upper bound, in bytes, on the chunk buffers held at once by any streaming
 /// function of this module ([`BlobEncryptor`], [`BlobDecryptor`],
 /// [`encrypt_stream`], [`decrypt_stream`], [`decrypt_verified`]): at most
