@@ -267,9 +267,12 @@ fn history_record_limit_at_n_and_n_plus_one() {
     );
 }
 
-/// A history blob whose plaintext is `plaintext` exactly, framing and all.
-fn raw_history(rng: &mut StdRng, plaintext: &[u8]) -> (Vec<u8>, BlobDescriptor) {
-    encrypt_blob(rng, plaintext, MediaType::new(HISTORY_MEDIA_TYPE).unwrap()).unwrap()
+/// Imports a history blob whose plaintext is `plaintext` exactly, framing and all, and returns
+/// the error it must fail with.
+fn import_error(rng: &mut StdRng, plaintext: &[u8]) -> HistoryError {
+    let (uploaded, descriptor) =
+        encrypt_blob(rng, plaintext, MediaType::new(HISTORY_MEDIA_TYPE).unwrap()).unwrap();
+    import_all(descriptor, &uploaded).unwrap_err()
 }
 
 #[test]
@@ -277,9 +280,8 @@ fn import_rejects_a_length_prefix_over_the_limit() {
     let mut rng = rng(11);
     let claimed = u32::try_from(MAX_HISTORY_RECORD + 1).unwrap();
     let plaintext = [&claimed.to_be_bytes()[..], b"short"].concat();
-    let (uploaded, descriptor) = raw_history(&mut rng, &plaintext);
     assert_eq!(
-        import_all(descriptor, &uploaded).unwrap_err(),
+        import_error(&mut rng, &plaintext),
         HistoryError::RecordTooLarge { len: u64::from(claimed) }
     );
 }
@@ -296,9 +298,8 @@ fn import_rejects_an_oversized_prefix_straddling_a_chunk_boundary() {
         b"body",
     ]
     .concat();
-    let (uploaded, descriptor) = raw_history(&mut rng, &plaintext);
     assert_eq!(
-        import_all(descriptor, &uploaded).unwrap_err(),
+        import_error(&mut rng, &plaintext),
         HistoryError::RecordTooLarge { len: u64::from(claimed) }
     );
 }
@@ -339,7 +340,6 @@ fn primary_sends_no_history_to_a_removed_companion() {
 fn import_rejects_history_ending_inside_a_record() {
     let mut rng = rng(12);
     for plaintext in [&[0u8, 0, 0, 5, b'a', b'b', b'c'][..], &[0, 0], &[0, 0, 0, 0, 0]] {
-        let (uploaded, descriptor) = raw_history(&mut rng, plaintext);
-        assert_eq!(import_all(descriptor, &uploaded).unwrap_err(), HistoryError::TruncatedRecord);
+        assert_eq!(import_error(&mut rng, plaintext), HistoryError::TruncatedRecord);
     }
 }
