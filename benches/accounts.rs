@@ -75,7 +75,7 @@ fn linking(c: &mut Criterion) {
                 let (mut attempt, hello) = CompanionPairing::start(&mut rng, &companion, NOW);
                 let typed = PairingCode::parse(&attempt.code().to_string()).unwrap();
                 let (mut pairing, response) =
-                    PrimaryPairing::respond(&mut rng, &primary, &hello, &typed, NOW).unwrap();
+                    PrimaryPairing::respond(&mut rng, &mut primary, &hello, typed, NOW).unwrap();
                 let confirm = attempt.handle_response(&response, NOW).unwrap();
                 let approval = pairing.handle_confirm(&mut primary, &confirm, NOW).unwrap();
                 let confirmation = attempt.accept_approval(&mut companion, &approval, NOW).unwrap();

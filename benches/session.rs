@@ -9,7 +9,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use ed25519_dalek::{Signer, SigningKey};
 use hmac::{Hmac, Mac};
-use multidevice::{AccountId, Device, DeviceAddress, DeviceId, PrekeyBundle, Timestamp};
+use multidevice::{AccountId, Device, DeviceAddress, DeviceId, PrekeyBundle, Timestamp, hazmat};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sha2::Sha256;
@@ -27,11 +27,11 @@ fn established(rng: &mut StdRng) -> (Device, Device) {
     let mut alice = device(rng, 1);
     let mut bob = device(rng, 2);
     let bundle = bob.prekey_upload().bundle(Some(0)).verify().unwrap();
-    alice.start_session(rng, &bundle).unwrap();
-    let m = alice.encrypt(rng, bob.address(), b"hi").unwrap();
-    bob.decrypt(&m, NOW).unwrap();
-    let r = bob.encrypt(rng, alice.address(), b"hi").unwrap();
-    alice.decrypt(&r, NOW).unwrap();
+    hazmat::start_session(&mut alice, rng, &bundle).unwrap();
+    let m = hazmat::encrypt(&mut alice, rng, bob.address(), b"hi").unwrap();
+    hazmat::decrypt(&mut bob, &m, NOW).unwrap();
+    let r = hazmat::encrypt(&mut bob, rng, alice.address(), b"hi").unwrap();
+    hazmat::decrypt(&mut alice, &r, NOW).unwrap();
     (alice, bob)
 }
 
@@ -42,7 +42,9 @@ fn bench(c: &mut Criterion) {
 
     let (mut alice, bob) = established(&mut rng);
     group.bench_function("encrypt_1KiB", |b| {
-        b.iter(|| black_box(alice.encrypt(&mut rng, bob.address(), &payload).unwrap()))
+        b.iter(|| {
+            black_box(hazmat::encrypt(&mut alice, &mut rng, bob.address(), &payload).unwrap())
+        })
     });
 
     let (mut alice, mut bob) = established(&mut rng);
@@ -54,11 +56,13 @@ fn bench(c: &mut Criterion) {
             while left > 0 {
                 let batch = left.min(512);
                 let wires: Vec<Vec<u8>> = (0..batch)
-                    .map(|_| alice.encrypt(&mut rng, bob.address(), &payload).unwrap())
+                    .map(|_| {
+                        hazmat::encrypt(&mut alice, &mut rng, bob.address(), &payload).unwrap()
+                    })
                     .collect();
                 let start = Instant::now();
                 for wire in &wires {
-                    black_box(bob.decrypt(wire, NOW).unwrap());
+                    black_box(hazmat::decrypt(&mut bob, wire, NOW).unwrap());
                 }
                 total += start.elapsed();
                 left -= batch;
@@ -91,12 +95,12 @@ fn bench(c: &mut Criterion) {
     let responder_bytes = responder.to_bytes();
     let bundle = responder.prekey_upload().bundle(Some(0)).verify().unwrap();
     let mut initiator = initiator;
-    initiator.start_session(&mut rng, &bundle).unwrap();
-    let first = initiator.encrypt(&mut rng, responder.address(), &payload).unwrap();
+    hazmat::start_session(&mut initiator, &mut rng, &bundle).unwrap();
+    let first = hazmat::encrypt(&mut initiator, &mut rng, responder.address(), &payload).unwrap();
     group.bench_function("first_message_decrypt", |b| {
         b.iter_batched(
             || Device::from_bytes(&responder_bytes).unwrap(),
-            |mut responder| black_box(responder.decrypt(&first, NOW).unwrap()),
+            |mut responder| black_box(hazmat::decrypt(&mut responder, &first, NOW).unwrap()),
             BatchSize::SmallInput,
         )
     });
@@ -106,7 +110,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("setup", |b| {
         b.iter(|| {
             let bundle = PrekeyBundle::try_from(bundle_bytes.as_slice()).unwrap().verify().unwrap();
-            setup_device.start_session(&mut rng, &bundle).unwrap();
+            hazmat::start_session(&mut setup_device, &mut rng, &bundle).unwrap();
         })
     });
 

@@ -9,8 +9,8 @@ use multidevice::blob::{BlobDescriptor, MediaType, decrypt_blob, encrypt_blob};
 use multidevice::consts::DAY_SECS;
 use multidevice::{
     AccountId, AccountStatus, CompanionPairing, Device, DeviceAddress, DeviceId, PairingCode,
-    PrimaryPairing, QrLinkApproval, QrLinkOffer, SignedDeviceList, Timestamp, build_history,
-    import_history,
+    PrimaryPairing, QrLinkApproval, QrLinkOffer, Received, SignedDeviceList, Timestamp,
+    build_history, hazmat, import_history,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -19,59 +19,113 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let now = Timestamp(1_700_000_000);
 
-    println!("== Two devices meet");
+    println!("== Two accounts meet");
     let mut alice = Device::new(&mut rng, DeviceAddress::new(AccountId(1), DeviceId::PRIMARY), now);
     let mut bob = Device::new(&mut rng, DeviceAddress::new(AccountId(2), DeviceId::PRIMARY), now);
     bob.generate_one_time_prekeys(&mut rng, 20)?;
     println!("Alice is {}, fingerprint {}", alice.address(), alice.public_identity().fingerprint());
     println!("Bob   is {}, fingerprint {}", bob.address(), bob.public_identity().fingerprint());
+    // Each primary publishes its signed device list; the other fetches and verifies it.
+    let alice_list = own_list(&alice)?;
+    let bob_list = own_list(&bob)?;
+    alice.process_device_list(&bob_list, now)?;
+    bob.process_device_list(&alice_list, now)?;
+    println!("Each verified the other's signed device list: version 1, the primary alone.");
     println!(
         "Bob uploads his prekeys: {} one-time prekeys on the server.",
         bob.one_time_prekeys_remaining()
     );
 
-    let bundle = bob.prekey_upload().bundle(Some(0)).verify()?;
-    alice.start_session(&mut rng, &bundle)?;
-    println!("Alice fetched and verified Bob's bundle and started a session.");
-
     println!("\n== Alice sends three messages; the server delivers them out of order");
+    let bundle = bob.prekey_upload().bundle(Some(0));
     let texts = ["first: hello Bob", "second: are you there?", "third: lunch at noon?"];
     let mut wire = Vec::new();
     for text in texts {
-        wire.push(alice.encrypt(&mut rng, bob.address(), text.as_bytes())?);
+        // Only the first call needs Bob's bundle: later ones ride the session it set up.
+        let sent = alice.encrypt_fanout(
+            &mut rng,
+            &[bob.account()],
+            std::slice::from_ref(&bundle),
+            text.as_bytes(),
+            now,
+        )?;
+        wire.extend(sent.envelopes.into_iter().map(|e| e.bytes));
     }
     for index in [2usize, 0, 1] {
         let Some(bytes) = wire.get(index) else { continue };
-        let received = bob.decrypt(bytes, now)?;
+        let Received::Message(received) = bob.receive(bytes, None, now)? else {
+            return Err("expected a message".into());
+        };
         println!(
-            "Bob got message #{} ({} bytes on the wire){}: {:?}",
+            "Bob got message #{} ({} bytes on the wire) from {}: {:?}",
             index + 1,
             bytes.len(),
-            if received.new_session { ", which opened a new session" } else { "" },
-            String::from_utf8_lossy(&received.plaintext)
+            received.sender,
+            String::from_utf8_lossy(&received.payload)
         );
     }
     println!("Bob has {} one-time prekeys left: one was used.", bob.one_time_prekeys_remaining());
 
-    println!("\n== The server replays a message");
-    match bob.decrypt(wire.get(1).map_or(&[][..], Vec::as_slice), now) {
-        Err(error) => println!("Bob rejects it: {error}"),
+    println!("\n== The server replays a message, and plants one from an unlisted address");
+    match bob.receive(wire.get(1).map_or(&[][..], Vec::as_slice), None, now) {
+        Err(error) => println!("Bob rejects the replay: {error} (action: {:?})", error.action()),
         Ok(_) => println!("unexpected: replay accepted"),
+    }
+    let mut squatter = Device::new(&mut rng, DeviceAddress::new(AccountId(1), DeviceId(7)), now);
+    hazmat::start_session(&mut squatter, &mut rng, &bob.prekey_upload().bundle(Some(1)).verify()?)?;
+    let mut planted =
+        hazmat::encrypt(&mut squatter, &mut rng, bob.address(), b"I am Alice's laptop")?;
+    // Claim to be a direct message (the kind byte follows the version and type bytes).
+    if let Some(kind) = planted.get_mut(2) {
+        *kind = 1;
+    }
+    match bob.receive(&planted, None, now) {
+        Err(error) => println!(
+            "Bob refuses it before any key is derived: {error} (action: {:?}); prekeys left: {}",
+            error.action(),
+            bob.one_time_prekeys_remaining()
+        ),
+        Ok(_) => println!("unexpected: planted message accepted"),
     }
 
     println!("\n== Bob answers; the ratchet turns");
-    let reply = bob.encrypt(&mut rng, alice.address(), b"yes, noon works")?;
-    let received = alice.decrypt(&reply, now)?;
-    println!("Alice got: {:?}", String::from_utf8_lossy(&received.plaintext));
+    let reply = alice_only(bob.encrypt_fanout(
+        &mut rng,
+        &[alice.account()],
+        &[],
+        b"yes, noon works",
+        now,
+    )?)?;
+    if let Received::Message(received) = alice.receive(&reply, None, now)? {
+        println!("Alice got: {:?}", String::from_utf8_lossy(&received.payload));
+    }
 
     println!("\n== Both devices persist and restore their state");
     let saved = alice.to_bytes();
     println!("Alice's state is {} bytes.", saved.len());
     let mut alice = Device::from_bytes(&saved)?;
-    let message = alice.encrypt(&mut rng, bob.address(), b"still here after a restart")?;
-    println!("Bob got: {:?}", String::from_utf8_lossy(&bob.decrypt(&message, now)?.plaintext));
+    let message = alice_only(alice.encrypt_fanout(
+        &mut rng,
+        &[bob.account()],
+        &[],
+        b"still here after a restart",
+        now,
+    )?)?;
+    if let Received::Message(received) = bob.receive(&message, None, now)? {
+        println!("Bob got: {:?}", String::from_utf8_lossy(&received.payload));
+    }
 
     accounts_tour(&mut rng, now)
+}
+
+/// The signed bytes of a device's own newest list, to publish.
+fn own_list(device: &Device) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    Ok(device.device_list(device.account()).ok_or("no own list")?.signed_bytes().to_vec())
+}
+
+/// The one envelope of a fan-out to a single-device account.
+fn alice_only(sent: multidevice::FanoutMessage) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    Ok(sent.envelopes.into_iter().next().ok_or("no envelope")?.bytes)
 }
 
 /// The companion shows a QR code; the primary scans it. Every message but the QR goes through the
@@ -105,7 +159,7 @@ fn link_by_code(
     let (mut attempt, hello) = CompanionPairing::start(rng, companion, now);
     println!("The browser shows the code {}; Carol types it on her phone.", attempt.code());
     let typed = PairingCode::parse(&attempt.code().to_string().to_lowercase())?;
-    let (mut pairing, response) = PrimaryPairing::respond(rng, primary, &hello, &typed, now)?;
+    let (mut pairing, response) = PrimaryPairing::respond(rng, primary, &hello, typed, now)?;
     let confirm = attempt.handle_response(&response, now)?;
     let approval = pairing.handle_confirm(primary, &confirm, now)?;
     let confirmation = attempt.accept_approval(companion, &approval, now)?;
@@ -176,7 +230,11 @@ fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::er
             .iter()
             .find(|e| e.recipient == companion.address())
             .ok_or("no envelope")?;
-        let got = companion.decrypt_fanout(&envelope.bytes, fanout.body.as_deref(), now)?;
+        let Received::Message(got) =
+            companion.receive(&envelope.bytes, fanout.body.as_deref(), now)?
+        else {
+            return Err("expected a message".into());
+        };
         println!(
             "Carol's {name} reads {:?} from {}.",
             String::from_utf8_lossy(&got.payload),
@@ -193,7 +251,14 @@ fn accounts_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::er
     let day13 = now.plus_secs(13 * DAY_SECS);
     let day15 = now.plus_secs(15 * DAY_SECS);
     println!("Day 13: Carol's {name} is {:?}.", laptop.account_status(day13));
-    println!("Day 15: Carol's {name} is {:?}.", laptop.account_status(day15));
+    match laptop.encrypt_fanout(rng, &[AccountId(4)], &[], b"anyone there?", day15) {
+        Err(error) => println!(
+            "Day 15: Carol's {name} is {:?}; sending fails: {error} (action: {:?}).",
+            laptop.account_status(day15),
+            error.action()
+        ),
+        Ok(_) => println!("unexpected: a signed-out companion sent a message"),
+    }
     println!("Clock wound back to day 1: still {:?}.", laptop.account_status(now));
     let fresh = carol.refresh_device_list(day15)?;
     laptop.process_device_list(&fresh.to_bytes(), day15)?;
@@ -248,13 +313,22 @@ fn history_tour(
     );
 
     println!("Carol's phone goes offline.");
-    let received = tablet.decrypt_history(&envelope.bytes, now.plus_secs(120))?;
+    let Received::History(received) = tablet.receive(&envelope.bytes, None, now.plus_secs(120))?
+    else {
+        return Err("expected history".into());
+    };
     let mut imported = 0;
-    import_history(received, std::io::Cursor::new(&history_upload), |_record| imported += 1)?;
+    import_history(received.descriptor, std::io::Cursor::new(&history_upload), |_record| {
+        imported += 1
+    })?;
     println!("The tablet imported {imported} history records.");
     let mine =
         fanout.envelopes.iter().find(|e| e.recipient == tablet.address()).ok_or("no envelope")?;
-    let message = tablet.decrypt_fanout(&mine.bytes, fanout.body.as_deref(), now.plus_secs(120))?;
+    let Received::Message(message) =
+        tablet.receive(&mine.bytes, fanout.body.as_deref(), now.plus_secs(120))?
+    else {
+        return Err("expected a message".into());
+    };
     let descriptor = BlobDescriptor::try_from(message.payload.as_slice())?;
     let decrypted = decrypt_blob(&descriptor, &photo_upload)?;
     println!(

@@ -1,26 +1,41 @@
 //! Account roles and device-list bookkeeping on a [`Device`].
 //!
-//! A primary links, removes and refreshes companions and signs every list. Every device keeps the
-//! newest verified list of each account it talks to, refuses rollbacks and equivocation, and
-//! notices identity changes. A companion derives its own status (active, signed out, removed)
-//! from its account's newest list and the highest time it has been told. Nothing here performs
-//! I/O; lists travel through the app's server.
+//! A primary approves, adds, removes and refreshes companions and signs every list. Every device
+//! keeps the newest verified list of each account it talks to, refuses rollbacks and
+//! equivocation, notices identity changes, and remembers list versions announced in traffic.
+//! [`Device::authorize`] is the one rule deciding whether a device may be sent to or accepted
+//! from: named by the newest list of its account, with the identity that list names, and, for a
+//! companion, only while that list is at most 14 days old and no newer version was announced.
+//! A companion derives its own status (not linked, active, signed out, removed) from its
+//! account's newest list and the clock high-water mark. Nothing here performs I/O; lists travel
+//! through the app's server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::consts::{MAX_COMPANIONS, PRIMARY_INACTIVITY_SECS};
+use crate::consts::{APPROVAL_LIFETIME_SECS, MAX_COMPANIONS, PRIMARY_INACTIVITY_SECS};
 use crate::device::Device;
 use crate::device_list::{
-    LinkingMetadata, LogoutRequest, SignedDeviceIdentity, SignedDeviceList, VerifiedDeviceList,
+    AuthorizedDevice, LinkingMetadata, LogoutRequest, SignedDeviceIdentity, SignedDeviceList,
+    VerifiedDeviceList,
 };
 use crate::error::{DeviceListError, SessionError};
-use crate::keys::{AccountId, DeviceAddress, DeviceId, PublicIdentity, Timestamp};
+use crate::keys::{AccountId, DeviceAddress, DeviceId, Fingerprint, PublicIdentity, Timestamp};
+use crate::security_code::SecurityCode;
 
 /// Approved offer references a primary remembers; an offer older than this many approvals has
 /// long expired (offers live 60 s).
 const USED_LINK_REFERENCES: usize = 64;
+
+/// Announced list versions remembered per account above the held list; the lowest is forgotten
+/// first. Enough for every version an honest account can move ahead while a peer is behind on
+/// it, while a hostile companion cannot grow the record.
+const MAX_ANNOUNCEMENTS: usize = 8;
+
+/// Account identities remembered per account as refused: former ones after an accepted change,
+/// and ones the user rejected. The oldest is forgotten first.
+const MAX_REFUSED_IDENTITIES: usize = 8;
 
 /// What a device is within its account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,35 +46,71 @@ pub(crate) enum Role {
     Companion(Box<CompanionState>),
 }
 
+/// What only the primary keeps. Its companions are those of its own newest list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PrimaryState {
-    companions: Vec<SignedDeviceIdentity>,
-    /// References of link offers already approved, newest last; offers are single use.
-    used_link_references: std::collections::VecDeque<[u8; 16]>,
-    next_device: u32,
+    /// Key index of the next approval; key indices are never reused.
     next_key_index: u32,
+    /// Highest device id ever added to the list; ids of devices once listed are never reused.
+    highest_device: u32,
+    /// Approvals waiting for their companion's countersignature. Each holds its device id until
+    /// it is added or expires, so an abandoned approval consumes no id.
+    pending: Vec<PendingApproval>,
+    /// References of link offers already approved, newest last; offers are single use.
+    used_link_references: VecDeque<[u8; 16]>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PendingApproval {
+    metadata: LinkingMetadata,
+    identity: Fingerprint,
+    expires: Timestamp,
+}
+
+/// What only a companion keeps.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct CompanionState {
-    pub(crate) link: Option<SignedDeviceIdentity>,
-    /// The account identity this companion was linked under.
-    account_identity: Option<PublicIdentity>,
-    /// Latched when the 14-day rule or a removal signs this companion out.
-    signed_out: bool,
+    /// The approval this device countersigned, and the account identity it names.
+    pub(crate) link: Option<Link>,
+    /// Set once a verified list of the account named this device with its identity: linking is
+    /// finished only then.
+    linked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Link {
+    pub(crate) signed: SignedDeviceIdentity,
+    pub(crate) account_identity: PublicIdentity,
 }
 
 impl Role {
     pub(crate) fn for_address(address: DeviceAddress) -> Self {
         if address.device.is_primary() {
             Role::Primary(PrimaryState {
-                companions: Vec::new(),
-                used_link_references: std::collections::VecDeque::new(),
-                next_device: 1,
                 next_key_index: 1,
+                highest_device: 0,
+                pending: Vec::new(),
+                used_link_references: VecDeque::new(),
             })
         } else {
             Role::Companion(Box::default())
+        }
+    }
+
+    /// True if restored role state respects the crate's bounds.
+    pub(crate) fn within_limits(&self) -> bool {
+        match self {
+            Role::Primary(state) => {
+                state.pending.len() <= MAX_COMPANIONS
+                    && state.used_link_references.len() <= USED_LINK_REFERENCES
+            }
+            Role::Companion(state) => {
+                state
+                    .link
+                    .as_ref()
+                    .is_none_or(|link| link.signed.verify(&link.account_identity).is_ok())
+                    && (state.link.is_some() || !state.linked)
+            }
         }
     }
 }
@@ -67,24 +118,114 @@ impl Role {
 /// The newest verified list of one account, as this device knows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct KnownAccount {
+    #[serde(with = "crate::device_list::stored")]
     pub(crate) list: VerifiedDeviceList,
-    /// Set when a list with another account identity arrived; cleared only by the app.
-    pub(crate) identity_change_pending: bool,
+    /// List versions above `list`'s, with their digests, that authorized devices of the
+    /// account announced in traffic; ascending, distinct versions, at most
+    /// [`MAX_ANNOUNCEMENTS`]. Until a list of at least the highest is processed, the account's
+    /// companions are not trusted; a list at an announced version must carry its digest.
+    pub(crate) announced: Vec<(u64, [u8; 32])>,
+    /// A verified list under another account identity, waiting for the user's decision.
+    #[serde(with = "crate::device_list::stored::option")]
+    pub(crate) pending_change: Option<VerifiedDeviceList>,
+    /// Account identities no longer accepted for this account: the ones an accepted identity
+    /// change replaced, and the ones the user rejected. Oldest first, at most
+    /// [`MAX_REFUSED_IDENTITIES`].
+    pub(crate) refused_identities: Vec<Fingerprint>,
 }
 
-/// A companion's view of itself.
+/// Why a device may not be sent to or accepted from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// No list is held for the address's account.
+    NoList,
+    /// The newest list held does not name the address.
+    Unlisted,
+    /// The address is a companion and the list is too old for companions, or a newer version
+    /// was announced.
+    Stale {
+        /// The version announced in traffic, if that is the reason.
+        announced: Option<u64>,
+    },
+}
+
+impl KnownAccount {
+    fn new(list: VerifiedDeviceList) -> Self {
+        Self { list, announced: Vec::new(), pending_change: None, refused_identities: Vec::new() }
+    }
+
+    /// The highest version announced above the held list.
+    pub(crate) fn highest_announced(&self) -> Option<u64> {
+        self.announced.last().map(|(version, _)| *version)
+    }
+
+    /// The digest announced for `version`, if any.
+    fn announced_digest(&self, version: u64) -> Option<[u8; 32]> {
+        self.announced.iter().find(|(v, _)| *v == version).map(|(_, digest)| *digest)
+    }
+
+    /// Remembers that an authorized device announced `(version, digest)` above the held list.
+    /// Fails (changing nothing) if another digest was announced for that version. An
+    /// announcement by the account's primary, which signs every list, also forgets every
+    /// announcement above it.
+    pub(crate) fn announce(
+        &mut self,
+        version: u64,
+        digest: [u8; 32],
+        by_primary: bool,
+    ) -> Result<(), u64> {
+        if self.announced_digest(version).is_some_and(|known| known != digest) {
+            return Err(version);
+        }
+        if by_primary {
+            self.announced.retain(|(v, _)| *v <= version);
+        }
+        if self.announced_digest(version).is_none() {
+            self.announced.push((version, digest));
+            self.announced.sort_unstable_by_key(|(v, _)| *v);
+            if self.announced.len() > MAX_ANNOUNCEMENTS {
+                self.announced.remove(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `identity` for this account from now on.
+    fn refuse_identity(&mut self, identity: Fingerprint) {
+        if !self.refused_identities.contains(&identity) {
+            self.refused_identities.push(identity);
+            if self.refused_identities.len() > MAX_REFUSED_IDENTITIES {
+                self.refused_identities.remove(0);
+            }
+        }
+    }
+
+    /// True if restored account state respects its bounds.
+    pub(crate) fn within_limits(&self) -> bool {
+        self.announced.len() <= MAX_ANNOUNCEMENTS
+            && self.announced.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0))
+            && self.announced.first().is_none_or(|(v, _)| *v > self.list.version())
+            && self.refused_identities.len() <= MAX_REFUSED_IDENTITIES
+    }
+}
+
+/// Lists known per account, kept in the device state.
+pub(crate) type KnownAccounts = BTreeMap<AccountId, KnownAccount>;
+
+/// A device's view of itself within its account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AccountStatus {
     /// The primary, always active.
     Primary,
-    /// A linked companion whose account list is fresh.
+    /// A linked companion whose account list is at most 14 days old.
     Active,
-    /// A companion whose primary was unused for more than 14 days.
+    /// A companion whose account list is more than 14 days old: the primary was unused for that
+    /// long, or the server withholds its lists.
     SignedOut,
     /// A companion its account's newest list no longer names.
     Removed,
-    /// A companion not linked to any account yet.
+    /// A companion that has not finished linking: no verified list of its account names it.
     NotLinked,
 }
 
@@ -105,10 +246,26 @@ pub struct CompanionApproval {
 pub struct ListUpdate {
     /// The list now held for the account.
     pub list: VerifiedDeviceList,
-    /// Devices that left the list; their sessions were deleted.
+    /// Devices that left the list or changed identity; their sessions were deleted.
     pub removed: Vec<DeviceAddress>,
     /// Devices that joined the list.
     pub added: Vec<DeviceAddress>,
+}
+
+/// A list under a new account identity, waiting for the user: what the app shows before it
+/// calls [`Device::accept_identity_change`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PendingIdentityChange {
+    /// The account.
+    pub account: AccountId,
+    /// The new account identity the list is signed under.
+    pub new_identity: PublicIdentity,
+    /// The digest of the pending list: only that exact list can be accepted.
+    pub list_digest: [u8; 32],
+    /// The security code with the new identity, once this device's own account identity is
+    /// known; the users compare it out of band.
+    pub security_code: Option<SecurityCode>,
 }
 
 impl Device {
@@ -117,71 +274,95 @@ impl Device {
         self.address.account
     }
 
-    /// This device's status in its account at `now`. Records `now`, so winding the clock back
-    /// later cannot undo a sign-out.
-    pub fn account_status(&mut self, now: Timestamp) -> AccountStatus {
-        self.observe(now);
-        self.status_at(now)
+    /// This device's status in its account at `now`, or at the clock high-water mark if that is
+    /// later, so winding the clock back never signs a companion back in. Reading the status
+    /// changes nothing.
+    pub fn account_status(&self, now: Timestamp) -> AccountStatus {
+        self.status_at(now.max(self.clock))
     }
 
-    /// The status at `now`, or at the clock high-water mark if that is later.
-    fn status_at(&self, now: Timestamp) -> AccountStatus {
-        let now = now.max(self.clock);
-        match &self.role {
-            Role::Primary(_) => AccountStatus::Primary,
-            Role::Companion(state) if state.link.is_none() => AccountStatus::NotLinked,
-            Role::Companion(state) => {
-                let Some(known) = self.accounts.get(&self.address.account) else {
-                    return AccountStatus::Active;
-                };
-                if known.list.device(self.address).is_none() {
-                    AccountStatus::Removed
-                } else if state.signed_out
-                    || now.secs_since(known.list.issued_at()) > PRIMARY_INACTIVITY_SECS
-                {
-                    AccountStatus::SignedOut
-                } else {
-                    AccountStatus::Active
-                }
-            }
+    /// The status at `clock`.
+    fn status_at(&self, clock: Timestamp) -> AccountStatus {
+        let state = match &self.role {
+            Role::Primary(_) => return AccountStatus::Primary,
+            Role::Companion(state) => state,
+        };
+        let Some(link) = state.link.as_ref().filter(|_| state.linked) else {
+            return AccountStatus::NotLinked;
+        };
+        // Freshness runs from the newest own list, or from the link while none is held.
+        let since = match self.accounts.get(&self.address.account) {
+            Some(known) if self.names_me(&known.list) => known.list.issued_at(),
+            Some(_) => return AccountStatus::Removed,
+            None => link.signed.metadata.timestamp,
+        };
+        if clock.secs_since(since) > PRIMARY_INACTIVITY_SECS {
+            AccountStatus::SignedOut
+        } else {
+            AccountStatus::Active
         }
     }
 
-    /// Raises the clock high-water mark and latches a sign-out.
-    fn observe(&mut self, now: Timestamp) {
-        self.clock = self.clock.max(now);
-        let status = self.status_at(now);
-        if let Role::Companion(state) = &mut self.role
-            && matches!(status, AccountStatus::SignedOut | AccountStatus::Removed)
-        {
-            state.signed_out = true;
+    fn names_me(&self, list: &VerifiedDeviceList) -> bool {
+        list.device(self.address).is_some_and(|d| d.identity() == self.identity.public())
+    }
+
+    /// True while `known`'s companions may be trusted at the clock high-water mark: no
+    /// authorized device announced a newer version, and the list is at most
+    /// [`PRIMARY_INACTIVITY_SECS`] old. The age rule guards against a server withholding lists,
+    /// so it does not apply to a primary's own list, which it signs itself.
+    pub(crate) fn companions_current(&self, known: &KnownAccount) -> bool {
+        let own_signed =
+            matches!(self.role, Role::Primary(_)) && known.list.account() == self.address.account;
+        known.announced.is_empty()
+            && (own_signed || known.list.age(self.clock) <= PRIMARY_INACTIVITY_SECS)
+    }
+
+    /// The one rule for sending to and accepting from a device: the authorized device at
+    /// `address` in the newest list held for its account. The primary is reachable whatever
+    /// the list's age; companions only while [`Device::companions_current`].
+    pub(crate) fn authorize(&self, address: DeviceAddress) -> Result<&AuthorizedDevice, Refusal> {
+        let known = self.accounts.get(&address.account).ok_or(Refusal::NoList)?;
+        let device = known.list.device(address).ok_or(Refusal::Unlisted)?;
+        if address.device.is_primary() || self.companions_current(known) {
+            Ok(device)
+        } else {
+            Err(Refusal::Stale { announced: known.highest_announced() })
         }
     }
 
-    /// Refuses to encrypt or decrypt while signed out or removed. Signing out is a state
-    /// transition, not a failure: it is latched even though the call returns an error. While
-    /// active nothing changes, so a failed call leaves the device byte-identical.
-    pub(crate) fn ensure_active(&mut self, now: Timestamp) -> Result<(), SessionError> {
-        match self.status_at(now) {
-            AccountStatus::SignedOut | AccountStatus::Removed => {
-                self.observe(now);
-                Err(SessionError::SignedOut)
-            }
+    /// Refuses the authorized paths (fan-out, history, receive) unless this device is the
+    /// primary or an active companion.
+    pub(crate) fn require_active(&self) -> Result<(), SessionError> {
+        match self.status_at(self.clock) {
+            AccountStatus::Primary | AccountStatus::Active => Ok(()),
+            AccountStatus::NotLinked => Err(SessionError::NotLinked),
+            AccountStatus::SignedOut | AccountStatus::Removed => Err(SessionError::SignedOut),
+        }
+    }
+
+    /// Refuses the raw session path only while signed out or removed.
+    pub(crate) fn require_not_signed_out(&self) -> Result<(), SessionError> {
+        match self.status_at(self.clock) {
+            AccountStatus::SignedOut | AccountStatus::Removed => Err(SessionError::SignedOut),
             _ => Ok(()),
         }
     }
 
-    /// Records the time of a successful operation.
-    pub(crate) fn advance_clock(&mut self, now: Timestamp) {
-        self.clock = self.clock.max(now);
-    }
-
     /// The security code for the conversation with `remote`, from the account identities this
     /// device holds; `None` until both are known.
-    pub fn security_code(&self, remote: AccountId) -> Option<crate::SecurityCode> {
-        let own = self.own_account_identity()?;
+    pub fn security_code(&self, remote: AccountId) -> Option<SecurityCode> {
         let theirs = self.accounts.get(&remote)?.list.account_identity();
-        Some(crate::SecurityCode::new((self.address.account, own), (remote, theirs)))
+        self.security_code_with(remote, theirs)
+    }
+
+    fn security_code_with(
+        &self,
+        remote: AccountId,
+        theirs: &PublicIdentity,
+    ) -> Option<SecurityCode> {
+        let own = self.own_account_identity()?;
+        Some(SecurityCode::new((self.address.account, own), (remote, theirs)))
     }
 
     /// The newest verified list held for `account`.
@@ -191,102 +372,222 @@ impl Device {
 
     /// True when a list with a changed account identity is waiting for the app's decision.
     pub fn identity_change_pending(&self, account: AccountId) -> bool {
-        self.accounts.get(&account).is_some_and(|k| k.identity_change_pending)
+        self.accounts.get(&account).is_some_and(|k| k.pending_change.is_some())
+    }
+
+    /// The identity change waiting for the user's decision on `account`, if any: the new
+    /// identity, the digest of the list that raised it, and the security code to compare.
+    pub fn pending_identity_change(&self, account: AccountId) -> Option<PendingIdentityChange> {
+        let pending = self.accounts.get(&account)?.pending_change.as_ref()?;
+        Some(PendingIdentityChange {
+            account,
+            new_identity: pending.account_identity().clone(),
+            list_digest: pending.digest(),
+            security_code: self.security_code_with(account, pending.account_identity()),
+        })
+    }
+
+    /// Accounts whose companions this device does not trust until it processes a newer list:
+    /// each with the version announced in traffic, or `None` when the held list is more than
+    /// 14 days old. Fetch these lists from the server. The own account is never named: a
+    /// primary signs its own lists, and a companion whose own list is stale is signed out.
+    pub fn lists_to_fetch(&self) -> Vec<(AccountId, Option<u64>)> {
+        self.accounts
+            .iter()
+            .filter(|(account, known)| {
+                **account != self.address.account && !self.companions_current(known)
+            })
+            .map(|(&account, known)| (account, known.highest_announced()))
+            .collect()
     }
 
     /// Verifies a device list from the server and keeps it if it is new.
     ///
-    /// Rejects rollbacks and equivocation; sessions with devices that left the list are
-    /// deleted. A list with another account identity fails with
-    /// [`DeviceListError::IdentityChanged`] and blocks sending to that account until
-    /// [`Device::accept_identity_change`].
+    /// Rejects rollbacks and equivocation (including a list that contradicts the digest an
+    /// authorized device announced for its version), a list for this device's own account under
+    /// another account identity ([`DeviceListError::ForeignOwnList`]: a primary signs its own
+    /// lists, and a companion is bound to the identity it linked under), and a list under an
+    /// identity refused for the account ([`DeviceListError::RefusedIdentity`]). Versions may skip: a list more than one
+    /// version ahead is accepted on its signatures alone, since the chain to its predecessor
+    /// cannot be checked without the lists in between. Storing a list deletes the sessions of
+    /// every address of the account it does not name with the identity held there. A list
+    /// under another account identity fails with [`DeviceListError::IdentityChanged`], is kept
+    /// as the pending change, and blocks sending to the account until the app calls
+    /// [`Device::accept_identity_change`] with it.
     pub fn process_device_list(
         &mut self,
         bytes: &[u8],
         now: Timestamp,
     ) -> Result<ListUpdate, DeviceListError> {
+        self.observe(now);
         let list = SignedDeviceList::try_from(bytes)?.verify()?;
         let account = list.account();
-        if let Some(known) = self.accounts.get_mut(&account) {
-            if known.list.account_identity() != list.account_identity() {
-                known.identity_change_pending = true;
-                return Err(DeviceListError::IdentityChanged { account });
-            }
-            let seen = known.list.version();
-            if list.version() < seen {
-                return Err(DeviceListError::RollbackRejected { seen, got: list.version() });
-            }
-            if list.version() == seen {
-                if list.digest() != known.list.digest() {
-                    return Err(DeviceListError::Equivocation { version: seen });
-                }
-            } else if list.version() == seen + 1 && list.previous_digest() != known.list.digest() {
-                return Err(DeviceListError::Equivocation { version: list.version() });
-            }
-        } else if account == self.address.account
+        if account == self.address.account
             && let Some(own) = self.own_account_identity()
             && own != list.account_identity()
         {
-            return Err(DeviceListError::IdentityChanged { account });
+            return Err(DeviceListError::ForeignOwnList { account });
         }
-        Ok(self.store_list(list, now))
+        if let Some(known) = self.accounts.get_mut(&account) {
+            if known.refused_identities.contains(&list.account_identity().fingerprint()) {
+                return Err(DeviceListError::RefusedIdentity { account });
+            }
+            if known.list.account_identity() != list.account_identity() {
+                let version = list.version();
+                let replaces = known.pending_change.as_ref().is_none_or(|p| {
+                    p.account_identity() != list.account_identity() || p.version() <= version
+                });
+                if replaces {
+                    known.pending_change = Some(list);
+                }
+                return Err(DeviceListError::IdentityChanged { account });
+            }
+            let seen = known.list.version();
+            let version = list.version();
+            if version < seen {
+                return Err(DeviceListError::RollbackRejected { seen, got: version });
+            }
+            if version == seen {
+                return if list.digest() == known.list.digest() {
+                    Ok(ListUpdate { list, removed: Vec::new(), added: Vec::new() })
+                } else {
+                    Err(DeviceListError::Equivocation { version })
+                };
+            }
+            if version == seen + 1 && list.previous_digest() != known.list.digest() {
+                return Err(DeviceListError::Equivocation { version });
+            }
+            if known.announced_digest(version).is_some_and(|digest| digest != list.digest()) {
+                return Err(DeviceListError::Equivocation { version });
+            }
+        }
+        Ok(self.store_list(list))
     }
 
-    /// Replaces the held list of `account` by one with a new account identity, after the user
-    /// accepted the change. Deletes every session with the account's devices.
+    /// Replaces the held list of `account` by the list under a new account identity that raised
+    /// [`DeviceListError::IdentityChanged`], after the user accepted the change. Only that exact
+    /// list is accepted (compared by digest, under the new identity); any other is
+    /// [`DeviceListError::NotPendingChange`]. Deletes every session with the account's devices.
     pub fn accept_identity_change(
         &mut self,
         bytes: &[u8],
         now: Timestamp,
     ) -> Result<ListUpdate, DeviceListError> {
+        self.observe(now);
         let list = SignedDeviceList::try_from(bytes)?.verify()?;
-        if let Some(old) = self.accounts.remove(&list.account()) {
-            for device in old.list.devices() {
-                self.sessions.remove(&device.address());
-            }
+        let account = list.account();
+        let pending = self.accounts.get(&account).and_then(|k| k.pending_change.as_ref());
+        let is_pending = pending.is_some_and(|p| {
+            p.digest() == list.digest() && p.account_identity() == list.account_identity()
+        });
+        if !is_pending {
+            return Err(DeviceListError::NotPendingChange { account });
         }
-        Ok(self.store_list(list, now))
+        let removed = self.delete_account_sessions(account);
+        let mut known = KnownAccount::new(list.clone());
+        if let Some(old) = self.accounts.remove(&account) {
+            known.refused_identities = old.refused_identities;
+            known.refuse_identity(old.list.account_identity().fingerprint());
+        }
+        self.accounts.insert(account, known);
+        let added = list.devices().iter().map(AuthorizedDevice::address).collect();
+        Ok(ListUpdate { list, removed, added })
     }
 
-    fn own_account_identity(&self) -> Option<&PublicIdentity> {
+    /// Rejects the identity change pending for `account`, after the users compared security
+    /// codes and found it is not theirs: the pending change is dropped, and lists under that
+    /// identity are refused from now on ([`DeviceListError::RefusedIdentity`]), so sending to
+    /// the account resumes under the identity held. [`DeviceListError::NotPendingChange`] if no
+    /// change is pending.
+    pub fn reject_identity_change(
+        &mut self,
+        account: AccountId,
+        now: Timestamp,
+    ) -> Result<(), DeviceListError> {
+        self.observe(now);
+        let known = self.accounts.get_mut(&account);
+        let Some((known, pending)) =
+            known.and_then(|k| k.pending_change.take().map(|pending| (k, pending)))
+        else {
+            return Err(DeviceListError::NotPendingChange { account });
+        };
+        known.refuse_identity(pending.account_identity().fingerprint());
+        Ok(())
+    }
+
+    /// The account identity of this device's own account, once known.
+    pub(crate) fn own_account_identity(&self) -> Option<&PublicIdentity> {
         match &self.role {
             Role::Primary(_) => Some(self.identity.public()),
-            Role::Companion(state) => state.account_identity.as_ref(),
+            Role::Companion(state) => state.link.as_ref().map(|link| &link.account_identity),
         }
     }
 
-    fn store_list(&mut self, list: VerifiedDeviceList, now: Timestamp) -> ListUpdate {
+    /// Every session record with a device of `account`, removed; their addresses.
+    fn delete_account_sessions(&mut self, account: AccountId) -> Vec<DeviceAddress> {
+        let doomed: Vec<DeviceAddress> = self.account_session_addresses(account).collect();
+        for address in &doomed {
+            self.sessions.remove(address);
+        }
+        doomed
+    }
+
+    fn account_session_addresses(
+        &self,
+        account: AccountId,
+    ) -> impl Iterator<Item = DeviceAddress> + '_ {
+        let first = DeviceAddress::new(account, DeviceId(0));
+        let last = DeviceAddress::new(account, DeviceId(u32::MAX));
+        self.sessions.range(first..=last).map(|(address, _)| *address)
+    }
+
+    /// Keeps `list` as the newest of its account. Deletes the session records of every address
+    /// of the account the list does not name with the record's identity, so a session planted
+    /// before the list named the address is never used.
+    fn store_list(&mut self, list: VerifiedDeviceList) -> ListUpdate {
         let account = list.account();
         let old = self.accounts.remove(&account);
-        let listed = |l: &VerifiedDeviceList, d: &crate::device_list::AuthorizedDevice| {
+        let listed = |l: &VerifiedDeviceList, d: &AuthorizedDevice| {
             l.device(d.address()).is_some_and(|x| x.identity() == d.identity())
         };
-        let removed: Vec<DeviceAddress> = old
+        let added = list
+            .devices()
+            .iter()
+            .filter(|d| old.as_ref().is_none_or(|o| !listed(&o.list, d)))
+            .map(AuthorizedDevice::address)
+            .collect();
+        let removed = old
             .as_ref()
             .map(|o| {
                 o.list.devices().iter().filter(|d| !listed(&list, d)).map(|d| d.address()).collect()
             })
             .unwrap_or_default();
-        let added = list
-            .devices()
-            .iter()
-            .filter(|d| old.as_ref().is_none_or(|o| !listed(&o.list, d)))
-            .map(|d| d.address())
+        let unbound: Vec<DeviceAddress> = self
+            .account_session_addresses(account)
+            .filter(|address| {
+                let held = self.sessions.get(address).map(|r| &r.remote_identity);
+                list.device(*address).map(AuthorizedDevice::identity) != held
+            })
             .collect();
-        for address in &removed {
+        for address in &unbound {
             self.sessions.remove(address);
         }
-        let fresh_own = account == self.address.account
-            && list.device(self.address).is_some()
-            && now.max(self.clock).secs_since(list.issued_at()) <= PRIMARY_INACTIVITY_SECS;
-        if let Role::Companion(state) = &mut self.role
-            && fresh_own
-        {
-            state.signed_out = false;
+        if account == self.address.account {
+            let names_me = self.names_me(&list);
+            match &mut self.role {
+                Role::Companion(state) if names_me => state.linked = true,
+                Role::Companion(_) => {}
+                Role::Primary(state) => state.adopt(&list),
+            }
         }
-        self.accounts
-            .insert(account, KnownAccount { list: list.clone(), identity_change_pending: false });
-        self.observe(now);
+        let mut known = KnownAccount::new(list.clone());
+        if let Some(old) = old {
+            known.announced = old.announced;
+            known.announced.retain(|(version, _)| *version > list.version());
+            known.pending_change = old.pending_change;
+            known.refused_identities = old.refused_identities;
+        }
+        self.accounts.insert(account, known);
         ListUpdate { list, removed, added }
     }
 
@@ -297,15 +598,30 @@ impl Device {
         }
     }
 
+    /// The primary's own newest list: it signs one when it is created and holds it from then on.
+    fn own_list(&self) -> Result<&VerifiedDeviceList, DeviceListError> {
+        self.device_list(self.address.account).ok_or(DeviceListError::NotPrimary)
+    }
+
     /// Primary: when the companion `device` was linked (its linking metadata's timestamp).
     pub(crate) fn companion_linked_at(&self, device: DeviceId) -> Option<Timestamp> {
         match &self.role {
-            Role::Primary(state) => state
-                .companions
+            Role::Primary(_) => self
+                .own_list()
+                .ok()?
+                .signed_companions()
                 .iter()
                 .find(|c| c.metadata.device == device)
                 .map(|c| c.metadata.timestamp),
             Role::Companion(_) => None,
+        }
+    }
+
+    /// Companion: when this device countersigned its approval.
+    pub(crate) fn own_link_time(&self) -> Option<Timestamp> {
+        match &self.role {
+            Role::Companion(state) => state.link.as_ref().map(|l| l.signed.metadata.timestamp),
+            Role::Primary(_) => None,
         }
     }
 
@@ -327,26 +643,50 @@ impl Device {
         }
     }
 
-    /// Primary: approves a companion identity, assigning it a device id and key index. The
-    /// fifth companion is refused before anything is signed.
+    /// Primary: approves a companion identity, assigning it a device id and key index, and holds
+    /// the id for [`APPROVAL_LIFETIME_SECS`] until [`Device::add_companion`]. An approval that is
+    /// never completed consumes no device id. Refused before anything is signed: a fifth
+    /// companion (approvals still pending count), and an identity already in the list or
+    /// pending (the primary's own included).
     pub fn approve_companion(
         &mut self,
         companion: &PublicIdentity,
         now: Timestamp,
     ) -> Result<CompanionApproval, DeviceListError> {
+        self.observe(now);
+        let clock = self.clock;
         let account = self.address.account;
+        let own_list = self.own_list()?;
+        let listed = own_list.companion_devices().len();
+        let fingerprint = companion.fingerprint();
+        let in_list = own_list.devices().iter().any(|d| d.identity().fingerprint() == fingerprint);
         let state = self.primary_state()?;
-        if state.companions.len() >= MAX_COMPANIONS {
+        // Expired approvals are dropped only when this call succeeds: a refusal changes nothing.
+        let live: Vec<PendingApproval> =
+            state.pending.iter().filter(|p| p.expires >= clock).cloned().collect();
+        if listed + live.len() >= MAX_COMPANIONS {
             return Err(DeviceListError::CompanionLimit { limit: MAX_COMPANIONS });
         }
-        let metadata = LinkingMetadata {
-            account,
-            device: DeviceId(state.next_device),
-            key_index: state.next_key_index,
-            timestamp: now,
-        };
-        state.next_device = state.next_device.saturating_add(1);
-        state.next_key_index = state.next_key_index.saturating_add(1);
+        if in_list || live.iter().any(|p| p.identity == fingerprint) {
+            return Err(DeviceListError::DuplicateIdentity);
+        }
+        let reserved = live.iter().map(|p| p.metadata.device.0).max().unwrap_or(0);
+        let device = state
+            .highest_device
+            .max(reserved)
+            .checked_add(1)
+            .ok_or(DeviceListError::IdsExhausted)?;
+        let key_index = state.next_key_index;
+        let next_key_index = key_index.checked_add(1).ok_or(DeviceListError::IdsExhausted)?;
+        let metadata =
+            LinkingMetadata { account, device: DeviceId(device), key_index, timestamp: clock };
+        state.next_key_index = next_key_index;
+        state.pending = live;
+        state.pending.push(PendingApproval {
+            metadata,
+            identity: fingerprint,
+            expires: clock.plus_secs(APPROVAL_LIFETIME_SECS),
+        });
         let account_signature =
             SignedDeviceIdentity::account_sign(&self.identity, metadata, companion);
         Ok(CompanionApproval {
@@ -357,7 +697,8 @@ impl Device {
     }
 
     /// Companion: checks the primary's approval of this device and countersigns it. The device
-    /// takes the address the approval assigns.
+    /// takes the address the approval assigns; it is linked once it processes a verified list of
+    /// its account that names it. Until then a new approval may replace this one.
     pub fn countersign_approval(
         &mut self,
         approval: &CompanionApproval,
@@ -365,8 +706,8 @@ impl Device {
         let Role::Companion(state) = &self.role else {
             return Err(DeviceListError::NotCompanion);
         };
-        if state.link.is_some() {
-            return Err(DeviceListError::NotCompanion);
+        if state.linked {
+            return Err(DeviceListError::AlreadyLinked);
         }
         SignedDeviceIdentity::verify_account_signature(
             approval.metadata,
@@ -386,20 +727,35 @@ impl Device {
             device_signature,
         };
         self.address = approval.metadata.address();
+        let account = approval.metadata.account;
+        // A list held for the account from before the link, under another account identity, was
+        // never authorized by this primary: forget it and what it brought.
+        if self
+            .accounts
+            .get(&account)
+            .is_some_and(|k| k.list.account_identity() != &approval.account_identity)
+        {
+            self.accounts.remove(&account);
+            self.delete_account_sessions(account);
+        }
         if let Role::Companion(state) = &mut self.role {
-            state.link = Some(signed.clone());
-            state.account_identity = Some(approval.account_identity.clone());
+            state.link = Some(Link {
+                signed: signed.clone(),
+                account_identity: approval.account_identity.clone(),
+            });
         }
         Ok(signed)
     }
 
-    /// Primary: adds a countersigned companion and signs the new device list.
+    /// Primary: adds a countersigned companion that matches a pending approval and signs the
+    /// new device list.
     pub fn add_companion(
         &mut self,
         signed: &SignedDeviceIdentity,
         now: Timestamp,
     ) -> Result<SignedDeviceList, DeviceListError> {
-        signed.verify(self.identity.public())?;
+        self.observe(now);
+        let clock = self.clock;
         let account = self.address.account;
         if signed.metadata.account != account {
             return Err(DeviceListError::WrongAccount {
@@ -407,16 +763,29 @@ impl Device {
                 got: signed.metadata.account,
             });
         }
-        let state = self.primary_state()?;
-        if state.companions.len() >= MAX_COMPANIONS {
+        self.primary_state()?;
+        signed.verify(self.identity.public())?;
+        let own_list = self.own_list()?;
+        if own_list.device(signed.metadata.address()).is_some() {
+            return Err(DeviceListError::DeviceIdInUse(signed.metadata.device));
+        }
+        let mut companions = own_list.signed_companions().to_vec();
+        if companions.len() >= MAX_COMPANIONS {
             return Err(DeviceListError::CompanionLimit { limit: MAX_COMPANIONS });
         }
-        if state.companions.iter().any(|c| c.metadata.device == signed.metadata.device) {
-            return Err(DeviceListError::UnsortedEntries);
+        let fingerprint = signed.identity.fingerprint();
+        let state = self.primary_state()?;
+        let matching = |p: &PendingApproval| {
+            p.expires >= clock && p.metadata == signed.metadata && p.identity == fingerprint
+        };
+        if !state.pending.iter().any(matching) {
+            return Err(DeviceListError::UnknownApproval);
         }
-        state.companions.push(signed.clone());
-        state.companions.sort_by_key(|c| c.metadata.device);
-        Ok(self.sign_list(now))
+        state.pending.retain(|p| p.expires >= clock && !matching(p));
+        state.highest_device = state.highest_device.max(signed.metadata.device.0);
+        companions.push(signed.clone());
+        companions.sort_by_key(|c| c.metadata.device);
+        Ok(self.sign_list(companions))
     }
 
     /// Primary: removes a companion and signs the new list.
@@ -425,13 +794,15 @@ impl Device {
         device: DeviceId,
         now: Timestamp,
     ) -> Result<SignedDeviceList, DeviceListError> {
-        let state = self.primary_state()?;
-        let before = state.companions.len();
-        state.companions.retain(|c| c.metadata.device != device);
-        if state.companions.len() == before {
+        self.observe(now);
+        self.primary_state()?;
+        let mut companions = self.own_list()?.signed_companions().to_vec();
+        let before = companions.len();
+        companions.retain(|c| c.metadata.device != device);
+        if companions.len() == before {
             return Err(DeviceListError::UnknownCompanion(device));
         }
-        Ok(self.sign_list(now))
+        Ok(self.sign_list(companions))
     }
 
     /// Primary: re-signs the current list with a new issued-at time. Call it whenever the primary
@@ -440,16 +811,20 @@ impl Device {
         &mut self,
         now: Timestamp,
     ) -> Result<SignedDeviceList, DeviceListError> {
+        self.observe(now);
         self.primary_state()?;
-        Ok(self.sign_list(now))
+        let companions = self.own_list()?.signed_companions().to_vec();
+        Ok(self.sign_list(companions))
     }
 
-    /// Primary: honours a companion's signed logout request.
+    /// Primary: honours a companion's signed logout request. The request must name a companion
+    /// of the newest own list by device id and key index, and carry that companion's signature.
     pub fn process_logout(
         &mut self,
         bytes: &[u8],
         now: Timestamp,
     ) -> Result<SignedDeviceList, DeviceListError> {
+        self.observe(now);
         let request = LogoutRequest::try_from(bytes)?;
         let account = self.address.account;
         if request.address.account != account {
@@ -458,9 +833,10 @@ impl Device {
                 got: request.address.account,
             });
         }
-        let state = self.primary_state()?;
-        let companion = state
-            .companions
+        self.primary_state()?;
+        let companion = self
+            .own_list()?
+            .signed_companions()
             .iter()
             .find(|c| {
                 c.metadata.device == request.address.device
@@ -478,40 +854,45 @@ impl Device {
                 Some(link) => Ok(LogoutRequest::sign(
                     &self.identity,
                     self.address,
-                    link.metadata.key_index,
-                    now,
+                    link.signed.metadata.key_index,
+                    now.max(self.clock),
                 )),
-                None => Err(DeviceListError::NotCompanion),
+                None => Err(DeviceListError::NotLinked),
             },
-            Role::Primary(_) => Err(DeviceListError::NotPrimary),
+            Role::Primary(_) => Err(DeviceListError::NotCompanion),
         }
     }
 
-    fn sign_list(&mut self, now: Timestamp) -> SignedDeviceList {
+    /// Primary: signs and keeps the next own list, naming `companions` (sorted, unique and at
+    /// most [`MAX_COMPANIONS`], as every caller ensures).
+    pub(crate) fn sign_list(&mut self, companions: Vec<SignedDeviceIdentity>) -> SignedDeviceList {
         let account = self.address.account;
         let (version, previous_digest) = self
-            .accounts
-            .get(&account)
-            .map_or((1, [0u8; 32]), |k| (k.list.version().saturating_add(1), k.list.digest()));
-        let companions = match &self.role {
-            Role::Primary(state) => state.companions.clone(),
-            Role::Companion(_) => Vec::new(),
-        };
+            .device_list(account)
+            .map_or((1, [0u8; 32]), |l| (l.version().saturating_add(1), l.digest()));
         let signed = SignedDeviceList::sign(
             &self.identity,
             account,
             version,
-            now.max(self.clock),
+            self.clock,
             previous_digest,
             companions,
         );
         // The primary's own list always verifies: it signed every part just now.
         if let Ok(list) = signed.verify() {
-            self.store_list(list, now);
+            self.store_list(list);
         }
         signed
     }
 }
 
-/// Lists known per account, kept in the device state.
-pub(crate) type KnownAccounts = BTreeMap<AccountId, KnownAccount>;
+impl PrimaryState {
+    /// Keeps the id counters ahead of every device and key index an own list names (a list the
+    /// primary signed before a restore, say).
+    fn adopt(&mut self, list: &VerifiedDeviceList) {
+        for device in list.companion_devices() {
+            self.highest_device = self.highest_device.max(device.address().device.0);
+            self.next_key_index = self.next_key_index.max(device.key_index().saturating_add(1));
+        }
+    }
+}

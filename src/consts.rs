@@ -11,16 +11,22 @@ pub const DAY_SECS: u64 = 24 * 60 * 60;
 /// signed device list.
 pub const MAX_COMPANIONS: usize = 4;
 
-/// A companion whose newest verified device list is older than this considers itself signed out.
+/// A companion whose newest verified device list is older than this considers itself signed out,
+/// and peers whose newest list of an account is older than this neither send to nor accept from
+/// its companions.
 ///
 /// The primary refreshes the list whenever it is used, so an old list means the primary has been
-/// unused for this long (brief row 6).
+/// unused for this long (brief row 6), or that the server withholds its lists. Honest companions
+/// sign themselves out at this age, so a peer that trusted them longer would only extend what a
+/// server withholding a removal can do.
 pub const PRIMARY_INACTIVITY_SECS: u64 = 14 * DAY_SECS;
 
-/// A device list older than this is stale: peers send to the account's primary only.
+/// The lifetime of a device list as a whole: past it, a list is expired, and only the account's
+/// primary, whose identity is the account identity, is still sent to.
 ///
-/// Longer than [`PRIMARY_INACTIVITY_SECS`] so that a list which merely signed its companions out is
-/// still good for reaching the primary.
+/// Companions are already excluded after [`PRIMARY_INACTIVITY_SECS`]; the primary stays
+/// reachable at least this long, and after it too, because only an identity change (a list under
+/// a new account identity) can revoke the account identity.
 pub const DEVICE_LIST_TTL_SECS: u64 = 35 * DAY_SECS;
 
 /// Default bound on how far ahead of the receiving chain a message counter may be.
@@ -67,6 +73,14 @@ pub const QR_OFFER_LIFETIME_SECS: u64 = 60;
 
 /// Lifetime of a one-time pairing code.
 pub const PAIRING_CODE_LIFETIME_SECS: u64 = 180;
+
+/// How long a primary holds a device id for an approval that waits for its companion's
+/// countersignature.
+///
+/// As long as the longer of the two link flows lets a companion take to answer (a pairing
+/// code's lifetime), so an honest link always completes; an approval left unanswered past it
+/// expires, and its device id goes to the next approval.
+pub const APPROVAL_LIFETIME_SECS: u64 = PAIRING_CODE_LIFETIME_SECS;
 
 /// Largest plaintext one session message may carry.
 ///

@@ -6,6 +6,7 @@
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use hmac::digest::FixedOutput;
 use hmac::{Hmac, Mac};
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,11 @@ impl Secret32 {
 
     pub(crate) fn as_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// Mutable access, to overwrite the secret in place.
+    pub(crate) fn as_mut_bytes(&mut self) -> &mut [u8; 32] {
+        &mut self.0
     }
 }
 
@@ -202,10 +208,21 @@ pub(crate) fn hkdf(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
 /// One step of a symmetric chain: `(message_key, next_chain_key)`, each an HMAC-SHA256 of the
 /// chain key over a one-byte constant.
 pub(crate) fn chain_step(chain_key: &[u8; 32]) -> (Secret32, Secret32) {
+    let (mut message_key, mut next) = (Secret32::new([0u8; 32]), Secret32::new([0u8; 32]));
+    chain_step_into(chain_key, message_key.as_mut_bytes(), next.as_mut_bytes());
+    (message_key, next)
+}
+
+/// [`chain_step`] into caller-owned buffers, so the hot sending path allocates nothing and no
+/// copy of either key is left unwiped.
+pub(crate) fn chain_step_into(
+    chain_key: &[u8; 32],
+    message_key: &mut [u8; 32],
+    next: &mut [u8; 32],
+) {
     let keyed = hmac_keyed(chain_key);
-    let message_key = keyed.clone().chain_update([0x01]).finalize().into_bytes();
-    let next = keyed.chain_update([0x02]).finalize().into_bytes();
-    (Secret32::new(message_key.into()), Secret32::new(next.into()))
+    FixedOutput::finalize_into(keyed.clone().chain_update([0x01]), message_key.into());
+    FixedOutput::finalize_into(keyed.chain_update([0x02]), next.into());
 }
 
 fn hmac_keyed(key: &[u8; 32]) -> Hmac<Sha256> {

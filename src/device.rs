@@ -1,14 +1,20 @@
-//! A device: its identity, its prekeys and its sessions with every remote device.
+//! A device: its identity, its prekeys, its sessions with every remote device, and the device
+//! lists it holds.
 //!
 //! [`Device`] is the one stateful object an app holds per local device. Every method that changes
-//! it takes `&mut self` and either succeeds completely or leaves it exactly as it was, so an app
-//! persists it ([`Device::to_bytes`]) after each successful call and before sending what the call
-//! produced. It never performs I/O and never reads a clock.
+//! it takes `&mut self` and either succeeds completely or leaves it as it was (but for the
+//! documented latches: the clock high-water mark, announced list versions, a pending identity
+//! change), so an app persists it ([`Device::to_bytes`]) after each successful call and before
+//! sending what the call produced. It never performs I/O and never reads a clock.
+//!
+//! This module owns the session core every path goes through: [`Device::open`] computes a
+//! decryption without changing anything and [`Device::commit`] applies it, so a caller can run
+//! every check between the two. It never decides who may send or receive: that is the caller's
+//! (the authorized paths in `fanout`, `receive` and `history`, or the raw [`crate::hazmat`]).
 
 use std::collections::BTreeMap;
 
 use rand_core::CryptoRng;
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::account::{KnownAccounts, Role};
@@ -20,30 +26,16 @@ use crate::prekeys::{
     OneTimePrekeyPublic, PrekeyStore, PrekeyUpload, SignedPrekeyPublic, VerifiedPrekeyBundle,
 };
 use crate::session::handshake;
-use crate::session::message::{SessionMessage, write_prefix};
-use crate::session::ratchet::Session;
+use crate::session::message::{MessageKind, SessionMessage, write_prefix};
+use crate::session::ratchet::{Commit, Session};
 use crate::session::record::SessionRecord;
 
 /// Version of the persisted [`Device`] format.
-const STATE_FORMAT: u16 = 1;
+const STATE_FORMAT: u16 = 2;
 
 /// Longest prefix a session message can have before its ciphertext, plus the session's
 /// associated data: the size of the stack buffer the AEAD's associated data is built in.
-const MAX_AAD_LEN: usize = 32 + 2 + 24 + PublicIdentity::LEN + 32 + 4 + 5 + 68;
-
-/// A decrypted message and who sent it.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Decrypted {
-    /// The sending device, authenticated by the session.
-    pub sender: DeviceAddress,
-    /// The fingerprint of the sending device's identity.
-    pub sender_fingerprint: Fingerprint,
-    /// True when this message created a new session.
-    pub new_session: bool,
-    /// The plaintext, wiped on drop.
-    pub plaintext: Zeroizing<Vec<u8>>,
-}
+const MAX_AAD_LEN: usize = 32 + 3 + 24 + PublicIdentity::LEN + 32 + 4 + 5 + 68;
 
 /// A public summary of the sessions held with one remote device, for diagnostics and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,30 +55,38 @@ pub struct SessionInfo {
 
 /// One local device with all of its long-term and session state.
 ///
+/// Messages go out through [`Device::encrypt_fanout`] (and [`Device::encrypt_history`]) and come
+/// in through [`Device::receive`], the single entry point for everything a peer sends. Both
+/// work only with devices a verified device list authorizes.
+///
 /// ```
-/// use multidevice::{AccountId, Device, DeviceAddress, DeviceId, PrekeyBundle, Timestamp};
+/// use multidevice::{AccountId, Device, DeviceAddress, DeviceId, Received, Timestamp};
 /// use rand::SeedableRng;
 ///
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 /// let now = Timestamp(1_700_000_000);
-/// let mut alice = Device::new(&mut rng, DeviceAddress::new(AccountId(1), DeviceId(0)), now);
-/// let mut bob = Device::new(&mut rng, DeviceAddress::new(AccountId(2), DeviceId(0)), now);
+/// let mut alice = Device::new(&mut rng, DeviceAddress::new(AccountId(1), DeviceId::PRIMARY), now);
+/// let mut bob = Device::new(&mut rng, DeviceAddress::new(AccountId(2), DeviceId::PRIMARY), now);
 /// bob.generate_one_time_prekeys(&mut rng, 10)?;
 ///
-/// // Bob uploads prekeys; the server hands Alice a bundle with one one-time prekey.
-/// let bundle = bob.prekey_upload().bundle(Some(0));
-/// alice.start_session(&mut rng, &bundle.verify()?)?;
-/// let wire = alice.encrypt(&mut rng, bob.address(), b"hello Bob")?;
+/// // Each primary publishes its signed device list; the other verifies it.
+/// let alice_list = alice.device_list(alice.account()).unwrap().signed_bytes().to_vec();
+/// let bob_list = bob.device_list(bob.account()).unwrap().signed_bytes().to_vec();
+/// alice.process_device_list(&bob_list, now)?;
+/// bob.process_device_list(&alice_list, now)?;
 ///
-/// let received = bob.decrypt(&wire, now)?;
-/// assert_eq!(received.plaintext.as_slice(), b"hello Bob");
-/// assert_eq!(received.sender, alice.address());
+/// // Bob uploads prekeys; the server hands Alice a bundle for every device of Bob's list.
+/// let bundle = bob.prekey_upload().bundle(Some(0));
+/// let sent = alice.encrypt_fanout(&mut rng, &[bob.account()], &[bundle], b"hello Bob", now)?;
+///
+/// let Received::Message(message) = bob.receive(&sent.envelopes[0].bytes, None, now)? else {
+///     unreachable!("a fan-out to Bob is a message")
+/// };
+/// assert_eq!(message.payload.as_slice(), b"hello Bob");
+/// assert_eq!(message.sender, alice.address());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Serialize, Deserialize)]
 pub struct Device {
-    #[serde(deserialize_with = "check_format")]
-    format: u16,
     pub(crate) address: DeviceAddress,
     pub(crate) identity: IdentityKeyPair,
     prekeys: PrekeyStore,
@@ -94,18 +94,35 @@ pub struct Device {
     max_forward_jump: u32,
     pub(crate) role: Role,
     pub(crate) accounts: KnownAccounts,
-    /// The highest time the app has passed in: winding the clock back cannot undo a sign-out.
+    /// The highest time the app has passed in: every time rule reads it, so winding the clock
+    /// back cannot extend a deadline.
     pub(crate) clock: Timestamp,
 }
 
-fn check_format<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
-    let format = u16::deserialize(deserializer)?;
-    if format == STATE_FORMAT {
-        Ok(format)
-    } else {
-        Err(serde::de::Error::custom("unsupported persisted state format"))
-    }
-}
+/// The persisted form: every field of [`Device`] after the format version. Only
+/// [`Device::from_bytes`] reads it, and it validates what it read.
+type StateRef<'a> = (
+    u16,
+    &'a DeviceAddress,
+    &'a IdentityKeyPair,
+    &'a PrekeyStore,
+    &'a BTreeMap<DeviceAddress, SessionRecord>,
+    u32,
+    &'a Role,
+    &'a KnownAccounts,
+    Timestamp,
+);
+type StateOwned = (
+    u16,
+    DeviceAddress,
+    IdentityKeyPair,
+    PrekeyStore,
+    BTreeMap<DeviceAddress, SessionRecord>,
+    u32,
+    Role,
+    KnownAccounts,
+    Timestamp,
+);
 
 impl core::fmt::Debug for Device {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -117,11 +134,33 @@ impl core::fmt::Debug for Device {
     }
 }
 
+/// A decryption computed on an unchanged device, applied only by [`Device::commit`].
+pub(crate) struct Opened {
+    /// The sending device, authenticated by the session.
+    pub(crate) sender: DeviceAddress,
+    /// The fingerprint of the sending device's identity.
+    pub(crate) sender_fingerprint: Fingerprint,
+    /// True when the message starts a new session.
+    pub(crate) new_session: bool,
+    /// The plaintext, wiped on drop.
+    pub(crate) plaintext: Zeroizing<Vec<u8>>,
+    change: SessionChange,
+}
+
+enum SessionChange {
+    /// The message decrypted on the held session at this index of the sender's record.
+    Existing { index: usize, commit: Commit },
+    /// The message started a new session.
+    New { identity: PublicIdentity, session: Box<Session>, one_time_prekey: Option<u32> },
+}
+
 impl Device {
     /// Creates a device with fresh identity keys and a first signed prekey.
     ///
-    /// Device id 0 makes the account's primary, whose identity is the account identity. Any
-    /// other id makes a companion waiting to be linked; linking assigns its final address.
+    /// Device id 0 makes the account's primary, whose identity is the account identity; it
+    /// signs its first device list (version 1, naming only itself) at once, to publish from
+    /// [`Device::device_list`]. Any other id makes a companion waiting to be linked; linking
+    /// assigns its final address.
     pub fn new(
         rng: &mut (impl CryptoRng + ?Sized),
         address: DeviceAddress,
@@ -129,8 +168,7 @@ impl Device {
     ) -> Self {
         let identity = IdentityKeyPair::generate(rng);
         let prekeys = PrekeyStore::new(rng, &identity);
-        Self {
-            format: STATE_FORMAT,
+        let mut device = Self {
             address,
             identity,
             prekeys,
@@ -139,7 +177,11 @@ impl Device {
             role: Role::for_address(address),
             accounts: KnownAccounts::new(),
             clock: now,
+        };
+        if address.device.is_primary() {
+            device.sign_list(Vec::new());
         }
+        device
     }
 
     /// This device's address.
@@ -150,6 +192,17 @@ impl Device {
     /// This device's public identity.
     pub fn public_identity(&self) -> &PublicIdentity {
         self.identity.public()
+    }
+
+    /// The highest time the app has passed to this device: every time rule reads it.
+    pub fn clock(&self) -> Timestamp {
+        self.clock
+    }
+
+    /// Raises the clock high-water mark. Every call that takes `now` does this first, whatever
+    /// its outcome: the mark is a documented latch, not a change an error undoes.
+    pub(crate) fn observe(&mut self, now: Timestamp) {
+        self.clock = self.clock.max(now);
     }
 
     /// Everything the server needs to hand out prekey bundles for this device.
@@ -182,13 +235,15 @@ impl Device {
     }
 
     /// Replaces the signed prekey. The previous one keeps working for
-    /// [`crate::consts::SIGNED_PREKEY_GRACE_SECS`] after `now`.
+    /// [`crate::consts::SIGNED_PREKEY_GRACE_SECS`] after the rotation (measured on the clock
+    /// high-water mark).
     pub fn rotate_signed_prekey(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
         now: Timestamp,
     ) -> SignedPrekeyPublic {
-        self.prekeys.rotate_signed(rng, &self.identity, now)
+        self.observe(now);
+        self.prekeys.rotate_signed(rng, &self.identity, self.clock)
     }
 
     /// Sets how far ahead of a receiving chain a message may be (default
@@ -202,8 +257,9 @@ impl Device {
     }
 
     /// Starts a session with the device a verified bundle belongs to. The new session becomes
-    /// active; earlier ones with that device are archived.
-    pub fn start_session(
+    /// active; earlier ones with that device are archived, or dropped if they were under another
+    /// identity. Callers decide whether the device is authorized.
+    pub(crate) fn start_session_with(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
         bundle: &VerifiedPrekeyBundle,
@@ -241,35 +297,23 @@ impl Device {
         })
     }
 
-    /// The identity held for `remote`, from its newest session.
+    /// The identity of the sessions held with `remote`.
     pub fn remote_identity(&self, remote: DeviceAddress) -> Option<&PublicIdentity> {
         self.sessions.get(&remote).map(|r| &r.remote_identity)
     }
 
-    /// Forgets every session with `remote`, for example after it was removed from its account or
-    /// after the app accepted a changed identity.
+    /// Forgets every session with `remote`.
     pub fn delete_sessions(&mut self, remote: DeviceAddress) {
         self.sessions.remove(&remote);
     }
 
-    /// Encrypts `plaintext` for `remote` on the active session.
-    ///
-    /// Persist the device before sending the returned bytes: the message key is spent.
-    pub fn encrypt(
+    /// Encrypts `plaintext` as a message of `kind` on the active session with `remote`. The
+    /// message key is spent: persist before sending.
+    pub(crate) fn seal(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
         remote: DeviceAddress,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, SessionError> {
-        self.ensure_active(self.clock)?;
-        self.encrypt_unchecked(rng, remote, plaintext)
-    }
-
-    /// Encrypts on the active session without the sign-out check (the caller made it).
-    pub(crate) fn encrypt_unchecked(
-        &mut self,
-        rng: &mut (impl CryptoRng + ?Sized),
-        remote: DeviceAddress,
+        kind: MessageKind,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, SessionError> {
         if plaintext.len() > MAX_MESSAGE_PLAINTEXT {
@@ -280,71 +324,59 @@ impl Device {
             .get_mut(&remote)
             .and_then(SessionRecord::active_mut)
             .ok_or(SessionError::NoSession(remote))?;
-        seal_message(rng, session, self.address, remote, self.identity.public(), plaintext)
+        seal_message(rng, session, kind, self.address, remote, self.identity.public(), plaintext)
     }
 
-    /// Decrypts a session message addressed to this device.
-    ///
-    /// On any error the device is unchanged. A message that starts a session consumes the
-    /// one-time prekey it names only when it decrypts.
-    pub fn decrypt(&mut self, bytes: &[u8], now: Timestamp) -> Result<Decrypted, SessionError> {
-        self.decrypt_with(bytes, now, |_| Ok::<(), SessionError>(()))
-            .map(|(decrypted, ())| decrypted)
-    }
-
-    /// Decrypts, then lets `accept` inspect the authenticated result before anything is
-    /// committed: if `accept` fails, the device stays byte-identical. Every decryption in the
-    /// crate goes through here.
-    pub(crate) fn decrypt_with<T, E: From<SessionError>>(
-        &mut self,
-        bytes: &[u8],
+    /// Decrypts `message` without changing anything. `expected` is the identity the sender
+    /// must have; `None` takes the identity of the sessions held (the raw path). A held record
+    /// under another identity than `expected` is ignored, and a prekey message under another
+    /// identity is refused before any prekey is touched.
+    pub(crate) fn open(
+        &self,
+        message: &SessionMessage<'_>,
+        expected: Option<&PublicIdentity>,
         now: Timestamp,
-        accept: impl FnOnce(&Decrypted) -> Result<T, E>,
-    ) -> Result<(Decrypted, T), E> {
-        let message = SessionMessage::try_from(bytes).map_err(SessionError::from)?;
-        self.ensure_active(now)?;
+    ) -> Result<Opened, SessionError> {
         if message.recipient != self.address {
-            return Err(SessionError::WrongRecipient { addressed_to: message.recipient }.into());
-        }
-        if message.sender == self.address {
-            return Err(SessionError::SelfSession.into());
+            return Err(SessionError::WrongRecipient { addressed_to: message.recipient });
         }
         let sender = message.sender;
+        if sender == self.address {
+            return Err(SessionError::SelfSession);
+        }
         let max_jump = self.max_forward_jump;
-        if let Some(record) = self.sessions.get_mut(&sender)
+        let held = self.sessions.get(&sender);
+        let record = held.filter(|r| expected.is_none_or(|e| &r.remote_identity == e));
+        if let Some(record) = record
             && let Some(index) = record.find(&message.header.session_id)
         {
             let session = record.get(index).ok_or(SessionError::UnknownSession(sender))?;
-            let (plaintext, commit) = open_message(session, &message, max_jump)?;
-            let decrypted = Decrypted {
+            let (plaintext, commit) = open_message(session, message, max_jump)?;
+            return Ok(Opened {
                 sender,
                 sender_fingerprint: session.remote_fingerprint,
                 new_session: false,
                 plaintext,
-            };
-            let accepted = accept(&decrypted)?;
-            if let Some(session) = record.get_mut(index) {
-                session.apply(commit);
-            }
-            record.promote(index);
-            self.advance_clock(now);
-            return Ok((decrypted, accepted));
+                change: SessionChange::Existing { index, commit },
+            });
         }
         let Some(fields) = &message.prekey else {
-            return Err(match self.sessions.contains_key(&sender) {
-                true => SessionError::UnknownSession(sender),
-                false => SessionError::NoSession(sender),
-            }
-            .into());
+            return Err(match record {
+                Some(_) => SessionError::UnknownSession(sender),
+                None => SessionError::NoSession(sender),
+            });
         };
-        if let Some(record) = self.sessions.get(&sender)
-            && record.remote_identity != fields.sender_identity
-        {
-            return Err(SessionError::IdentityMismatch(sender).into());
+        let claimed = &fields.sender_identity;
+        let mismatch = match expected {
+            Some(expected) => claimed != expected,
+            None => held.is_some_and(|r| &r.remote_identity != claimed),
+        };
+        if mismatch {
+            return Err(SessionError::IdentityMismatch(sender));
         }
         let signed_prekey = self
             .prekeys
-            .signed_secret(fields.signed_prekey_id, now)
+            .signed_secret(fields.signed_prekey_id, now.max(self.clock))
             .ok_or(SessionError::UnknownSignedPrekey(fields.signed_prekey_id))?;
         let one_time_prekey = match fields.one_time_prekey_id {
             Some(id) => Some(
@@ -352,7 +384,7 @@ impl Device {
             ),
             None => None,
         };
-        let mut session = handshake::respond(
+        let session = handshake::respond(
             &self.identity,
             self.address,
             sender,
@@ -360,58 +392,115 @@ impl Device {
             signed_prekey,
             one_time_prekey,
         )?;
-        let (plaintext, commit) = open_message(&session, &message, max_jump)?;
-        let identity = fields.sender_identity.clone();
-        let decrypted = Decrypted {
+        let (plaintext, commit) = open_message(&session, message, max_jump)?;
+        let mut session = Box::new(session);
+        session.apply(commit);
+        Ok(Opened {
             sender,
-            sender_fingerprint: identity.fingerprint(),
+            sender_fingerprint: claimed.fingerprint(),
             new_session: true,
             plaintext,
-        };
-        let accepted = accept(&decrypted)?;
-        // Authenticated and accepted: commit.
-        session.apply(commit);
-        if let Some(id) = fields.one_time_prekey_id {
-            self.prekeys.consume_one_time(id);
-        }
-        match self.sessions.get_mut(&sender) {
-            Some(record) => record.insert_received(identity, session),
-            None => {
-                self.sessions.insert(sender, SessionRecord::new(identity, session));
+            change: SessionChange::New {
+                identity: claimed.clone(),
+                session,
+                one_time_prekey: fields.one_time_prekey_id,
+            },
+        })
+    }
+
+    /// Applies a decryption [`Device::open`] computed on this unchanged device: steps the
+    /// ratchet, or keeps the new session and consumes the one-time prekey it used.
+    pub(crate) fn commit(&mut self, opened: Opened) {
+        let sender = opened.sender;
+        match opened.change {
+            SessionChange::Existing { index, commit } => {
+                if let Some(record) = self.sessions.get_mut(&sender) {
+                    if let Some(session) = record.get_mut(index) {
+                        session.apply(commit);
+                    }
+                    record.promote(index);
+                }
+            }
+            SessionChange::New { identity, session, one_time_prekey } => {
+                if let Some(id) = one_time_prekey {
+                    self.prekeys.consume_one_time(id);
+                }
+                match self.sessions.get_mut(&sender) {
+                    Some(record) => record.insert_received(identity, *session),
+                    None => {
+                        self.sessions.insert(sender, SessionRecord::new(identity, *session));
+                    }
+                }
             }
         }
-        self.advance_clock(now);
-        Ok((decrypted, accepted))
     }
 
     /// Serializes the whole device state, secrets included, in a compact versioned binary form.
     ///
     /// Store it encrypted at rest; the buffer is wiped on drop.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let state: StateRef<'_> = (
+            STATE_FORMAT,
+            &self.address,
+            &self.identity,
+            &self.prekeys,
+            &self.sessions,
+            self.max_forward_jump,
+            &self.role,
+            &self.accounts,
+            self.clock,
+        );
         // Serializing plain structs into a growable buffer cannot fail.
-        Zeroizing::new(postcard::to_allocvec(self).unwrap_or_default())
+        Zeroizing::new(postcard::to_allocvec(&state).unwrap_or_default())
     }
 
-    /// Restores a device from [`Device::to_bytes`]. Rejects other format versions, trailing
-    /// bytes, non-canonical encodings and any state beyond the crate's limits, so a tampered
-    /// store cannot lift a bound (for example the forward-jump limit).
+    /// Restores a device from [`Device::to_bytes`], the only way to load one. Rejects other
+    /// format versions, trailing bytes, non-canonical encodings and any state beyond the crate's
+    /// limits, so a tampered store cannot lift a bound (for example the forward-jump limit), and
+    /// verifies every stored device list and link again, so edited state cannot add or change an
+    /// authorized device.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let (device, rest) =
-            postcard::take_from_bytes::<Self>(bytes).map_err(|_| DecodeError::MalformedState)?;
+        let (state, rest) = postcard::take_from_bytes::<StateOwned>(bytes)
+            .map_err(|_| DecodeError::MalformedState)?;
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
-        if !device.within_limits() || device.to_bytes().as_slice() != bytes {
+        let (format, address, identity, prekeys, sessions, max_forward_jump, role, accounts, clock) =
+            state;
+        if format != STATE_FORMAT {
+            return Err(DecodeError::MalformedState);
+        }
+        let device =
+            Self { address, identity, prekeys, sessions, max_forward_jump, role, accounts, clock };
+        if !device.is_consistent() || device.to_bytes().as_slice() != bytes {
             return Err(DecodeError::MalformedState);
         }
         Ok(device)
     }
 
-    /// Every bound a live device keeps also holds for restored state.
-    fn within_limits(&self) -> bool {
+    /// Every bound and invariant a live device keeps also holds for restored state.
+    fn is_consistent(&self) -> bool {
+        let own = self.address.account;
+        let role_fits_address = match &self.role {
+            Role::Primary(_) => {
+                self.address.device.is_primary()
+                    && self
+                        .accounts
+                        .get(&own)
+                        .is_some_and(|k| k.list.account_identity() == self.identity.public())
+            }
+            Role::Companion(_) => !self.address.device.is_primary(),
+        };
         (1..=MAX_FORWARD_JUMP_CEILING).contains(&self.max_forward_jump)
             && self.prekeys.one_time_remaining() <= crate::consts::MAX_ONE_TIME_PREKEYS
             && self.sessions.values().all(SessionRecord::within_limits)
+            && self.role.within_limits()
+            && role_fits_address
+            && self.accounts.iter().all(|(account, known)| {
+                known.list.account() == *account
+                    && known.within_limits()
+                    && known.pending_change.as_ref().is_none_or(|p| p.account() == *account)
+            })
     }
 }
 
@@ -426,9 +515,10 @@ fn associated(session: &Session, authenticated: &[u8], buffer: &mut [u8; MAX_AAD
     len
 }
 
-fn seal_message(
+pub(crate) fn seal_message(
     rng: &mut (impl CryptoRng + ?Sized),
     session: &mut Session,
+    kind: MessageKind,
     sender: DeviceAddress,
     recipient: DeviceAddress,
     own_identity: &PublicIdentity,
@@ -437,18 +527,12 @@ fn seal_message(
     let (header, key) = session.next_sending_key(rng)?;
     let prekey = session.prekey_fields(own_identity);
     let mut out = Vec::with_capacity(MAX_AAD_LEN + plaintext.len() + crypto::TAG_LEN);
-    write_prefix(&mut out, sender, recipient, prekey.as_ref(), &header);
+    write_prefix(&mut out, kind, sender, recipient, prekey.as_ref(), &header);
     let prefix_len = out.len();
     let mut aad = [0u8; MAX_AAD_LEN];
     let aad_len = associated(session, &out, &mut aad);
     out.extend_from_slice(plaintext);
-    crypto::seal(
-        key.as_bytes(),
-        &header.nonce,
-        aad.get(..aad_len).unwrap_or_default(),
-        &mut out,
-        prefix_len,
-    );
+    crypto::seal(&key, &header.nonce, aad.get(..aad_len).unwrap_or_default(), &mut out, prefix_len);
     Ok(out)
 }
 
@@ -456,7 +540,7 @@ fn open_message(
     session: &Session,
     message: &SessionMessage<'_>,
     max_jump: u32,
-) -> Result<(Zeroizing<Vec<u8>>, crate::session::ratchet::Commit), SessionError> {
+) -> Result<(Zeroizing<Vec<u8>>, Commit), SessionError> {
     let (key, commit) = session.plan_decrypt(&message.header, max_jump)?;
     let mut aad = [0u8; MAX_AAD_LEN];
     let aad_len = associated(session, message.authenticated, &mut aad);

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::consts::{DEVICE_LIST_TTL_SECS, MAX_COMPANIONS};
+use crate::consts::MAX_COMPANIONS;
 use crate::crypto::{self, label};
 use crate::error::{DecodeError, DeviceListError, KeyError, SignatureKind};
 use crate::keys::{
@@ -358,6 +358,11 @@ impl SignedDeviceList {
                 return Err(DeviceListError::UnsortedEntries);
             }
             previous = entry.device;
+            if body.entries.iter().filter(|e| e.identity_digest == entry.identity_digest).count()
+                > 1
+            {
+                return Err(DeviceListError::DuplicateIdentity);
+            }
             let metadata = signed.metadata;
             if metadata.account != body.account
                 || metadata.device != entry.device
@@ -381,6 +386,7 @@ impl SignedDeviceList {
             previous_digest: body.previous_digest,
             digest: list_digest(&self.body_bytes),
             devices,
+            companions: self.companions.clone(),
             bytes: self.to_bytes(),
         })
     }
@@ -409,7 +415,7 @@ impl TryFrom<&[u8]> for SignedDeviceList {
 
 /// A device the account's primary authorized, from a verified list. Only list verification
 /// builds one; encryption accepts only these.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizedDevice {
     address: DeviceAddress,
     key_index: u32,
@@ -434,8 +440,9 @@ impl AuthorizedDevice {
 }
 
 /// A device list whose every signature and rule checked out. Only
-/// [`SignedDeviceList::verify`] builds one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// [`SignedDeviceList::verify`] builds one; it has no other constructor and no `Deserialize`
+/// implementation, so holding one proves the primary signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedDeviceList {
     account: AccountId,
     account_identity: PublicIdentity,
@@ -444,6 +451,8 @@ pub struct VerifiedDeviceList {
     previous_digest: [u8; 32],
     digest: [u8; 32],
     devices: Vec<AuthorizedDevice>,
+    /// The signed identity of every companion, in list order.
+    companions: Vec<SignedDeviceIdentity>,
     bytes: Vec<u8>,
 }
 
@@ -488,21 +497,82 @@ impl VerifiedDeviceList {
         self.devices.iter().find(|d| d.address == address)
     }
 
-    /// True once the list is older than the TTL: then only the primary may be sent to.
-    pub fn is_stale(&self, now: Timestamp) -> bool {
-        now.secs_since(self.issued_at) > DEVICE_LIST_TTL_SECS
+    /// The account's primary: always the first device, with the account identity.
+    pub fn primary(&self) -> &AuthorizedDevice {
+        // `verify` refuses a list without its primary first, and nothing else builds one.
+        #[allow(clippy::indexing_slicing)]
+        &self.devices[0]
     }
 
-    /// The devices a sender may encrypt to at `now`: all of them, or only the primary once the
-    /// list is past its TTL.
-    pub fn recipients(&self, now: Timestamp) -> &[AuthorizedDevice] {
-        let all = self.devices.as_slice();
-        if self.is_stale(now) { all.get(..1).unwrap_or(all) } else { all }
+    /// The companions, in device order.
+    pub fn companion_devices(&self) -> &[AuthorizedDevice] {
+        self.devices.get(1..).unwrap_or_default()
+    }
+
+    /// The signed identities of the companions, in device order.
+    pub(crate) fn signed_companions(&self) -> &[SignedDeviceIdentity] {
+        &self.companions
+    }
+
+    /// Seconds from `issued_at` to `now` (zero if `now` is earlier).
+    pub fn age(&self, now: Timestamp) -> u64 {
+        now.secs_since(self.issued_at)
     }
 
     /// The signed list as received, to re-serve or persist.
     pub fn signed_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+/// Persists a [`VerifiedDeviceList`] as its signed bytes and verifies them again on load, so
+/// edited state cannot add or change a device. `VerifiedDeviceList` itself implements no
+/// `Deserialize`.
+pub(crate) mod stored {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{SignedDeviceList, VerifiedDeviceList};
+
+    fn reverify<E: serde::de::Error>(bytes: &[u8]) -> Result<VerifiedDeviceList, E> {
+        SignedDeviceList::try_from(bytes)
+            .ok()
+            .and_then(|signed| signed.verify().ok())
+            .ok_or_else(|| E::custom("stored device list does not verify"))
+    }
+
+    pub(crate) fn serialize<S: Serializer>(
+        list: &VerifiedDeviceList,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        list.bytes.serialize(serializer)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<VerifiedDeviceList, D::Error> {
+        reverify(&Vec::<u8>::deserialize(deserializer)?)
+    }
+
+    /// The same for an optional list.
+    pub(crate) mod option {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        use super::VerifiedDeviceList;
+
+        pub(crate) fn serialize<S: Serializer>(
+            list: &Option<VerifiedDeviceList>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            list.as_ref().map(|l| &l.bytes).serialize(serializer)
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<VerifiedDeviceList>, D::Error> {
+            Option::<Vec<u8>>::deserialize(deserializer)?
+                .map(|bytes| super::reverify(&bytes))
+                .transpose()
+        }
     }
 }
 

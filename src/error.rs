@@ -1,9 +1,32 @@
 //! Error types, one enum per domain.
 //!
-//! Every variant names the exact violation. Callers can tell "drop this message"
-//! ([`SessionError::is_drop`]) from "ask the user" (identity changes) from "fetch fresh keys".
+//! Every variant names the exact violation, and every error type has an `action()` that says what
+//! the app should do about it ([`Action`]): drop the message, keep it and retry later, fetch an
+//! account's device list, or ask the user. On every error the device is unchanged, except where a
+//! documented latch moves (the clock high-water mark, a list version announced in traffic, a
+//! pending identity change).
 
 use crate::keys::{AccountId, DeviceAddress, DeviceId};
+use crate::session::message::MessageKind;
+
+/// What an app should do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Drop the message (or give up on the call): the same input can never succeed, and nothing
+    /// needs attention.
+    Drop,
+    /// Keep the message and retry it later, once the device's state has changed: a fresh device
+    /// list signs this companion back in or finishes its link, or the missing body has arrived.
+    /// Nothing was spent, so a retry can still succeed.
+    RetryLater,
+    /// Fetch this account's newest device list from the server, pass it to
+    /// [`crate::Device::process_device_list`], then retry the message.
+    FetchList(AccountId),
+    /// Show the user: an identity change or a split view of an account needs a person's decision
+    /// (compare the security code).
+    AskUser,
+}
 
 /// A wire message or persisted blob could not be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -21,12 +44,19 @@ pub enum DecodeError {
     /// The type byte names no known message.
     #[error("unknown message type {0}")]
     UnknownType(u8),
+    /// The kind byte of a session message names no known kind.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
     /// Bytes remained after a complete value.
     #[error("{0} trailing bytes after a complete value")]
     TrailingBytes(usize),
     /// A field holds a value outside its allowed range.
     #[error("field out of range")]
     OutOfRange,
+    /// A prekey message's ratchet key differs from its base key: the initiator never ratchets
+    /// before it hears back, so such a message is not canonical.
+    #[error("prekey message ratchet key differs from its base key")]
+    BaseKeyMismatch,
     /// An Ed25519 public key is not a valid point encoding.
     #[error("invalid Ed25519 public key encoding")]
     InvalidSigningKey,
@@ -44,6 +74,13 @@ pub enum DecodeError {
     /// Persisted state could not be read back.
     #[error("persisted state is malformed")]
     MalformedState,
+}
+
+impl DecodeError {
+    /// Always [`Action::Drop`]: malformed bytes never become valid.
+    pub fn action(&self) -> Action {
+        Action::Drop
+    }
 }
 
 /// Which signature failed to verify.
@@ -80,9 +117,16 @@ pub enum KeyError {
     NonCanonicalKey,
 }
 
+impl KeyError {
+    /// Always [`Action::Drop`]: a forged or broken key stays broken.
+    pub fn action(&self) -> Action {
+        Action::Drop
+    }
+}
+
 /// Setting up, using or restoring a pairwise session failed.
 ///
-/// On every error the device's state is exactly as it was before the call.
+/// On every error the device's sessions and prekeys are exactly as they were before the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
@@ -118,13 +162,24 @@ pub enum SessionError {
     /// The ciphertext or its header failed authentication.
     #[error("message failed authentication")]
     AuthenticationFailed,
+    /// The ratchet cannot proceed without a receiving chain it lacks: a message carries a new
+    /// ratchet key although this side has not answered the peer's current one (an honest peer
+    /// cannot have a newer one), or a restored session must turn its ratchet but holds no
+    /// receiving chain.
+    #[error("the session has no receiving chain for this step")]
+    NoReceivingChain,
+    /// The sending chain has used all 2^32 message numbers; start a new session.
+    #[error("the sending chain is exhausted")]
+    CounterExhausted,
     /// The initial message names a signed prekey this device does not hold (or no longer holds).
     #[error("unknown signed prekey {0}")]
     UnknownSignedPrekey(u32),
     /// The initial message names a one-time prekey that does not exist or was already used.
     #[error("unknown or already used one-time prekey {0}")]
     UnknownOneTimePrekey(u32),
-    /// The sender's identity differs from the one this device holds for that address.
+    /// The sender's identity differs from the one held for that address: the one its account's
+    /// newest verified list names, or (on the raw [`crate::hazmat`] path) the one of the sessions
+    /// already held.
     #[error("identity of {0} differs from the known one")]
     IdentityMismatch(DeviceAddress),
     /// A device cannot hold a session with itself.
@@ -140,28 +195,31 @@ pub enum SessionError {
     /// was removed. Only a fresh device list from the primary brings it back.
     #[error("this device is signed out")]
     SignedOut,
+    /// This companion has not finished linking: no verified list of its account names it yet.
+    #[error("this device is not linked to an account yet")]
+    NotLinked,
     /// The device already holds the maximum number of one-time prekeys.
     #[error("one-time prekey limit of {limit} reached")]
     TooManyOneTimePrekeys {
         /// The limit.
         limit: usize,
     },
+    /// The message is of another kind than this entry point takes (for example a fan-out copy
+    /// passed to [`crate::hazmat::decrypt`]); no key was spent.
+    #[error("a {0:?} message cannot be handled here")]
+    WrongKind(MessageKind),
 }
 
 impl SessionError {
-    /// True when the right reaction is to drop the message and carry on: nothing about the
-    /// session or the peer needs attention.
-    pub fn is_drop(&self) -> bool {
-        matches!(
-            self,
-            Self::Decode(_)
-                | Self::WrongRecipient { .. }
-                | Self::Duplicate
-                | Self::TooFarAhead { .. }
-                | Self::AuthenticationFailed
-                | Self::UnknownSession(_)
-                | Self::Key(KeyError::NonContributoryKey | KeyError::NonCanonicalKey)
-        )
+    /// What to do: [`Action::RetryLater`] while signed out or not linked yet (nothing was spent,
+    /// so the message can still be read once a fresh list arrives), [`Action::FetchList`] when
+    /// the sender's identity differs from the held one, [`Action::Drop`] otherwise.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::SignedOut | Self::NotLinked => Action::RetryLater,
+            Self::IdentityMismatch(address) => Action::FetchList(address.account),
+            _ => Action::Drop,
+        }
     }
 }
 
@@ -193,6 +251,9 @@ pub enum DeviceListError {
         /// The device whose entry mismatched.
         device: DeviceId,
     },
+    /// One identity appears twice in a list, or the account identity appears as a companion.
+    #[error("an identity appears twice in the list")]
+    DuplicateIdentity,
     /// The list is older than one already seen for this account: refuse it.
     #[error("rollback: saw version {seen}, got {got}")]
     RollbackRejected {
@@ -201,27 +262,58 @@ pub enum DeviceListError {
         /// Version offered.
         got: u64,
     },
-    /// Two different lists were signed with the same version, or a successor does not chain to
-    /// its predecessor: the primary's key is misused or the server equivocates.
+    /// Two different lists were signed with the same version, a successor does not chain to
+    /// its predecessor, or a list contradicts the digest an authorized device announced for its
+    /// version: the primary's key is misused or the server shows different views.
     #[error("equivocation at version {version}")]
     Equivocation {
         /// The version in conflict.
         version: u64,
     },
     /// The account identity differs from the accepted one. Ask the user; nothing is sent to the
-    /// account until the app calls [`crate::Device::accept_identity_change`].
+    /// account until the app calls [`crate::Device::accept_identity_change`] with this list.
     #[error("account {account:?} changed its identity")]
     IdentityChanged {
+        /// The account.
+        account: AccountId,
+    },
+    /// A list for this device's own account under another account identity: a primary signs
+    /// every list of its own account, and a companion is bound to the identity it linked under.
+    /// Nothing is kept.
+    #[error("a list for this device's own account {account:?} under another identity")]
+    ForeignOwnList {
+        /// The own account.
+        account: AccountId,
+    },
+    /// A list under an account identity this device no longer accepts for the account: one an
+    /// accepted identity change replaced, or one the user rejected
+    /// ([`crate::Device::reject_identity_change`]). Nothing is kept.
+    #[error("account {account:?} presents an identity refused earlier")]
+    RefusedIdentity {
+        /// The account.
+        account: AccountId,
+    },
+    /// [`crate::Device::accept_identity_change`] was given a list other than the pending one,
+    /// or no change is pending.
+    #[error("the list is not the pending identity change of account {account:?}")]
+    NotPendingChange {
         /// The account.
         account: AccountId,
     },
     /// The operation needs the account's primary device.
     #[error("only the primary can do this")]
     NotPrimary,
-    /// The operation needs a linked companion.
-    #[error("this device is not a linked companion")]
+    /// The operation needs a companion.
+    #[error("this device is not a companion")]
     NotCompanion,
-    /// The account already has [`crate::consts::MAX_COMPANIONS`] companions.
+    /// The operation needs a linked companion, and this one has not finished linking.
+    #[error("this device is not linked to an account")]
+    NotLinked,
+    /// This companion is already linked; a companion links once.
+    #[error("this device is already linked")]
+    AlreadyLinked,
+    /// The account already has [`crate::consts::MAX_COMPANIONS`] companions, counting approvals
+    /// still pending.
     #[error("the account already has {limit} companions")]
     CompanionLimit {
         /// The limit.
@@ -230,6 +322,16 @@ pub enum DeviceListError {
     /// The device is not a companion of this account.
     #[error("device {0:?} is not a companion of this account")]
     UnknownCompanion(DeviceId),
+    /// A companion with this device id is already in the list.
+    #[error("device {0:?} is already in the list")]
+    DeviceIdInUse(DeviceId),
+    /// The countersigned identity matches no pending approval: it was never approved, its
+    /// approval expired, or it was already added.
+    #[error("no pending approval matches this companion")]
+    UnknownApproval,
+    /// Device ids or key indices are exhausted (2^32 links).
+    #[error("device ids are exhausted")]
+    IdsExhausted,
     /// The signed object belongs to another account.
     #[error("object belongs to account {got:?}, expected {expected:?}")]
     WrongAccount {
@@ -243,57 +345,156 @@ pub enum DeviceListError {
     SignedOut,
 }
 
-/// A fan-out could not be encrypted or an envelope could not be accepted.
-///
-/// On every error the device is unchanged.
+impl DeviceListError {
+    /// What to do: [`Action::AskUser`] for an identity change or equivocation,
+    /// [`Action::RetryLater`] while signed out, [`Action::Drop`] otherwise.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::IdentityChanged { .. } | Self::Equivocation { .. } => Action::AskUser,
+            Self::SignedOut => Action::RetryLater,
+            _ => Action::Drop,
+        }
+    }
+}
+
+/// A fan-out could not be encrypted. On every error the device is unchanged but for the clock
+/// high-water mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FanoutError {
-    /// The underlying session operation failed.
+    /// The underlying session operation failed (for example this companion is signed out).
     #[error(transparent)]
     Session(SessionError),
-    /// The envelope's inner content could not be parsed.
-    #[error("malformed envelope content: {0}")]
-    Decode(#[from] DecodeError),
     /// No verified device list is held for the account: fetch and process it, then retry.
     #[error("no device list held for account {0:?}")]
     UnknownAccount(AccountId),
     /// The account changed its identity; the app must accept the change first.
     #[error("account {0:?} has an unaccepted identity change")]
     IdentityChangePending(AccountId),
-    /// The sender is not authorized by the newest list held for its account.
-    #[error("sender {0} is not in its account's verified device list")]
-    UnauthorizedSender(DeviceAddress),
-    /// The sender announced a newer list that may authorize it: fetch it, then retry.
-    #[error("account {account:?} has a newer device list (version {version})")]
-    RefreshSenderList {
-        /// The sender's account.
-        account: AccountId,
-        /// The version it announced.
-        version: u64,
-    },
-    /// A device of another account claimed to send a copy of this account's own message.
-    #[error("{0} sent an own-device copy but is not in this account")]
-    ForeignOwnCopy(DeviceAddress),
-    /// The envelope refers to a shared body that was not supplied.
-    #[error("the message body is missing")]
-    BodyMissing,
-    /// The supplied body does not match the digest in the envelope.
-    #[error("the message body does not match its digest")]
-    BodyDigestMismatch,
-    /// The body failed authentication.
-    #[error("the message body failed authentication")]
-    BodyAuthentication,
-    /// The envelope carries a history descriptor: handle it with
-    /// [`crate::Device::decrypt_history`].
-    #[error("the envelope carries history, not a message")]
-    UnexpectedHistory,
-    /// A fan-out must name between 1 and [`crate::MAX_FANOUT_ACCOUNTS`] accounts.
+    /// A fan-out must name between 1 and [`crate::MAX_FANOUT_ACCOUNTS`] distinct accounts.
     #[error("{0} recipient accounts")]
     TooManyAccounts(usize),
     /// The payload exceeds the fan-out limit.
     #[error("payload of {0} bytes is too large")]
     PayloadTooLarge(usize),
+}
+
+impl FanoutError {
+    /// What to do: fetch the list of an unknown account, ask the user about a pending identity
+    /// change, follow the session error, or give up on the call.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Session(error) => error.action(),
+            Self::UnknownAccount(account) => Action::FetchList(*account),
+            Self::IdentityChangePending(_) => Action::AskUser,
+            Self::TooManyAccounts(_) | Self::PayloadTooLarge(_) => Action::Drop,
+        }
+    }
+}
+
+impl From<SessionError> for FanoutError {
+    fn from(error: SessionError) -> Self {
+        FanoutError::Session(error)
+    }
+}
+
+/// A message passed to [`crate::Device::receive`] was refused. The device is unchanged but for
+/// the documented latches (the clock high-water mark, and a newer list version announced by an
+/// authorized device), so the message can be kept and retried when [`ReceiveError::action`] says
+/// so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// The session layer refused the message (parse, authentication, duplicate, prekeys, ...).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The decrypted content is malformed (the sender is buggy or hostile).
+    #[error("malformed message content: {0}")]
+    Content(DecodeError),
+    /// The blob descriptor in a history message is malformed.
+    #[error("malformed history descriptor: {0}")]
+    Descriptor(BlobError),
+    /// No verified list is held for the sender's account: fetch it, then retry.
+    #[error("no device list held for account {0:?}")]
+    NoList(AccountId),
+    /// The newest list held for the sender's account does not name the sending address: fetch
+    /// the account's list, then retry. No session was created and no prekey consumed.
+    #[error("{0} is not in its account's verified device list")]
+    UnlistedSender(DeviceAddress),
+    /// The sender is a companion and the list held for its account is too old to trust for
+    /// companions (more than 14 days), or one of its devices announced a newer version: fetch
+    /// the list, then retry.
+    #[error("the device list of account {account:?} must be refreshed")]
+    StaleList {
+        /// The sender's account.
+        account: AccountId,
+        /// The newest version announced in traffic, when that is what made the list stale.
+        announced: Option<u64>,
+    },
+    /// The sender announced a digest for a list version that differs from the list held (or
+    /// announced before) at that version: the server shows different views of the account.
+    #[error("account {account:?} equivocates at version {version}")]
+    Equivocation {
+        /// The account.
+        account: AccountId,
+        /// The version in conflict.
+        version: u64,
+    },
+    /// The message is of a kind this entry point never accepts (a raw [`crate::hazmat`]
+    /// message), or of a kind its sender may not send (a direct message from an own device).
+    #[error("a {0:?} message is not accepted here")]
+    WrongKind(MessageKind),
+    /// A device of another account sent a copy of this account's own message.
+    #[error("{0} sent an own-device copy but is not in this account")]
+    ForeignOwnCopy(DeviceAddress),
+    /// History came from a device other than this account's primary.
+    #[error("history from {0}, which is not this account's primary")]
+    HistoryNotFromPrimary(DeviceAddress),
+    /// History is accepted only by a linked companion.
+    #[error("this device does not take history")]
+    NotLinkedCompanion,
+    /// The history window after this companion's link has closed.
+    #[error("the history window has closed")]
+    HistoryWindowClosed,
+    /// The message refers to a shared body that was not supplied: fetch it and retry.
+    #[error("the message body is missing")]
+    BodyMissing,
+    /// The supplied body does not match the digest in the message.
+    #[error("the message body does not match its digest")]
+    BodyDigestMismatch,
+    /// The body failed authentication.
+    #[error("the message body failed authentication")]
+    BodyAuthentication,
+}
+
+impl ReceiveError {
+    /// What to do with the message: drop it, keep it and retry later, fetch a list and retry,
+    /// or ask the user.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Session(error) => error.action(),
+            Self::NoList(account)
+            | Self::StaleList { account, .. }
+            | Self::UnlistedSender(DeviceAddress { account, .. }) => Action::FetchList(*account),
+            Self::Equivocation { .. } => Action::AskUser,
+            Self::BodyMissing => Action::RetryLater,
+            Self::Content(_)
+            | Self::Descriptor(_)
+            | Self::WrongKind(_)
+            | Self::ForeignOwnCopy(_)
+            | Self::HistoryNotFromPrimary(_)
+            | Self::NotLinkedCompanion
+            | Self::HistoryWindowClosed
+            | Self::BodyDigestMismatch
+            | Self::BodyAuthentication => Action::Drop,
+        }
+    }
+}
+
+impl From<DecodeError> for ReceiveError {
+    fn from(error: DecodeError) -> Self {
+        ReceiveError::Session(SessionError::Decode(error))
+    }
 }
 
 /// Linking a companion failed. Every rejection leaves both devices unchanged, except that a
@@ -319,7 +520,8 @@ pub enum LinkError {
     /// The QR text's checksum does not match (a misread code).
     #[error("link code checksum mismatch")]
     BadChecksum,
-    /// The offer or code has expired, or claims an expiry further out than its lifetime.
+    /// The offer, code or approval has expired, or claims an expiry further out than its
+    /// lifetime.
     #[error("the offer or code has expired")]
     Expired,
     /// This offer was already approved once; offers are single use.
@@ -349,15 +551,47 @@ pub enum LinkError {
     ConfirmationMismatch,
 }
 
+impl LinkError {
+    /// What to do: [`Action::AskUser`] when a pairing code failed its confirmation (the user
+    /// must start again with a new code, and may be under attack), the device-list error's
+    /// action, or [`Action::Drop`] (start a new attempt).
+    pub fn action(&self) -> Action {
+        match self {
+            Self::ConfirmationFailed => Action::AskUser,
+            Self::DeviceList(error) => error.action(),
+            _ => Action::Drop,
+        }
+    }
+}
+
 pub use crate::blob::{BlobError, MediaTypeError};
 
-/// Sending or accepting history failed. On every error the device is unchanged.
+impl BlobError {
+    /// What to do: [`Action::RetryLater`] for an I/O failure, [`Action::Drop`] for every
+    /// malformed or forged blob.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Io(_) | Self::HashWorker => Action::RetryLater,
+            _ => Action::Drop,
+        }
+    }
+}
+
+impl MediaTypeError {
+    /// Always [`Action::Drop`].
+    pub fn action(&self) -> Action {
+        Action::Drop
+    }
+}
+
+/// Sending or importing history failed. On every error the device is unchanged but for the
+/// clock high-water mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HistoryError {
-    /// The envelope could not be decrypted or its sender is not authorized.
+    /// The session operation failed.
     #[error(transparent)]
-    Fanout(#[from] FanoutError),
+    Session(#[from] SessionError),
     /// The descriptor is malformed, or the blob failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
@@ -370,18 +604,6 @@ pub enum HistoryError {
     /// No session and no usable bundle for the companion.
     #[error("no session with {0}: {1:?}")]
     NoSession(DeviceAddress, crate::FanoutSkip),
-    /// History is accepted only by a linked companion.
-    #[error("this device is not a linked companion")]
-    NotLinkedCompanion,
-    /// History came from a device of another account.
-    #[error("history from {0}, which is not of this account")]
-    NotOwnAccount(DeviceAddress),
-    /// The history window after linking has closed.
-    #[error("the history window has closed")]
-    WindowClosed,
-    /// The envelope is a regular message, not history.
-    #[error("the envelope is not history")]
-    NotHistory,
     /// History goes only to a companion linked at most `HISTORY_WINDOW_SECS` ago.
     #[error("{0} was linked too long ago to receive history")]
     NotNewlyLinked(DeviceAddress),
@@ -396,8 +618,19 @@ pub enum HistoryError {
     TruncatedRecord,
 }
 
+impl HistoryError {
+    /// What to do: follow the session or blob error, or [`Action::Drop`].
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Session(error) => error.action(),
+            Self::Blob(error) => error.action(),
+            _ => Action::Drop,
+        }
+    }
+}
+
 impl From<DecodeError> for HistoryError {
     fn from(error: DecodeError) -> Self {
-        HistoryError::Fanout(FanoutError::Decode(error))
+        HistoryError::Session(SessionError::Decode(error))
     }
 }

@@ -1,11 +1,13 @@
 //! Client fan-out: one call encrypts a message for every authorized device of the recipient
-//! account and every other device of the sender's own account.
+//! accounts and every other device of the sender's own account.
 //!
 //! Payloads above [`INLINE_THRESHOLD`] are encrypted once, under a fresh content key, into a
 //! shared body the server stores once; each device's envelope then carries only the key and the
 //! body's SHA-256. Envelopes also carry the sender's own list version and digest, so receivers
-//! learn of newer lists, and the conversation an own-device copy belongs to. This module never
-//! encrypts to a device a verified list does not name, and never to the sending device.
+//! learn of newer lists, and own-device copies carry the accounts the message went to. This
+//! module never encrypts to a device that [`Device::authorize`] refuses,
+//! never on a session whose identity differs from the one the list names, and never to the
+//! sending device.
 
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
@@ -13,10 +15,12 @@ use zeroize::Zeroizing;
 
 use crate::consts::MAX_MESSAGE_PLAINTEXT;
 use crate::crypto::{self, Secret32};
-use crate::device::Device;
-use crate::error::{DecodeError, FanoutError, KeyError, SessionError};
+use crate::device::{Device, seal_message};
+use crate::device_list::AuthorizedDevice;
+use crate::error::{DecodeError, FanoutError, KeyError, ReceiveError, SessionError};
 use crate::keys::{AccountId, DeviceAddress, Timestamp};
 use crate::prekeys::PrekeyBundle;
+use crate::session::message::MessageKind;
 use crate::wire::{self, Reader};
 
 /// Payloads up to this size travel inside each envelope; larger ones in one shared body.
@@ -31,9 +35,8 @@ pub const MAX_FANOUT_ACCOUNTS: usize = 64;
 /// Largest payload a fan-out accepts (bodies are held in memory; use blobs for more).
 pub const MAX_FANOUT_PAYLOAD: usize = 64 * 1024 * 1024;
 
-const KIND_INLINE: u8 = 0x01;
-const KIND_BODY: u8 = 0x02;
-const KIND_HISTORY: u8 = 0x03;
+const CONTENT_INLINE: u8 = 0x01;
+const CONTENT_BODY: u8 = 0x02;
 const BODY_TYPE: u8 = 0x30;
 const BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
 
@@ -43,9 +46,10 @@ const BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
 pub enum Conversation {
     /// Sent to this device's account by the sender.
     Direct,
-    /// A copy of a message this device's own account sent to another account.
+    /// A copy of a message this device's own account sent, to the accounts `to`.
     OwnCopy {
-        /// The accounts the original message went to.
+        /// The accounts the original message went to (this account included when it was one of
+        /// the recipients).
         to: Vec<AccountId>,
     },
 }
@@ -71,6 +75,9 @@ pub enum FanoutSkip {
     BundleIdentityMismatch,
     /// Session setup or encryption failed.
     Session(SessionError),
+    /// The device is a companion and its account's list is more than 14 days old, or a newer
+    /// version was announced: fetch the list (see [`FanoutMessage::lists_needed`]).
+    StaleList,
 }
 
 /// The result of one fan-out.
@@ -83,36 +90,30 @@ pub struct FanoutMessage {
     pub body: Option<Vec<u8>>,
     /// Devices that got nothing, and why.
     pub skipped: Vec<(DeviceAddress, FanoutSkip)>,
+    /// Accounts whose companions were left out because their list is too old or a newer
+    /// version was announced: fetch these lists, then send again to reach them.
+    pub lists_needed: Vec<AccountId>,
 }
 
-/// A decrypted fan-out message.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct ReceivedMessage {
-    /// The authorized device that sent it.
-    pub sender: DeviceAddress,
-    /// Direct message, or a copy of what this account sent to someone else.
-    pub conversation: Conversation,
-    /// The sender's device-list version, as it stated.
-    pub sender_list_version: u64,
-    /// The sender's device-list digest, as it stated.
-    pub sender_list_digest: [u8; 32],
-    /// True when the sender announced a newer list than this device holds: fetch it.
-    pub list_refresh_needed: bool,
-    /// The payload, wiped on drop.
-    pub payload: Zeroizing<Vec<u8>>,
-}
-
-/// The plaintext inside each envelope.
-struct Inner<'a> {
-    list_version: u64,
-    list_digest: [u8; 32],
-    conversation: Conversation,
-    content: Content<'a>,
+/// The plaintext inside each envelope of the authorized kinds.
+///
+/// ```text
+/// Inner          = sender list version (u64) || sender list digest (32) || rest
+/// rest (Direct)  = Content
+/// rest (OwnCopy) = n (u8, 1..=64) || n x account id (u64) || Content
+/// rest (History) = BlobDescriptor
+/// Content        = 0x01 || payload  |  0x02 || content key (32) || SHA-256(body) (32)
+/// ```
+pub(crate) struct Inner<'a> {
+    pub(crate) list_version: u64,
+    pub(crate) list_digest: [u8; 32],
+    /// The accounts an own-device copy's original went to; empty for other kinds.
+    pub(crate) to: Vec<AccountId>,
+    pub(crate) content: Content<'a>,
 }
 
 #[derive(Clone, Copy)]
-enum Content<'a> {
+pub(crate) enum Content<'a> {
     Inline(&'a [u8]),
     Body {
         key: [u8; 32],
@@ -122,73 +123,65 @@ enum Content<'a> {
     History(&'a [u8]),
 }
 
-/// Recognizes the history content kind of a session plaintext.
-pub(crate) struct HistoryContent;
-
-impl HistoryContent {
-    /// The descriptor bytes if `plaintext` is a history message, `None` for any other kind.
-    pub(crate) fn parse(plaintext: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
-        Ok(match Inner::decode(plaintext)?.content {
-            Content::History(bytes) => Some(bytes),
-            _ => None,
-        })
-    }
-}
-
 impl Inner<'_> {
-    fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(64 + 77));
-        let kind = match self.content {
-            Content::Inline(_) => KIND_INLINE,
-            Content::Body { .. } => KIND_BODY,
-            Content::History(_) => KIND_HISTORY,
+    pub(crate) fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let content_len = match self.content {
+            Content::Inline(bytes) | Content::History(bytes) => 1 + bytes.len(),
+            Content::Body { .. } => 65,
         };
-        out.extend_from_slice(&[wire::VERSION, kind]);
+        let mut out = Zeroizing::new(Vec::with_capacity(40 + 1 + 8 * self.to.len() + content_len));
         out.extend_from_slice(&self.list_version.to_be_bytes());
         out.extend_from_slice(&self.list_digest);
-        match &self.conversation {
-            Conversation::Direct => out.push(0),
-            Conversation::OwnCopy { to } => {
-                out.push(u8::try_from(to.len()).unwrap_or(u8::MAX));
-                for account in to.iter().take(MAX_FANOUT_ACCOUNTS) {
-                    out.extend_from_slice(&account.0.to_be_bytes());
-                }
+        if !self.to.is_empty() {
+            // Fan-outs name at most MAX_FANOUT_ACCOUNTS (64) accounts.
+            out.push(u8::try_from(self.to.len()).unwrap_or(u8::MAX));
+            for account in &self.to {
+                out.extend_from_slice(&account.0.to_be_bytes());
             }
         }
         match &self.content {
-            Content::Inline(payload) | Content::History(payload) => out.extend_from_slice(payload),
+            Content::Inline(payload) => {
+                out.push(CONTENT_INLINE);
+                out.extend_from_slice(payload);
+            }
             Content::Body { key, digest } => {
+                out.push(CONTENT_BODY);
                 out.extend_from_slice(key);
                 out.extend_from_slice(digest);
             }
+            Content::History(descriptor) => out.extend_from_slice(descriptor),
         }
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<Inner<'_>, DecodeError> {
+    /// Parses the plaintext of a message of `kind` (one of the authorized kinds).
+    pub(crate) fn decode(kind: MessageKind, bytes: &[u8]) -> Result<Inner<'_>, DecodeError> {
         let mut reader = Reader::new(bytes);
-        reader.version()?;
-        let kind = reader.u8()?;
         let list_version = reader.u64()?;
         let list_digest = reader.array()?;
-        let conversation = match usize::from(reader.u8()?) {
-            0 => Conversation::Direct,
-            count if count <= MAX_FANOUT_ACCOUNTS => Conversation::OwnCopy {
-                to: (0..count).map(|_| reader.u64().map(AccountId)).collect::<Result<_, _>>()?,
-            },
-            count => return Err(DecodeError::TooLong { limit: MAX_FANOUT_ACCOUNTS, got: count }),
+        let to = match kind {
+            MessageKind::OwnCopy => {
+                let count = usize::from(reader.u8()?);
+                if count == 0 || count > MAX_FANOUT_ACCOUNTS {
+                    return Err(DecodeError::TooLong { limit: MAX_FANOUT_ACCOUNTS, got: count });
+                }
+                (0..count).map(|_| reader.u64().map(AccountId)).collect::<Result<_, _>>()?
+            }
+            _ => Vec::new(),
         };
         let content = match kind {
-            KIND_INLINE => Content::Inline(reader.rest()),
-            KIND_HISTORY => Content::History(reader.rest()),
-            KIND_BODY => {
-                let content = Content::Body { key: reader.array()?, digest: reader.array()? };
-                reader.finish()?;
-                content
-            }
-            other => return Err(DecodeError::UnknownType(other)),
+            MessageKind::History => Content::History(reader.rest()),
+            _ => match reader.u8()? {
+                CONTENT_INLINE => Content::Inline(reader.rest()),
+                CONTENT_BODY => {
+                    let content = Content::Body { key: reader.array()?, digest: reader.array()? };
+                    reader.finish()?;
+                    content
+                }
+                other => return Err(DecodeError::UnknownType(other)),
+            },
         };
-        Ok(Inner { list_version, list_digest, conversation, content })
+        Ok(Inner { list_version, list_digest, to, content })
     }
 }
 
@@ -201,33 +194,35 @@ fn seal_body(key: &Secret32, payload: &[u8]) -> Vec<u8> {
     body
 }
 
-fn open_body(
+/// Checks a shared body against its digest in constant time, then decrypts it.
+pub(crate) fn open_body(
     key: &[u8; 32],
     digest: &[u8; 32],
     body: Option<&[u8]>,
-) -> Result<Zeroizing<Vec<u8>>, FanoutError> {
-    let body = body.ok_or(FanoutError::BodyMissing)?;
+) -> Result<Zeroizing<Vec<u8>>, ReceiveError> {
+    let body = body.ok_or(ReceiveError::BodyMissing)?;
     let actual: [u8; 32] = Sha256::digest(body).into();
     if !crypto::ct_eq(&actual, digest) {
-        return Err(FanoutError::BodyDigestMismatch);
+        return Err(ReceiveError::BodyDigestMismatch);
     }
     let mut reader = Reader::new(body);
-    reader.version()?;
-    match reader.u8()? {
-        BODY_TYPE => {}
-        other => return Err(DecodeError::UnknownType(other).into()),
-    }
+    reader.header(BODY_TYPE).map_err(ReceiveError::Content)?;
     crypto::open(key, &[0u8; crypto::NONCE_LEN], BODY_AAD, reader.rest())
-        .map_err(|_| FanoutError::BodyAuthentication)
+        .map_err(|_| ReceiveError::BodyAuthentication)
 }
 
 impl Device {
-    /// Encrypts `payload` for every authorized device of account `to` and every other device of
-    /// this device's own account, from the newest verified lists this device holds.
+    /// Encrypts `payload` for every authorized device of the accounts `to` and every other
+    /// device of this device's own account, from the newest verified lists this device holds.
     ///
-    /// Devices without a session get one from their bundle in `bundles`, which must verify and
-    /// match the identity the list names; devices without a usable bundle are reported in
-    /// [`FanoutMessage::skipped`]. A list past its TTL reaches only its primary.
+    /// An account's primary is always reached; its companions only while its list is at most
+    /// 14 days old and no newer version was announced (others are skipped as
+    /// [`FanoutSkip::StaleList`] and the account is named in [`FanoutMessage::lists_needed`]).
+    /// Before a session is used, its identity is compared with the one the list names; a
+    /// session under another identity is discarded. Devices without a session get one from
+    /// their bundle in `bundles`, which must verify and carry the identity the list names;
+    /// devices without a usable bundle are reported in [`FanoutMessage::skipped`]. Copies for
+    /// this account's own devices are marked as own copies naming `to`.
     pub fn encrypt_fanout(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
@@ -236,172 +231,140 @@ impl Device {
         payload: &[u8],
         now: Timestamp,
     ) -> Result<FanoutMessage, FanoutError> {
+        self.observe(now);
         if payload.len() > MAX_FANOUT_PAYLOAD {
             return Err(FanoutError::PayloadTooLarge(payload.len()));
         }
-        if to.is_empty() || to.len() > MAX_FANOUT_ACCOUNTS {
-            return Err(FanoutError::TooManyAccounts(to.len()));
+        let mut accounts = to.to_vec();
+        accounts.sort_unstable();
+        accounts.dedup();
+        if accounts.is_empty() || accounts.len() > MAX_FANOUT_ACCOUNTS {
+            return Err(FanoutError::TooManyAccounts(accounts.len()));
         }
-        self.ensure_active(now)?;
+        self.require_active()?;
         let own_account = self.address.account;
-        let mut targets: Vec<(DeviceAddress, bool)> = Vec::new();
-        for &account in to {
-            if self.identity_change_pending(account) {
+        for &account in &accounts {
+            let known = self.accounts.get(&account).ok_or(FanoutError::UnknownAccount(account))?;
+            if known.pending_change.is_some() {
                 return Err(FanoutError::IdentityChangePending(account));
             }
-            let list = self.device_list(account).ok_or(FanoutError::UnknownAccount(account))?;
-            targets.extend(
-                list.recipients(now)
-                    .iter()
-                    .map(|d| (d.address(), false))
-                    .filter(|(a, _)| *a != self.address),
-            );
         }
-        let own = self.device_list(own_account);
-        if !to.contains(&own_account)
-            && let Some(own) = own
-        {
-            targets.extend(
-                own.recipients(now)
-                    .iter()
-                    .map(|d| (d.address(), true))
-                    .filter(|(a, _)| *a != self.address),
-            );
+        let mut reached: Vec<AccountId> = accounts.clone();
+        if !accounts.contains(&own_account) {
+            reached.push(own_account);
         }
-        targets.sort_unstable_by_key(|(a, _)| *a);
-        targets.dedup_by_key(|(a, _)| *a);
-        let (list_version, list_digest) = own.map_or((0, [0u8; 32]), |l| (l.version(), l.digest()));
-        let (body, body_key) = if payload.len() > INLINE_THRESHOLD {
+        let (targets, skipped, lists_needed) = self.fanout_targets(&reached);
+        let (list_version, list_digest) = self.own_list_announcement();
+        let (body, content) = if payload.len() > INLINE_THRESHOLD {
             let mut key = Zeroizing::new([0u8; 32]);
             rng.fill_bytes(key.as_mut_slice());
             let key = Secret32::new(*key);
-            (Some(seal_body(&key, payload)), Some(key))
+            let body = seal_body(&key, payload);
+            let digest = Sha256::digest(&body).into();
+            (Some(body), Content::Body { key: *key.as_bytes(), digest })
         } else {
-            (None, None)
-        };
-        let content = match (&body_key, &body) {
-            (Some(key), Some(body)) => {
-                Content::Body { key: *key.as_bytes(), digest: Sha256::digest(body).into() }
-            }
-            _ => Content::Inline(payload),
+            (None, Content::Inline(payload))
         };
         // Two plaintexts serve every device: the direct one, and the own-device copy.
-        let direct =
-            Inner { list_version, list_digest, conversation: Conversation::Direct, content }
-                .encode();
-        let own_copy = Inner {
-            list_version,
-            list_digest,
-            conversation: Conversation::OwnCopy { to: to.to_vec() },
-            content,
-        }
-        .encode();
-        let mut envelopes = Vec::with_capacity(targets.len());
-        let mut skipped = Vec::new();
-        for (address, is_own) in targets {
-            if !self.has_session(address)
-                && let Err(reason) = self.session_from_bundle(rng, address, bundles)
-            {
-                skipped.push((address, reason));
-                continue;
-            }
-            let plaintext = if is_own { &own_copy } else { &direct };
-            match self.encrypt_unchecked(rng, address, plaintext) {
-                Ok(bytes) => envelopes.push(Envelope { recipient: address, bytes }),
-                Err(error) => skipped.push((address, FanoutSkip::Session(error))),
+        let direct = Inner { list_version, list_digest, to: Vec::new(), content }.encode();
+        let own_copy = Inner { list_version, list_digest, to: accounts, content }.encode();
+        let mut message = FanoutMessage {
+            envelopes: Vec::with_capacity(targets.len()),
+            body,
+            skipped,
+            lists_needed,
+        };
+        for address in targets {
+            let (kind, plaintext) = if address.account == own_account {
+                (MessageKind::OwnCopy, &own_copy)
+            } else {
+                (MessageKind::Direct, &direct)
+            };
+            match self.seal_authorized(rng, address, kind, plaintext, bundles) {
+                Ok(bytes) => message.envelopes.push(Envelope { recipient: address, bytes }),
+                Err(reason) => message.skipped.push((address, reason)),
             }
         }
-        Ok(FanoutMessage { envelopes, body, skipped })
+        Ok(message)
     }
 
-    /// The session plaintext that carries a history descriptor.
-    pub(crate) fn history_plaintext(
+    /// The devices of `accounts` a fan-out reaches now, the companions it must leave out, and
+    /// the accounts whose lists those need.
+    #[allow(clippy::type_complexity)]
+    fn fanout_targets(
         &self,
-        descriptor: &crate::blob::BlobDescriptor,
-    ) -> Zeroizing<Vec<u8>> {
-        let own = self.device_list(self.address.account);
-        let descriptor = descriptor.to_bytes();
-        Inner {
-            list_version: own.map_or(0, |l| l.version()),
-            list_digest: own.map_or([0u8; 32], |l| l.digest()),
-            conversation: Conversation::Direct,
-            content: Content::History(&descriptor),
+        accounts: &[AccountId],
+    ) -> (Vec<DeviceAddress>, Vec<(DeviceAddress, FanoutSkip)>, Vec<AccountId>) {
+        let mut targets = Vec::new();
+        let mut skipped = Vec::new();
+        let mut lists_needed = Vec::new();
+        for account in accounts {
+            let Some(known) = self.accounts.get(account) else { continue };
+            let current = self.companions_current(known);
+            // The own list is never fetched: a primary signs it, and a companion whose own list
+            // is stale is signed out and sends nothing.
+            if !current && *account != self.address.account {
+                lists_needed.push(*account);
+            }
+            for device in known.list.devices() {
+                if device.address() == self.address {
+                    continue;
+                }
+                // The rule of `authorize`, applied to the list's own devices.
+                if device.address().device.is_primary() || current {
+                    targets.push(device.address());
+                } else {
+                    skipped.push((device.address(), FanoutSkip::StaleList));
+                }
+            }
         }
-        .encode()
+        (targets, skipped, lists_needed)
     }
 
-    pub(crate) fn session_from_bundle(
+    /// The version and digest of the own newest list, which every authorized message announces.
+    /// A primary and an active companion always hold one; zero otherwise.
+    pub(crate) fn own_list_announcement(&self) -> (u64, [u8; 32]) {
+        self.device_list(self.address.account).map_or((0, [0u8; 32]), |l| (l.version(), l.digest()))
+    }
+
+    /// Encrypts `plaintext` as a message of `kind` for the device at `address`, which
+    /// [`Device::authorize`] admitted, on a session under the identity its verified list names:
+    /// a held session under another identity is discarded first, and a missing one is set up from
+    /// a bundle in `bundles` that carries the listed identity and verifies. One lookup of the
+    /// list and one of the session per device: this is the fan-out's hot path.
+    pub(crate) fn seal_authorized(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
         address: DeviceAddress,
+        kind: MessageKind,
+        plaintext: &[u8],
         bundles: &[PrekeyBundle],
-    ) -> Result<(), FanoutSkip> {
+    ) -> Result<Vec<u8>, FanoutSkip> {
+        let listed = self
+            .accounts
+            .get(&address.account)
+            .and_then(|known| known.list.device(address))
+            .map(AuthorizedDevice::identity)
+            .ok_or(FanoutSkip::StaleList)?;
+        let own = self.identity.public();
+        if let Some(record) = self.sessions.get_mut(&address) {
+            if &record.remote_identity == listed {
+                if let Some(session) = record.active_mut() {
+                    return seal_message(rng, session, kind, self.address, address, own, plaintext)
+                        .map_err(FanoutSkip::Session);
+                }
+            } else {
+                self.sessions.remove(&address);
+            }
+        }
         let bundle =
             bundles.iter().find(|b| b.address == address).ok_or(FanoutSkip::MissingBundle)?;
-        let listed =
-            self.device_list(address.account).and_then(|l| l.device(address)).map(|d| d.identity());
-        if listed != Some(&bundle.identity) {
+        if &bundle.identity != listed {
             return Err(FanoutSkip::BundleIdentityMismatch);
         }
         let verified = bundle.clone().verify().map_err(FanoutSkip::BadBundle)?;
-        self.start_session(rng, &verified).map_err(FanoutSkip::Session)
-    }
-
-    /// Decrypts one envelope of a fan-out. The sender must be a device the newest verified list
-    /// of its account names, with the identity that list names; a body is needed for payloads
-    /// above [`INLINE_THRESHOLD`]. On any error the device is unchanged, so the app can fetch a
-    /// list or the body and retry.
-    pub fn decrypt_fanout(
-        &mut self,
-        envelope: &[u8],
-        body: Option<&[u8]>,
-        now: Timestamp,
-    ) -> Result<ReceivedMessage, FanoutError> {
-        let own_account = self.address.account;
-        // What the held list says about the claimed sender; checked against the authenticated
-        // sender inside the transaction.
-        let sender =
-            crate::SessionMessage::try_from(envelope).map_err(SessionError::from)?.sender();
-        let account = sender.account;
-        let held = self.device_list(account).ok_or(FanoutError::UnknownAccount(account))?;
-        let held_version = held.version();
-        let listed = held.device(sender).map(|d| d.identity().fingerprint());
-        let (_, received) = self.decrypt_with(envelope, now, |decrypted| {
-            let inner = Inner::decode(&decrypted.plaintext)?;
-            let authorized = listed.is_some_and(|f| f == decrypted.sender_fingerprint);
-            if !authorized {
-                return Err(if inner.list_version > held_version {
-                    FanoutError::RefreshSenderList { account, version: inner.list_version }
-                } else {
-                    FanoutError::UnauthorizedSender(decrypted.sender)
-                });
-            }
-            if let Conversation::OwnCopy { .. } = inner.conversation
-                && account != own_account
-            {
-                return Err(FanoutError::ForeignOwnCopy(decrypted.sender));
-            }
-            let payload = match inner.content {
-                Content::Inline(payload) => Zeroizing::new(payload.to_vec()),
-                Content::Body { key, digest } => open_body(&key, &digest, body)?,
-                Content::History(_) => return Err(FanoutError::UnexpectedHistory),
-            };
-            Ok(ReceivedMessage {
-                sender: decrypted.sender,
-                conversation: inner.conversation,
-                sender_list_version: inner.list_version,
-                sender_list_digest: inner.list_digest,
-                list_refresh_needed: inner.list_version > held_version,
-                payload,
-            })
-        })?;
-        Ok(received)
-    }
-}
-
-impl From<SessionError> for FanoutError {
-    fn from(error: SessionError) -> Self {
-        FanoutError::Session(error)
+        self.start_session_with(rng, &verified).map_err(FanoutSkip::Session)?;
+        self.seal(rng, address, kind, plaintext).map_err(FanoutSkip::Session)
     }
 }
 

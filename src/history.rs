@@ -2,11 +2,12 @@
 //!
 //! The app gives the primary opaque records. They are framed (`u32` length, then the bytes) and
 //! encrypted as one blob under a one-time key; the blob's descriptor travels only to the new
-//! companion, inside their pairwise session, marked as history. The companion accepts history
-//! only from a device of its own account that its newest list authorizes, only while it is a
-//! linked companion within [`HISTORY_WINDOW_SECS`] of its link, and imports the records through
-//! a callback after the blob's digest has been checked. This module never accepts history from
-//! another account and never presents records from a blob whose digest did not match.
+//! companion, inside their pairwise session, as a message of the history kind. The companion
+//! accepts it through [`Device::receive`] only from its own account's primary, only while it is
+//! a linked companion within [`HISTORY_WINDOW_SECS`] of its link, and imports the records
+//! through a callback after the blob's digest has been checked. This module never sends history
+//! to a device outside the primary's own list and never presents records from a blob whose
+//! digest did not match.
 
 use std::io::{self, Read, Seek, Write};
 
@@ -16,10 +17,11 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::account::Role;
 use crate::blob::{self, BlobDescriptor, MediaType};
 use crate::device::Device;
-use crate::error::{BlobError, FanoutError, HistoryError, SessionError};
-use crate::fanout::{Envelope, HistoryContent};
+use crate::error::{BlobError, HistoryError};
+use crate::fanout::{Content, Envelope, FanoutSkip, Inner};
 use crate::keys::{DeviceAddress, Timestamp};
 use crate::prekeys::PrekeyBundle;
+use crate::session::message::MessageKind;
 
 /// How long after its link a companion accepts history: long enough for a large history to
 /// upload over a slow network, short enough that a later compromise of the primary's session
@@ -338,8 +340,9 @@ pub fn import_history(
 
 impl Device {
     /// Primary: sends a history descriptor to one newly linked companion of its own account
-    /// (linked at most [`HISTORY_WINDOW_SECS`] ago), through their pairwise session (set up
-    /// from `bundles` if needed).
+    /// (linked at most [`HISTORY_WINDOW_SECS`] ago by the clock high-water mark), through their
+    /// pairwise session under the identity the own list names (set up from `bundles` if
+    /// needed). The companion accepts it through [`Device::receive`].
     pub fn encrypt_history(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
@@ -348,74 +351,38 @@ impl Device {
         bundles: &[PrekeyBundle],
         now: Timestamp,
     ) -> Result<Envelope, HistoryError> {
+        self.observe(now);
         if !matches!(self.role, Role::Primary(_)) {
             return Err(HistoryError::NotPrimary);
         }
-        if companion.account != self.address.account || companion == self.address {
+        if companion.account != self.address.account
+            || companion.device.is_primary()
+            || self.authorize(companion).is_err()
+        {
             return Err(HistoryError::NotOwnCompanion(companion));
         }
-        let listed = self.device_list(self.address.account).and_then(|l| l.device(companion));
-        let linked_at = self.companion_linked_at(companion.device);
-        let (Some(_), Some(linked_at)) = (listed, linked_at) else {
-            return Err(HistoryError::NotOwnCompanion(companion));
-        };
-        if now.max(self.clock).secs_since(linked_at) > HISTORY_WINDOW_SECS {
+        let linked_at = self
+            .companion_linked_at(companion.device)
+            .ok_or(HistoryError::NotOwnCompanion(companion))?;
+        if self.clock.secs_since(linked_at) > HISTORY_WINDOW_SECS {
             return Err(HistoryError::NotNewlyLinked(companion));
         }
-        self.ensure_active(now).map_err(FanoutError::from)?;
-        if !self.has_session(companion) {
-            self.session_from_bundle(rng, companion, bundles)
-                .map_err(|skip| HistoryError::NoSession(companion, skip))?;
+        let (list_version, list_digest) = self.own_list_announcement();
+        let descriptor = descriptor.to_bytes();
+        let plaintext = Inner {
+            list_version,
+            list_digest,
+            to: Vec::new(),
+            content: Content::History(&descriptor),
         }
-        let inner = self.history_plaintext(descriptor);
+        .encode();
         let bytes = self
-            .encrypt_unchecked(rng, companion, &inner)
-            .map_err(|e| HistoryError::Fanout(FanoutError::Session(e)))?;
+            .seal_authorized(rng, companion, MessageKind::History, &plaintext, bundles)
+            .map_err(|skip| match skip {
+                FanoutSkip::Session(error) => HistoryError::Session(error),
+                skip => HistoryError::NoSession(companion, skip),
+            })?;
         Ok(Envelope { recipient: companion, bytes })
-    }
-
-    /// Companion: accepts a history descriptor from its own account's authorized device, only
-    /// within [`HISTORY_WINDOW_SECS`] of its link. On any error the device is unchanged.
-    pub fn decrypt_history(
-        &mut self,
-        envelope: &[u8],
-        now: Timestamp,
-    ) -> Result<BlobDescriptor, HistoryError> {
-        let linked_at = match &self.role {
-            Role::Companion(state) => state.link.as_ref().map(|l| l.metadata.timestamp),
-            Role::Primary(_) => None,
-        }
-        .ok_or(HistoryError::NotLinkedCompanion)?;
-        if now.max(self.clock).secs_since(linked_at) > HISTORY_WINDOW_SECS {
-            return Err(HistoryError::WindowClosed);
-        }
-        let sender = crate::SessionMessage::try_from(envelope)
-            .map_err(|e| HistoryError::Fanout(FanoutError::Session(SessionError::from(e))))?
-            .sender();
-        if sender.account != self.address.account {
-            return Err(HistoryError::NotOwnAccount(sender));
-        }
-        let listed = self
-            .device_list(sender.account)
-            .and_then(|l| l.device(sender))
-            .map(|d| d.identity().fingerprint())
-            .ok_or(HistoryError::Fanout(FanoutError::UnauthorizedSender(sender)))?;
-        let (_, descriptor) = self.decrypt_with(envelope, now, |decrypted| {
-            if decrypted.sender_fingerprint != listed {
-                return Err(HistoryError::Fanout(FanoutError::UnauthorizedSender(sender)));
-            }
-            match HistoryContent::parse(&decrypted.plaintext)? {
-                Some(bytes) => Ok(BlobDescriptor::try_from(bytes)?),
-                None => Err(HistoryError::NotHistory),
-            }
-        })?;
-        Ok(descriptor)
-    }
-}
-
-impl From<SessionError> for HistoryError {
-    fn from(error: SessionError) -> Self {
-        HistoryError::Fanout(FanoutError::Session(error))
     }
 }
 

@@ -9,33 +9,34 @@
 //!
 //! ## A guided tour
 //!
-//! - [`Device`] is the one stateful object per local device: identity, prekeys, sessions.
-//!   Persist it with [`Device::to_bytes`] after every successful `&mut` call, before sending what
-//!   the call produced.
-//! - [`PrekeyUpload`] is what a device publishes; the server turns it into [`PrekeyBundle`]s,
-//!   which a peer must [`verify`](PrekeyBundle::verify) before [`Device::start_session`].
-//! - [`Device::encrypt`] and [`Device::decrypt`] run the Double Ratchet. Decryption is
-//!   transactional: any error leaves the device unchanged.
-//! - Accounts: the primary signs companions into a [`SignedDeviceList`]
-//!   ([`Device::approve_companion`], [`Device::add_companion`], [`Device::remove_companion`],
-//!   [`Device::refresh_device_list`]); every device verifies lists with
-//!   [`Device::process_device_list`], the only way to a [`VerifiedDeviceList`]. A companion's
-//!   [`Device::account_status`] applies the 14-day rule.
+//! - [`Device`] is the one stateful object per local device: identity, prekeys, sessions and
+//!   the device lists it holds. Persist it with [`Device::to_bytes`] after every successful
+//!   `&mut` call, before sending what the call produced.
+//! - Accounts: a primary signs its companions into a [`SignedDeviceList`] (it holds version 1
+//!   from creation; [`Device::approve_companion`], [`Device::add_companion`],
+//!   [`Device::remove_companion`], [`Device::refresh_device_list`]). Every device verifies the
+//!   lists it fetches with [`Device::process_device_list`], the only way to a
+//!   [`VerifiedDeviceList`], and nothing is sent to or accepted from a device no verified list
+//!   names. A companion's [`Device::account_status`] applies the 14-day rule.
+//! - Sending: [`Device::encrypt_fanout`] encrypts once for every authorized device of the
+//!   recipient accounts and every other own device, setting up sessions from
+//!   [`PrekeyBundle`]s whose identity the list names.
+//! - Receiving: [`Device::receive`] is the single entry point for everything a peer sends. It
+//!   refuses unlisted or stale senders before any key is derived, and returns a typed
+//!   [`Received`]. Every error says what to do ([`Action`]): drop, retry later, fetch a list,
+//!   or ask the user.
 //! - Linking: by QR code ([`QrLinkOffer`], [`QrLinkApproval`]) or by pairing code over CPace
 //!   ([`CompanionPairing`], [`PrimaryPairing`]).
-//! - Fan-out: [`Device::encrypt_fanout`] encrypts once for every authorized device of the
-//!   recipients and every other own device; [`Device::decrypt_fanout`] accepts only authorized
-//!   senders.
 //! - Media and history: [`blob`] (chunked STREAM AEAD), [`build_history`],
-//!   [`Device::encrypt_history`], [`Device::decrypt_history`], [`import_history`].
-//! - [`consts`] lists every limit; [`error`] every error; [`hazmat`] the known-answer entry
-//!   points.
+//!   [`Device::encrypt_history`], [`import_history`].
+//! - [`consts`] lists every limit; [`error`] every error; [`hazmat`] the raw session calls that
+//!   bypass authorization, and the known-answer entry points.
 //!
 //! The wire format, every KDF and signature label and the state machines are specified in
 //! `docs/PROTOCOL.md`; what is and is not protected is in `SECURITY.md`.
 //!
 //! ```
-//! use multidevice::{AccountId, Device, DeviceAddress, DeviceId, Timestamp};
+//! use multidevice::{AccountId, Device, DeviceAddress, DeviceId, Received, Timestamp};
 //! use rand::SeedableRng;
 //!
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -43,12 +44,25 @@
 //! let mut alice = Device::new(&mut rng, DeviceAddress::new(AccountId(1), DeviceId::PRIMARY), now);
 //! let mut bob = Device::new(&mut rng, DeviceAddress::new(AccountId(2), DeviceId::PRIMARY), now);
 //!
-//! let bundle = bob.prekey_upload().bundle(None).verify()?;
-//! alice.start_session(&mut rng, &bundle)?;
-//! let wire = alice.encrypt(&mut rng, bob.address(), b"hi")?;
-//! assert_eq!(bob.decrypt(&wire, now)?.plaintext.as_slice(), b"hi");
+//! // The server relays each account's signed device list; each side verifies the other's.
+//! let bob_list = bob.device_list(bob.account()).unwrap().signed_bytes().to_vec();
+//! let alice_list = alice.device_list(alice.account()).unwrap().signed_bytes().to_vec();
+//! alice.process_device_list(&bob_list, now)?;
+//! bob.process_device_list(&alice_list, now)?;
+//!
+//! let bundle = bob.prekey_upload().bundle(None);
+//! let sent = alice.encrypt_fanout(&mut rng, &[bob.account()], &[bundle], b"hi", now)?;
+//! match bob.receive(&sent.envelopes[0].bytes, sent.body.as_deref(), now)? {
+//!     Received::Message(message) => assert_eq!(message.payload.as_slice(), b"hi"),
+//!     other => panic!("unexpected {other:?}"),
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+/// The README's example runs as a doc test, so it never drifts from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
 
 mod account;
 pub mod blob;
@@ -63,24 +77,25 @@ mod history;
 mod keys;
 mod linking;
 mod prekeys;
+mod receive;
 mod security_code;
 mod serde_util;
 mod session;
 mod wire;
 
-pub use account::{AccountStatus, CompanionApproval, ListUpdate};
-pub use device::{Decrypted, Device, SessionInfo};
+pub use account::{AccountStatus, CompanionApproval, ListUpdate, PendingIdentityChange};
+pub use device::{Device, SessionInfo};
 pub use device_list::{
     AuthorizedDevice, DeviceListEntry, LinkingMetadata, LogoutRequest, SignedDeviceIdentity,
     SignedDeviceList, VerifiedDeviceList,
 };
 pub use error::{
-    BlobError, DecodeError, DeviceListError, FanoutError, HistoryError, KeyError, LinkError,
-    SessionError, SignatureKind,
+    Action, BlobError, DecodeError, DeviceListError, FanoutError, HistoryError, KeyError,
+    LinkError, ReceiveError, SessionError, SignatureKind,
 };
 pub use fanout::{
     Conversation, Envelope, FanoutMessage, FanoutSkip, INLINE_THRESHOLD, MAX_FANOUT_ACCOUNTS,
-    MAX_FANOUT_PAYLOAD, ReceivedMessage,
+    MAX_FANOUT_PAYLOAD,
 };
 #[doc(hidden)]
 pub use history::fuzz_record_stream;
@@ -96,5 +111,7 @@ pub use linking::render::{QrPixels, render_pixels, render_terminal};
 pub use prekeys::{
     OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic, VerifiedPrekeyBundle,
 };
+pub use receive::{Received, ReceivedHistory, ReceivedMessage};
 pub use security_code::SecurityCode;
 pub use session::SessionMessage;
+pub use session::message::MessageKind;

@@ -4,10 +4,13 @@
 
 mod support;
 
-use multidevice::consts::{DAY_SECS, DEVICE_LIST_TTL_SECS, MAX_COMPANIONS};
+use multidevice::consts::{
+    DAY_SECS, DEVICE_LIST_TTL_SECS, MAX_COMPANIONS, PRIMARY_INACTIVITY_SECS,
+};
 use multidevice::{
-    AccountStatus, Device, DeviceId, DeviceListError, KeyError, SessionError, SignatureKind,
-    SignedDeviceList, Timestamp,
+    AccountId, AccountStatus, Action, Device, DeviceId, DeviceListError, FanoutError, FanoutSkip,
+    KeyError, ReceiveError, Received, SessionError, SignatureKind, SignedDeviceList, Timestamp,
+    hazmat,
 };
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -113,7 +116,7 @@ fn server_injecting_a_device_signed_by_another_account_is_rejected() {
     let (_evil, forged) = link(&mut rng, &mut forger, T0);
     assert_eq!(
         peer.process_device_list(&forged.to_bytes(), T0).unwrap_err(),
-        DeviceListError::IdentityChanged { account: multidevice::AccountId(1) }
+        DeviceListError::IdentityChanged { account: AccountId(1) }
     );
     // A companion signed by another account's primary, spliced into the genuine list.
     let bytes = genuine.to_bytes();
@@ -267,16 +270,36 @@ fn identity_change_is_an_error_until_the_app_accepts_it() {
 fn list_past_its_ttl_restricts_sending_to_the_primary() {
     let mut rng = rng(11);
     let mut primary = Device::new(&mut rng, addr(1, 0), T0);
-    let (_c, list) = link(&mut rng, &mut primary, T0);
+    let (mut companion, list) = link(&mut rng, &mut primary, T0);
     let mut peer = Device::new(&mut rng, addr(2, 0), T0);
-    let verified = peer.process_device_list(&list.to_bytes(), T0).unwrap().list;
-    let at_ttl = T0.plus_secs(DEVICE_LIST_TTL_SECS);
-    assert_eq!(verified.recipients(at_ttl).len(), 2);
-    let past = at_ttl.plus_secs(1);
-    assert!(verified.is_stale(past));
-    let recipients = verified.recipients(past);
-    assert_eq!(recipients.len(), 1);
-    assert!(recipients[0].address().device.is_primary());
+    peer.process_device_list(&list.to_bytes(), T0).unwrap();
+    primary.generate_one_time_prekeys(&mut rng, 4).unwrap();
+    companion.generate_one_time_prekeys(&mut rng, 4).unwrap();
+    let bundles =
+        [primary.prekey_upload().bundle(Some(0)), companion.prekey_upload().bundle(Some(0))];
+    let reached = |peer: &mut Device, rng: &mut StdRng, at: Timestamp| {
+        let sent = peer.encrypt_fanout(rng, &[AccountId(1)], &bundles, b"x", at).unwrap();
+        let to: Vec<_> = sent.envelopes.iter().map(|e| e.recipient).collect();
+        (to, sent.skipped, sent.lists_needed)
+    };
+    // Companions are reached while the list is at most 14 days old.
+    let day14 = T0.plus_secs(PRIMARY_INACTIVITY_SECS);
+    let (to, skipped, needed) = reached(&mut peer, &mut rng, day14);
+    assert_eq!(to, vec![primary.address(), companion.address()]);
+    assert!(skipped.is_empty() && needed.is_empty());
+    // One second later only the primary is, and the list is asked for.
+    let (to, skipped, needed) = reached(&mut peer, &mut rng, day14.plus_secs(1));
+    assert_eq!(to, vec![primary.address()]);
+    assert_eq!(skipped, vec![(companion.address(), FanoutSkip::StaleList)]);
+    assert_eq!(needed, vec![AccountId(1)]);
+    // Past the TTL the primary is still the only device reached.
+    let past_ttl = T0.plus_secs(DEVICE_LIST_TTL_SECS + 1);
+    let (to, _, needed) = reached(&mut peer, &mut rng, past_ttl);
+    assert_eq!(to, vec![primary.address()]);
+    assert_eq!(needed, vec![AccountId(1)]);
+    // Winding the clock back does not make the list fresh again.
+    let (to, _, _) = reached(&mut peer, &mut rng, T0);
+    assert_eq!(to, vec![primary.address()]);
 }
 
 #[test]
@@ -290,53 +313,77 @@ fn companion_is_active_on_day_13_signed_out_on_day_15_and_stays_signed_out() {
     assert_eq!(companion.account_status(day(13)), AccountStatus::Active);
     assert_eq!(companion.account_status(day(14)), AccountStatus::Active);
     assert_eq!(companion.account_status(day(14).plus_secs(1)), AccountStatus::SignedOut);
+    // Reading the status changed nothing: the clock still says day 0.
+    assert_eq!(companion.account_status(T0), AccountStatus::Active);
+    let bundle = peer.prekey_upload().bundle(Some(0)).verify().unwrap();
+    hazmat::start_session(&mut companion, &mut rng, &bundle).unwrap();
+    let peer_list = peer.device_list(peer.account()).unwrap().signed_bytes().to_vec();
+    companion.process_device_list(&peer_list, day(15)).unwrap();
     assert_eq!(companion.account_status(day(15)), AccountStatus::SignedOut);
     // The clock is wound back: still signed out.
     assert_eq!(companion.account_status(day(1)), AccountStatus::SignedOut);
-    let bundle = peer.prekey_upload().bundle(Some(0)).verify().unwrap();
-    companion.start_session(&mut rng, &bundle).unwrap();
-    assert_eq!(companion.encrypt(&mut rng, peer.address(), b"hi"), Err(SessionError::SignedOut));
+    assert_eq!(
+        hazmat::encrypt(&mut companion, &mut rng, peer.address(), b"hi"),
+        Err(SessionError::SignedOut)
+    );
+    assert_eq!(
+        companion.encrypt_fanout(&mut rng, &[peer.account()], &[], b"hi", day(1)).unwrap_err(),
+        FanoutError::Session(SessionError::SignedOut)
+    );
     // A fresh list from the primary brings it back.
     let fresh = primary.refresh_device_list(day(15)).unwrap();
     companion.process_device_list(&fresh.to_bytes(), day(15)).unwrap();
     assert_eq!(companion.account_status(day(15)), AccountStatus::Active);
-    assert!(companion.encrypt(&mut rng, peer.address(), b"hi").is_ok());
+    assert!(hazmat::encrypt(&mut companion, &mut rng, peer.address(), b"hi").is_ok());
 }
 
 #[test]
 fn signed_out_companion_cannot_decrypt() {
     let mut rng = rng(13);
     let mut primary = Device::new(&mut rng, addr(1, 0), T0);
-    let (mut companion, _list) = link(&mut rng, &mut primary, T0);
+    let (mut companion, list) = link(&mut rng, &mut primary, T0);
     companion.generate_one_time_prekeys(&mut rng, 1).unwrap();
     let mut peer = Device::new(&mut rng, addr(2, 0), T0);
-    let bundle = companion.prekey_upload().bundle(Some(0)).verify().unwrap();
-    peer.start_session(&mut rng, &bundle).unwrap();
-    let wire = peer.encrypt(&mut rng, companion.address(), b"x").unwrap();
+    peer.process_device_list(&list.to_bytes(), T0).unwrap();
+    let peer_list = peer.device_list(peer.account()).unwrap().signed_bytes().to_vec();
+    companion.process_device_list(&peer_list, T0).unwrap();
+    let bundle = companion.prekey_upload().bundle(Some(0));
+    let sent = peer.encrypt_fanout(&mut rng, &[AccountId(1)], &[bundle], b"x", T0).unwrap();
+    let wire = &sent.envelopes.iter().find(|e| e.recipient == companion.address()).unwrap().bytes;
     let day15 = T0.plus_secs(15 * DAY_SECS);
-    assert_eq!(companion.decrypt(&wire, day15).unwrap_err(), SessionError::SignedOut);
-    assert_eq!(companion.decrypt(&wire, T0).unwrap_err(), SessionError::SignedOut);
+    let error = companion.receive(wire, None, day15).unwrap_err();
+    assert_eq!(error, ReceiveError::Session(SessionError::SignedOut));
+    assert_eq!(error.action(), Action::RetryLater);
+    assert_eq!(
+        companion.receive(wire, None, T0).unwrap_err(),
+        ReceiveError::Session(SessionError::SignedOut)
+    );
+    // Kept and retried once a fresh list signs it back in, the message is still readable.
+    let fresh = primary.refresh_device_list(day15).unwrap();
+    companion.process_device_list(&fresh.to_bytes(), day15).unwrap();
+    assert!(matches!(companion.receive(wire, None, day15), Ok(Received::Message(_))));
 }
 
 #[test]
 fn removed_device_cannot_decrypt_new_messages() {
     let mut rng = rng(14);
     let mut primary = Device::new(&mut rng, addr(1, 0), T0);
-    let (mut companion, _with) = link(&mut rng, &mut primary, T0);
+    let (mut companion, with) = link(&mut rng, &mut primary, T0);
     companion.generate_one_time_prekeys(&mut rng, 1).unwrap();
     let mut peer = Device::new(&mut rng, addr(2, 0), T0);
-    peer.process_device_list(&primary.refresh_device_list(T0).unwrap().to_bytes(), T0).unwrap();
-    let bundle = companion.prekey_upload().bundle(Some(0)).verify().unwrap();
-    peer.start_session(&mut rng, &bundle).unwrap();
+    peer.process_device_list(&with.to_bytes(), T0).unwrap();
+    let bundle = companion.prekey_upload().bundle(Some(0));
+    let first = peer.encrypt_fanout(&mut rng, &[AccountId(1)], &[bundle], b"hi", T0).unwrap();
+    assert!(first.envelopes.iter().any(|e| e.recipient == companion.address()));
+    assert!(peer.has_session(companion.address()));
     let without = primary.remove_companion(companion.address().device, T0).unwrap();
     // The peer learns of the removal and forgets its sessions with the device.
     let update = peer.process_device_list(&without.to_bytes(), T0).unwrap();
     assert_eq!(update.removed, vec![companion.address()]);
     assert!(!peer.has_session(companion.address()));
-    assert_eq!(
-        peer.encrypt(&mut rng, companion.address(), b"secret"),
-        Err(SessionError::NoSession(companion.address()))
-    );
+    let after = peer.encrypt_fanout(&mut rng, &[AccountId(1)], &[], b"secret", T0).unwrap();
+    assert!(after.envelopes.iter().all(|e| e.recipient != companion.address()));
+    assert!(after.skipped.iter().all(|(a, _)| *a != companion.address()));
     // The removed device learns of its removal from the new list and stops working.
     companion.process_device_list(&without.to_bytes(), T0).unwrap();
     assert_eq!(companion.account_status(T0), AccountStatus::Removed);

@@ -5,8 +5,9 @@
 mod support;
 
 use multidevice::{
-    AccountId, Conversation, Device, FanoutError, FanoutSkip, INLINE_THRESHOLD, PrekeyBundle,
-    SignedDeviceList, Timestamp,
+    AccountId, Action, Conversation, Device, FanoutError, FanoutSkip, INLINE_THRESHOLD,
+    MessageKind, PrekeyBundle, ReceiveError, Received, ReceivedMessage, SignedDeviceList,
+    Timestamp, hazmat,
 };
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -53,11 +54,23 @@ fn bundles(accounts: &[&Account]) -> Vec<PrekeyBundle> {
         .collect()
 }
 
+/// Receives `bytes` as a message (not history).
+fn recv(
+    device: &mut Device,
+    bytes: &[u8],
+    body: Option<&[u8]>,
+) -> Result<ReceivedMessage, ReceiveError> {
+    match device.receive(bytes, body, T0)? {
+        Received::Message(message) => Ok(message),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
 fn deliver(account: &mut Account, fanout: &multidevice::FanoutMessage, expected: &[u8]) -> usize {
     let mut delivered = 0;
     for device in &mut account.devices {
         if let Some(envelope) = fanout.envelopes.iter().find(|e| e.recipient == device.address()) {
-            let got = device.decrypt_fanout(&envelope.bytes, fanout.body.as_deref(), T0).unwrap();
+            let got = recv(device, &envelope.bytes, fanout.body.as_deref()).unwrap();
             assert_eq!(got.payload.as_slice(), expected);
             delivered += 1;
         }
@@ -82,7 +95,7 @@ fn every_recipient_and_other_own_device_decrypts_and_the_sender_gets_no_copy() {
     // Alice's other devices get an own-device copy.
     for device in alice.devices.iter_mut().filter(|d| d.address() != sender) {
         let envelope = fanout.envelopes.iter().find(|e| e.recipient == device.address()).unwrap();
-        let got = device.decrypt_fanout(&envelope.bytes, None, T0).unwrap();
+        let got = recv(device, &envelope.bytes, None).unwrap();
         assert_eq!(got.conversation, Conversation::OwnCopy { to: vec![AccountId(2)] });
         assert_eq!(got.sender, sender);
     }
@@ -139,19 +152,26 @@ fn unauthorized_sender_is_rejected_without_state_change() {
     let mut alice = account(&mut rng, 1, 0);
     let mut bob = account(&mut rng, 2, 0);
     introduce(&mut alice, &mut bob);
-    // A device of account 1 that the primary never authorized.
+    // A device of account 1 that the primary never authorized, on a raw session.
     let mut rogue = Device::new(&mut rng, addr(1, 5), T0);
-    rogue.process_device_list(&bob.list.to_bytes(), T0).unwrap();
     let bundle = bob.devices[0].prekey_upload().bundle(Some(0)).verify().unwrap();
-    rogue.start_session(&mut rng, &bundle).unwrap();
-    let wire = rogue.encrypt(&mut rng, bob.devices[0].address(), b"trust me").unwrap();
+    hazmat::start_session(&mut rogue, &mut rng, &bundle).unwrap();
+    let wire =
+        hazmat::encrypt(&mut rogue, &mut rng, bob.devices[0].address(), b"trust me").unwrap();
     let before = snapshot(&bob.devices[0]);
-    let error = bob.devices[0].decrypt_fanout(&wire, None, T0).unwrap_err();
-    assert!(
-        matches!(error, FanoutError::UnauthorizedSender(_) | FanoutError::Decode(_)),
-        "{error:?}"
+    // As a raw message it is of the wrong kind; relabelled as a direct message it comes from an
+    // address Bob's list of account 1 does not name. Either way nothing is spent or created.
+    assert_eq!(
+        recv(&mut bob.devices[0], &wire, None).unwrap_err(),
+        ReceiveError::WrongKind(MessageKind::Raw)
     );
+    let mut relabelled = wire.clone();
+    relabelled[2] = 1;
+    let error = recv(&mut bob.devices[0], &relabelled, None).unwrap_err();
+    assert_eq!(error, ReceiveError::UnlistedSender(rogue.address()));
+    assert_eq!(error.action(), Action::FetchList(AccountId(1)));
     assert_eq!(snapshot(&bob.devices[0]), before);
+    assert_eq!(bob.devices[0].one_time_prekeys_remaining(), 3);
 }
 
 #[test]
@@ -184,14 +204,13 @@ fn a_body_swapped_for_another_messages_body_is_rejected() {
     let b = alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &[], &big_b, T0).unwrap();
     let receiver = &mut bob.devices[0];
     let before = snapshot(receiver);
-    let error = receiver.decrypt_fanout(&a.envelopes[0].bytes, b.body.as_deref(), T0).unwrap_err();
-    assert_eq!(error, FanoutError::BodyDigestMismatch);
-    assert_eq!(
-        receiver.decrypt_fanout(&a.envelopes[0].bytes, None, T0).unwrap_err(),
-        FanoutError::BodyMissing
-    );
+    let error = recv(receiver, &a.envelopes[0].bytes, b.body.as_deref()).unwrap_err();
+    assert_eq!(error, ReceiveError::BodyDigestMismatch);
+    let missing = recv(receiver, &a.envelopes[0].bytes, None).unwrap_err();
+    assert_eq!(missing, ReceiveError::BodyMissing);
+    assert_eq!(missing.action(), Action::RetryLater);
     assert_eq!(snapshot(receiver), before);
-    let got = receiver.decrypt_fanout(&a.envelopes[0].bytes, a.body.as_deref(), T0).unwrap();
+    let got = recv(receiver, &a.envelopes[0].bytes, a.body.as_deref()).unwrap();
     assert_eq!(got.payload.as_slice(), big_a.as_slice());
 }
 
@@ -206,7 +225,7 @@ fn a_newer_sender_list_is_announced_and_never_causes_a_drop() {
     let newer = alice.devices[0].refresh_device_list(Timestamp(T0.0 + 60)).unwrap();
     let fanout =
         alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &all, b"hi", T0).unwrap();
-    let got = bob.devices[0].decrypt_fanout(&fanout.envelopes[0].bytes, None, T0).unwrap();
+    let got = recv(&mut bob.devices[0], &fanout.envelopes[0].bytes, None).unwrap();
     assert!(got.list_refresh_needed);
     assert_eq!(got.sender_list_version, newer.version());
     assert_eq!(got.payload.as_slice(), b"hi");
@@ -250,7 +269,7 @@ fn one_call_reaches_every_device_of_several_accounts() {
     assert_eq!(deliver(&mut carol, &fanout, b"group"), 3);
     let own = &mut alice.devices[1];
     let envelope = fanout.envelopes.iter().find(|e| e.recipient == own.address()).unwrap();
-    let got = own.decrypt_fanout(&envelope.bytes, None, T0).unwrap();
+    let got = recv(own, &envelope.bytes, None).unwrap();
     assert_eq!(got.conversation, Conversation::OwnCopy { to: to.to_vec() });
     assert_eq!(
         alice.devices[0].encrypt_fanout(&mut rng, &[], &all, b"x", T0).unwrap_err(),
@@ -277,13 +296,12 @@ fn a_sender_missing_from_a_stale_list_asks_for_a_refresh_and_the_retry_succeeds(
     let wire = &fanout.envelopes[0].bytes;
     let receiver = &mut bob.devices[0];
     let before = snapshot(receiver);
-    assert_eq!(
-        receiver.decrypt_fanout(wire, None, T0).unwrap_err(),
-        FanoutError::RefreshSenderList { account: AccountId(1), version: newer.version() }
-    );
+    let error = recv(receiver, wire, None).unwrap_err();
+    assert_eq!(error, ReceiveError::UnlistedSender(phone.address()));
+    assert_eq!(error.action(), Action::FetchList(AccountId(1)));
     assert_eq!(snapshot(receiver), before);
     receiver.process_device_list(&newer.to_bytes(), T0).unwrap();
-    let got = receiver.decrypt_fanout(wire, None, T0).unwrap();
+    let got = recv(receiver, wire, None).unwrap();
     assert_eq!(got.payload.as_slice(), b"from my phone");
     assert!(!got.list_refresh_needed);
 }

@@ -430,7 +430,7 @@ fn replay_account_events() {
 #[ignore = "writes the checked-in seed corpus"]
 fn generate_account_corpus() {
     use multidevice::blob::{MediaType, encrypt_blob};
-    use multidevice::{CompanionPairing, PrimaryPairing, QrLinkApproval, QrLinkOffer};
+    use multidevice::{CompanionPairing, PairingCode, PrimaryPairing, QrLinkApproval, QrLinkOffer};
 
     let list = fuzzing::seed_device_list();
     write_seed("device_list", "one-companion", &list);
@@ -462,8 +462,10 @@ fn generate_account_corpus() {
     let tablet = Device::new(&mut rng, fuzzing::address(1, 98), fuzzing::NOW);
     let (attempt, hello) = CompanionPairing::start(&mut rng, &tablet, fuzzing::NOW);
     write_seed("pairing_messages", "hello", &hello);
+    let code = PairingCode::parse(std::str::from_utf8(attempt.code().as_password_bytes()).unwrap())
+        .unwrap();
     let (_pairing, response) =
-        PrimaryPairing::respond(&mut rng, &primary, &hello, attempt.code(), fuzzing::NOW).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut primary, &hello, code, fuzzing::NOW).unwrap();
     write_seed("pairing_messages", "response", &response);
 
     let (blob, descriptor) =
@@ -478,4 +480,28 @@ fn generate_account_corpus() {
 
     write_seed("account_events", "link-remove-deliver", &[0, 2, 3, 0, 1, 0, 3, 1, 6, 4, 14, 6]);
     write_seed("account_events", "days-pass", &[0, 3, 0, 4, 13, 4, 2, 6, 5, 9, 6, 7, 0]);
+    for (name, events) in withheld_list_scripts() {
+        let bytes = fuzzing::encode_account_events(&events);
+        let decoded = fuzzing::decode_account_events(&bytes);
+        // Past the input's end, every event decodes as `Link`.
+        assert_eq!(decoded[..events.len()], events, "{name} does not round-trip");
+        assert!(decoded[events.len()..].iter().all(|e| *e == fuzzing::AccountEvent::Link));
+        write_seed("account_events", name, &bytes);
+    }
+}
+
+/// Account histories in which the server withholds a list from one side, so the peer sends to
+/// a companion that is not active (bit 7 of `Deliver`: not to the companions; bit 6: not to
+/// the peer).
+fn withheld_list_scripts() -> Vec<(&'static str, Vec<fuzzing::AccountEvent>)> {
+    use fuzzing::AccountEvent::*;
+    vec![
+        // The peer gets a fresh list, the companion stays on one over 14 days old: signed out.
+        ("withheld-signed-out", vec![AdvanceDays(15), Refresh, Deliver(0x80), PeerSends]),
+        // A new companion is named in the peer's list before it has one: not linked; then it
+        // gets the list and reads the next message on the same session.
+        ("withheld-not-linked", vec![Link, Deliver(0x80), PeerSends, Deliver(0x40), PeerSends]),
+        // The companion learns it was removed; the peer does not yet.
+        ("withheld-removed", vec![Remove(0), Deliver(0x40), PeerSends]),
+    ]
 }

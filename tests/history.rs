@@ -7,8 +7,9 @@ use std::io::Cursor;
 
 use multidevice::blob::{BlobDescriptor, CHUNK_SIZE, MediaType, decrypt_blob, encrypt_blob};
 use multidevice::{
-    AccountId, BlobError, Device, FanoutError, HISTORY_MEDIA_TYPE, HISTORY_WINDOW_SECS,
-    HistoryError, MAX_HISTORY_RECORD, QrLinkApproval, QrLinkOffer, build_history, import_history,
+    AccountId, BlobError, Device, HISTORY_MEDIA_TYPE, HISTORY_WINDOW_SECS, HistoryError,
+    MAX_HISTORY_RECORD, QrLinkApproval, QrLinkOffer, ReceiveError, Received, ReceivedHistory,
+    ReceivedMessage, Timestamp, build_history, hazmat, import_history,
 };
 use rand::rngs::StdRng;
 use support::*;
@@ -28,6 +29,36 @@ fn linked(rng: &mut StdRng) -> (Device, Device) {
     (primary, companion)
 }
 
+/// Receives `bytes` as history at `now`.
+fn receive_history(
+    device: &mut Device,
+    bytes: &[u8],
+    now: Timestamp,
+) -> Result<ReceivedHistory, ReceiveError> {
+    match device.receive(bytes, None, now)? {
+        Received::History(history) => Ok(history),
+        other => panic!("expected history, got {other:?}"),
+    }
+}
+
+/// Receives `bytes` with `body` as a message.
+fn message(device: &mut Device, bytes: &[u8], body: Option<&[u8]>) -> ReceivedMessage {
+    match device.receive(bytes, body, T0).unwrap() {
+        Received::Message(message) => message,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// A raw session message from `sender` to `receiver`, relabelled as history: what a device
+/// other than the primary would need to push history.
+fn forged_history(rng: &mut StdRng, sender: &mut Device, receiver: &Device, otk: usize) -> Vec<u8> {
+    let bundle = receiver.prekey_upload().bundle(Some(otk)).verify().unwrap();
+    hazmat::start_session(sender, rng, &bundle).unwrap();
+    let mut wire = hazmat::encrypt(sender, rng, receiver.address(), b"history?").unwrap();
+    wire[2] = 3;
+    wire
+}
+
 fn records(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| format!("chat {i}: {}", "x".repeat(i * 37 % 300)).into_bytes()).collect()
 }
@@ -43,10 +74,12 @@ fn new_companion_reads_history_after_the_primary_goes_offline() {
     let envelope =
         primary.encrypt_history(&mut rng, companion.address(), &descriptor, &[bundle], T0).unwrap();
     drop(primary); // offline from here on
-    let received = companion.decrypt_history(&envelope.bytes, T0.plus_secs(60)).unwrap();
+    let received = receive_history(&mut companion, &envelope.bytes, T0.plus_secs(60)).unwrap();
+    assert_eq!(received.sender, addr(1, 0));
     let mut imported = Vec::new();
     let count =
-        import_history(received, Cursor::new(&uploaded), |r| imported.push(r.to_vec())).unwrap();
+        import_history(received.descriptor, Cursor::new(&uploaded), |r| imported.push(r.to_vec()))
+            .unwrap();
     assert_eq!(count, 500);
     assert_eq!(imported, history);
 }
@@ -58,50 +91,43 @@ fn history_from_another_accounts_device_is_rejected() {
     let mut stranger = Device::new(&mut rng, addr(2, 0), T0);
     let stranger_list = stranger.refresh_device_list(T0).unwrap();
     companion.process_device_list(&stranger_list.to_bytes(), T0).unwrap();
-    let (_, descriptor) = encrypt_blob(
-        &mut rng,
-        b"fake",
-        MediaType::new("application/x-multidevice-history").unwrap(),
-    )
-    .unwrap();
-    let bundle = companion.prekey_upload().bundle(Some(0)).verify().unwrap();
-    stranger.start_session(&mut rng, &bundle).unwrap();
-    // A history-kind plaintext per docs/PROTOCOL.md, sent over the stranger's pairwise session.
-    let inner = [&[1u8, 3][..], &[0u8; 8], &[0u8; 32], &[0u8], &descriptor.to_bytes()].concat();
-    let wire = stranger.encrypt(&mut rng, companion.address(), &inner).unwrap();
+    let wire = forged_history(&mut rng, &mut stranger, &companion, 0);
     let before = snapshot(&companion);
     assert_eq!(
-        companion.decrypt_history(&wire, T0).unwrap_err(),
-        HistoryError::NotOwnAccount(stranger.address())
+        receive_history(&mut companion, &wire, T0).unwrap_err(),
+        ReceiveError::HistoryNotFromPrimary(stranger.address())
     );
     assert_eq!(snapshot(&companion), before);
 }
 
 #[test]
-fn history_from_a_removed_companion_is_rejected() {
+fn history_from_a_companion_of_the_own_account_is_rejected() {
     let mut rng = rng(3);
     let (mut primary, mut new_companion) = linked(&mut rng);
-    // A second companion, later removed, tries to push history to the new one.
-    let mut old = Device::new(&mut rng, addr(1, 99), T0);
-    let mut offer = QrLinkOffer::new(&mut rng, &old, T0);
+    // A second companion, listed and then removed, tries to push history to the new one.
+    let mut other = Device::new(&mut rng, addr(1, 99), T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &other, T0);
     let (mut approval, message) =
         QrLinkApproval::approve(&mut primary, &offer.qr_text(), T0).unwrap();
-    let confirmation = offer.accept_approval(&mut old, &message, T0).unwrap();
-    approval.finish(&mut primary, &confirmation, T0).unwrap();
-    let without = primary.remove_companion(old.address().device, T0).unwrap();
-    new_companion.process_device_list(&without.to_bytes(), T0).unwrap();
-    let (_, descriptor) =
-        encrypt_blob(&mut rng, b"fake", MediaType::new("text/plain").unwrap()).unwrap();
-    let bundle = new_companion.prekey_upload().bundle(Some(1)).verify().unwrap();
-    old.start_session(&mut rng, &bundle).unwrap();
-    let inner = [&[1u8, 3][..], &[0u8; 8], &[0u8; 32], &[0u8], &descriptor.to_bytes()].concat();
-    let wire = old.encrypt(&mut rng, new_companion.address(), &inner).unwrap();
+    let confirmation = offer.accept_approval(&mut other, &message, T0).unwrap();
+    let with = approval.finish(&mut primary, &confirmation, T0).unwrap();
+    new_companion.process_device_list(&with.to_bytes(), T0).unwrap();
+    let wire = forged_history(&mut rng, &mut other, &new_companion, 1);
     let before = snapshot(&new_companion);
+    // Only the primary sends history, even while the other companion is listed.
     assert_eq!(
-        new_companion.decrypt_history(&wire, T0).unwrap_err(),
-        HistoryError::Fanout(FanoutError::UnauthorizedSender(old.address()))
+        receive_history(&mut new_companion, &wire, T0).unwrap_err(),
+        ReceiveError::HistoryNotFromPrimary(other.address())
     );
-    assert_eq!(snapshot(&new_companion), before);
+    let without = primary.remove_companion(other.address().device, T0).unwrap();
+    new_companion.process_device_list(&without.to_bytes(), T0).unwrap();
+    let before_removed = snapshot(&new_companion);
+    assert_ne!(before_removed, before);
+    assert_eq!(
+        receive_history(&mut new_companion, &wire, T0).unwrap_err(),
+        ReceiveError::HistoryNotFromPrimary(other.address())
+    );
+    assert_eq!(snapshot(&new_companion), before_removed);
 }
 
 #[test]
@@ -112,14 +138,22 @@ fn history_after_the_window_is_rejected() {
     let bundle = companion.prekey_upload().bundle(Some(0));
     let envelope =
         primary.encrypt_history(&mut rng, companion.address(), &descriptor, &[bundle], T0).unwrap();
+    // At the last second of the window it is accepted (on a copy of the companion).
+    let mut copy = Device::from_bytes(&companion.to_bytes()).unwrap();
+    assert!(receive_history(&mut copy, &envelope.bytes, T0.plus_secs(HISTORY_WINDOW_SECS)).is_ok());
     let late = T0.plus_secs(HISTORY_WINDOW_SECS + 1);
+    tick(&mut companion, late);
     let before = snapshot(&companion);
     assert_eq!(
-        companion.decrypt_history(&envelope.bytes, late).unwrap_err(),
-        HistoryError::WindowClosed
+        receive_history(&mut companion, &envelope.bytes, late).unwrap_err(),
+        ReceiveError::HistoryWindowClosed
     );
     assert_eq!(snapshot(&companion), before);
-    assert!(companion.decrypt_history(&envelope.bytes, T0.plus_secs(HISTORY_WINDOW_SECS)).is_ok());
+    // Winding the clock back does not reopen the window.
+    assert_eq!(
+        receive_history(&mut companion, &envelope.bytes, T0).unwrap_err(),
+        ReceiveError::HistoryWindowClosed
+    );
 }
 
 #[test]
@@ -138,18 +172,28 @@ fn history_goes_only_to_own_companions_and_is_not_a_message() {
     let bundle = companion.prekey_upload().bundle(Some(0));
     let envelope =
         primary.encrypt_history(&mut rng, companion.address(), &descriptor, &[bundle], T0).unwrap();
+    // The kind travels authenticated: relabelled as a message, the envelope fails and spends
+    // nothing.
     let before = snapshot(&companion);
-    assert_eq!(
-        companion.decrypt_fanout(&envelope.bytes, None, T0).unwrap_err(),
-        FanoutError::UnexpectedHistory
-    );
+    let mut relabelled = envelope.bytes.clone();
+    relabelled[2] = 2;
+    assert!(companion.receive(&relabelled, None, T0).is_err());
     assert_eq!(snapshot(&companion), before);
-    // A regular message is not history.
-    primary.decrypt_history(&envelope.bytes, T0).unwrap_err();
+    // The primary takes no history.
     let fanout = primary.encrypt_fanout(&mut rng, &[AccountId(1)], &[], b"hello", T0).unwrap();
     let message = &fanout.envelopes[0].bytes;
-    let error = companion.decrypt_history(message, T0).unwrap_err();
-    assert_eq!(error, HistoryError::NotHistory);
+    let got = match companion.receive(message, None, T0).unwrap() {
+        Received::Message(message) => message,
+        other => panic!("expected a message, got {other:?}"),
+    };
+    assert_eq!(got.payload.as_slice(), b"hello");
+    assert!(receive_history(&mut companion, &envelope.bytes, T0).is_ok());
+    let mut back = Device::new(&mut rng, addr(1, 99), T0);
+    let wire = forged_history(&mut rng, &mut back, &primary, 0);
+    assert_eq!(
+        primary.receive(&wire, None, T0).unwrap_err(),
+        ReceiveError::HistoryNotFromPrimary(back.address())
+    );
 }
 
 #[test]
@@ -175,7 +219,7 @@ fn media_attachment_reaches_every_device_and_decrypts_with_the_descriptor_alone(
     assert_eq!(fanout.envelopes.len(), 2);
     for device in [&mut peer, &mut companion] {
         let envelope = fanout.envelopes.iter().find(|e| e.recipient == device.address()).unwrap();
-        let got = device.decrypt_fanout(&envelope.bytes, fanout.body.as_deref(), T0).unwrap();
+        let got = message(device, &envelope.bytes, fanout.body.as_deref());
         let descriptor = BlobDescriptor::try_from(got.payload.as_slice()).unwrap();
         assert_eq!(decrypt_blob(&descriptor, &uploaded).unwrap().as_slice(), photo.as_slice());
     }
@@ -205,25 +249,20 @@ fn primary_sends_history_only_within_the_window_after_the_link() {
     let (mut primary, companion) = linked(&mut rng);
     let descriptor = build_history(&mut rng, records(2), Vec::new()).unwrap();
     let bundle = companion.prekey_upload().bundle(Some(0));
+    let last_moment = T0.plus_secs(HISTORY_WINDOW_SECS);
+    let mut copy = Device::from_bytes(&primary.to_bytes()).unwrap();
+    let slice = std::slice::from_ref(&bundle);
+    copy.encrypt_history(&mut rng, companion.address(), &descriptor, slice, last_moment).unwrap();
     let late = T0.plus_secs(HISTORY_WINDOW_SECS + 1);
+    tick(&mut primary, late);
     let before = snapshot(&primary);
     assert_eq!(
         primary
-            .encrypt_history(
-                &mut rng,
-                companion.address(),
-                &descriptor,
-                std::slice::from_ref(&bundle),
-                late
-            )
+            .encrypt_history(&mut rng, companion.address(), &descriptor, slice, late)
             .unwrap_err(),
         HistoryError::NotNewlyLinked(companion.address())
     );
     assert_eq!(snapshot(&primary), before);
-    let last_moment = T0.plus_secs(HISTORY_WINDOW_SECS);
-    primary
-        .encrypt_history(&mut rng, companion.address(), &descriptor, &[bundle], last_moment)
-        .unwrap();
 }
 
 /// Imports `uploaded` and returns the records, or the error.
@@ -308,10 +347,12 @@ fn import_rejects_an_oversized_prefix_straddling_a_chunk_boundary() {
 fn primary_history_window_follows_its_clock_high_water_mark() {
     let mut rng = rng(14);
     let (mut primary, mut companion) = linked(&mut rng);
-    let primary_bundle = primary.prekey_upload().bundle(None).verify().unwrap();
-    companion.start_session(&mut rng, &primary_bundle).unwrap();
-    let wire = companion.encrypt(&mut rng, primary.address(), b"still here").unwrap();
-    primary.decrypt(&wire, T0.plus_secs(HISTORY_WINDOW_SECS + 1)).unwrap();
+    let primary_bundle = primary.prekey_upload().bundle(None);
+    let sent = companion
+        .encrypt_fanout(&mut rng, &[AccountId(1)], &[primary_bundle], b"still here", T0)
+        .unwrap();
+    message(&mut primary, &sent.envelopes[0].bytes, None);
+    tick(&mut primary, T0.plus_secs(HISTORY_WINDOW_SECS + 1));
     let descriptor = build_history(&mut rng, records(1), Vec::new()).unwrap();
     let bundle = companion.prekey_upload().bundle(Some(0));
     // A clock wound back into the window does not reopen it.

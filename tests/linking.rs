@@ -6,7 +6,7 @@ mod support;
 use multidevice::consts::{MAX_COMPANIONS, PAIRING_CODE_LIFETIME_SECS, QR_OFFER_LIFETIME_SECS};
 use multidevice::{
     AccountStatus, CompanionPairing, Device, DeviceListError, LinkError, PairingCode,
-    PrimaryPairing, QR_PREFIX, QrLinkApproval, QrLinkOffer, SignedDeviceList,
+    PrimaryPairing, QR_PREFIX, QrLinkApproval, QrLinkOffer, Received, SignedDeviceList,
 };
 use rand::rngs::StdRng;
 use support::*;
@@ -50,7 +50,9 @@ fn qr_flow_links_a_companion_that_then_works_with_the_primary_offline() {
     let bundles = vec![phone.prekey_upload().bundle(Some(0))];
     let fanout = peer.encrypt_fanout(&mut rng, &[primary.account()], &bundles, b"hi", T0).unwrap();
     let envelope = fanout.envelopes.iter().find(|e| e.recipient == phone.address()).unwrap();
-    let got = phone.decrypt_fanout(&envelope.bytes, None, T0).unwrap();
+    let Received::Message(got) = phone.receive(&envelope.bytes, None, T0).unwrap() else {
+        panic!("expected a message")
+    };
     assert_eq!(got.payload.as_slice(), b"hi");
 }
 
@@ -62,10 +64,12 @@ fn pairing_code_flow_links_a_companion() {
     let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
     let typed = PairingCode::parse(&attempt.code().to_string().to_lowercase()).unwrap();
     let (mut pairing, response) =
-        PrimaryPairing::respond(&mut rng, &primary, &hello, &typed, T0).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut primary, &hello, typed, T0).unwrap();
     let confirm = attempt.handle_response(&response, T0).unwrap();
     let approval = pairing.handle_confirm(&mut primary, &confirm, T0).unwrap();
     let confirmation = attempt.accept_approval(&mut tablet, &approval, T0).unwrap();
+    // Countersigned, but not linked until a list of the account names it.
+    assert_eq!(tablet.account_status(T0), AccountStatus::NotLinked);
     let list = pairing.finish(&mut primary, &confirmation, T0).unwrap();
     tablet.process_device_list(&list.to_bytes(), T0).unwrap();
     assert_eq!(tablet.account_status(T0), AccountStatus::Active);
@@ -78,18 +82,29 @@ fn expired_offer_is_rejected_on_both_sides() {
     let mut phone = companion(&mut rng);
     let mut offer = QrLinkOffer::new(&mut rng, &phone, T0);
     let late = T0.plus_secs(QR_OFFER_LIFETIME_SECS + 1);
+    // At the limit it still works (on a copy of the primary).
+    let at_limit = T0.plus_secs(QR_OFFER_LIFETIME_SECS);
+    let mut copy = Device::from_bytes(&primary.to_bytes()).unwrap();
+    let (_approval, message) =
+        QrLinkApproval::approve(&mut copy, &offer.qr_text(), at_limit).unwrap();
+    // One second later it is refused, and nothing but the clock moves.
+    tick(&mut primary, late);
     let before = snapshot(&primary);
     assert_eq!(
         QrLinkApproval::approve(&mut primary, &offer.qr_text(), late).unwrap_err(),
         LinkError::Expired
     );
     assert_eq!(snapshot(&primary), before);
-    // At the limit it still works; the companion refuses an approval arriving after expiry.
-    let at_limit = T0.plus_secs(QR_OFFER_LIFETIME_SECS);
-    let (_approval, message) =
-        QrLinkApproval::approve(&mut primary, &offer.qr_text(), at_limit).unwrap();
+    // A clock wound back does not revive the offer.
+    assert_eq!(
+        QrLinkApproval::approve(&mut primary, &offer.qr_text(), T0).unwrap_err(),
+        LinkError::Expired
+    );
+    // The companion refuses an approval arriving after expiry, even with its clock wound back.
+    tick(&mut phone, late);
     let before = snapshot(&phone);
     assert_eq!(offer.accept_approval(&mut phone, &message, late).unwrap_err(), LinkError::Expired);
+    assert_eq!(offer.accept_approval(&mut phone, &message, T0).unwrap_err(), LinkError::Expired);
     assert_eq!(snapshot(&phone), before);
     // Refreshing gives a new secret and reference.
     let old = offer.qr_text();
@@ -210,7 +225,7 @@ fn wrong_pairing_code_aborts_the_attempt() {
         wrong = PairingCode::generate(&mut rng);
     }
     let (mut pairing, response) =
-        PrimaryPairing::respond(&mut rng, &primary, &hello, &wrong, T0).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut primary, &hello, wrong, T0).unwrap();
     assert_eq!(attempt.handle_response(&response, T0).unwrap_err(), LinkError::ConfirmationFailed);
     // The attempt is over: even the right response would not be accepted now.
     assert_eq!(attempt.handle_response(&response, T0).unwrap_err(), LinkError::NotActive);
@@ -231,12 +246,12 @@ fn wrong_pairing_code_aborts_the_attempt() {
 #[test]
 fn expired_pairing_code_is_refused() {
     let mut rng = rng(9);
-    let primary = primary(&mut rng);
+    let mut primary = primary(&mut rng);
     let tablet = companion(&mut rng);
     let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
     let code = PairingCode::parse(&attempt.code().to_string()).unwrap();
     let (_pairing, response) =
-        PrimaryPairing::respond(&mut rng, &primary, &hello, &code, T0).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut primary, &hello, code, T0).unwrap();
     let late = T0.plus_secs(PAIRING_CODE_LIFETIME_SECS + 1);
     assert_eq!(attempt.handle_response(&response, late).unwrap_err(), LinkError::Expired);
     assert_eq!(attempt.handle_response(&response, T0).unwrap_err(), LinkError::NotActive);
@@ -250,14 +265,16 @@ fn reused_pairing_code_does_not_link_again() {
     let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
     let code = PairingCode::parse(&attempt.code().to_string()).unwrap();
     let (mut pairing, response) =
-        PrimaryPairing::respond(&mut rng, &primary, &hello, &code, T0).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut primary, &hello, code, T0).unwrap();
     let confirm = attempt.handle_response(&response, T0).unwrap();
     let approval = pairing.handle_confirm(&mut primary, &confirm, T0).unwrap();
     let confirmation = attempt.accept_approval(&mut tablet, &approval, T0).unwrap();
     pairing.finish(&mut primary, &confirmation, T0).unwrap();
-    // The relay replays the hello with the same code: the companion's attempt is finished.
+    // The relay replays the hello and the user types the code again: the companion's attempt is
+    // finished.
+    let again = PairingCode::parse(&attempt.code().to_string()).unwrap();
     let (_again, response2) =
-        PrimaryPairing::respond(&mut rng, &primary, &hello, &code, T0).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut primary, &hello, again, T0).unwrap();
     assert_eq!(attempt.handle_response(&response2, T0).unwrap_err(), LinkError::NotActive);
     assert_eq!(
         attempt.accept_approval(&mut tablet, &approval, T0).unwrap_err(),
@@ -268,14 +285,14 @@ fn reused_pairing_code_does_not_link_again() {
 #[test]
 fn man_in_the_middle_on_the_pake_is_detected() {
     let mut rng = rng(11);
-    let primary = primary(&mut rng);
+    let mut primary = primary(&mut rng);
     let tablet = companion(&mut rng);
-    let relay = companion(&mut rng);
+    let mut relay = companion(&mut rng);
     let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
     // The relay answers the companion itself, guessing a code.
     let guess = PairingCode::generate(&mut rng);
     let (_relay_side, relay_response) =
-        PrimaryPairing::respond(&mut rng, &relay, &hello, &guess, T0).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut relay, &hello, guess, T0).unwrap();
     assert_eq!(
         attempt.handle_response(&relay_response, T0).unwrap_err(),
         LinkError::ConfirmationFailed
@@ -284,7 +301,7 @@ fn man_in_the_middle_on_the_pake_is_detected() {
     let (mut relay_attempt, relay_hello) = CompanionPairing::start(&mut rng, &relay, T0);
     let typed = PairingCode::parse(&attempt.code().to_string()).unwrap();
     let (_p, response) =
-        PrimaryPairing::respond(&mut rng, &primary, &relay_hello, &typed, T0).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut primary, &relay_hello, typed, T0).unwrap();
     assert_eq!(
         relay_attempt.handle_response(&response, T0).unwrap_err(),
         LinkError::ConfirmationFailed
@@ -293,7 +310,7 @@ fn man_in_the_middle_on_the_pake_is_detected() {
     let (mut attempt2, hello2) = CompanionPairing::start(&mut rng, &tablet, T0);
     let code2 = PairingCode::parse(&attempt2.code().to_string()).unwrap();
     let (_p2, mut response2) =
-        PrimaryPairing::respond(&mut rng, &primary, &hello2, &code2, T0).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut primary, &hello2, code2, T0).unwrap();
     response2[18..50].copy_from_slice(&relay_response[18..50]);
     assert!(attempt2.handle_response(&response2, T0).is_err());
 }
@@ -345,12 +362,14 @@ fn simultaneous_second_link_attempt() {
     assert!(verified.device(a.address()).is_some());
     assert!(verified.device(b.address()).is_some());
     assert_ne!(a.address(), b.address());
+    a.process_device_list(&list.to_bytes(), T0).unwrap();
+    assert_eq!(a.account_status(T0), AccountStatus::Active);
     // A second primary approving an already linked companion's new offer cannot link it twice.
     let mut other_primary = Device::new(&mut rng, addr(5, 0), T0);
     let mut offer = QrLinkOffer::new(&mut rng, &a, T0);
     let (_o, message) = QrLinkApproval::approve(&mut other_primary, &offer.qr_text(), T0).unwrap();
     let error = offer.accept_approval(&mut a, &message, T0).unwrap_err();
-    assert_eq!(error, LinkError::DeviceList(DeviceListError::NotCompanion));
+    assert_eq!(error, LinkError::DeviceList(DeviceListError::AlreadyLinked));
 }
 
 #[cfg(feature = "qr")]
@@ -384,7 +403,7 @@ fn pairing_code_works_at_its_lifetime_limit() {
     let code = PairingCode::parse(&attempt.code().to_string()).unwrap();
     let at_limit = T0.plus_secs(PAIRING_CODE_LIFETIME_SECS);
     let (mut pairing, response) =
-        PrimaryPairing::respond(&mut rng, &primary, &hello, &code, T0).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut primary, &hello, code, T0).unwrap();
     let confirm = attempt.handle_response(&response, at_limit).unwrap();
     let approval = pairing.handle_confirm(&mut primary, &confirm, T0.plus_secs(1)).unwrap();
     let confirmation = attempt.accept_approval(&mut tablet, &approval, at_limit).unwrap();

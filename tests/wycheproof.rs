@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signer, SigningKey};
 use multidevice::{
-    DecodeError, Device, KeyError, PrekeyBundle, PublicIdentity, SessionError, SessionMessage,
-    SignatureKind,
+    Action, DecodeError, Device, KeyError, PrekeyBundle, PublicIdentity, SessionError,
+    SessionMessage, SignatureKind, hazmat,
 };
 use serde::Deserialize;
 use support::*;
@@ -136,8 +136,8 @@ const BUNDLE_IDENTITY: usize = 2 + 12;
 const BUNDLE_SIGNED_PREKEY: usize = BUNDLE_IDENTITY + PublicIdentity::LEN;
 const BUNDLE_SIGNED_PREKEY_SIGNATURE: std::ops::Range<usize> =
     BUNDLE_SIGNED_PREKEY + 36..BUNDLE_SIGNED_PREKEY + 100;
-/// In a session message: version, type, sender, recipient.
-const MESSAGE_BODY: usize = 2 + 12 + 12;
+/// In a session message: version, type, kind, sender, recipient.
+const MESSAGE_BODY: usize = 3 + 12 + 12;
 /// Ratchet key of a type 0x01 message: after the 16-byte session id.
 const MESSAGE_RATCHET_KEY: std::ops::Range<usize> = MESSAGE_BODY + 16..MESSAGE_BODY + 48;
 /// In a prekey message (type 0x02): the sender identity, then the base key.
@@ -161,7 +161,7 @@ fn flip(bytes: &[u8], bit: usize) -> Vec<u8> {
 /// Asserts that `wire` is rejected with exactly `expected` and leaves `device` byte-identical.
 fn rejected_with(device: &mut Device, wire: &[u8], expected: SessionError, case: u32) {
     let before = snapshot(device);
-    let error = device.decrypt(wire, T0).expect_err("must be rejected");
+    let error = hazmat::decrypt(device, wire, T0).expect_err("must be rejected");
     assert_eq!(error, expected, "tcId {case}");
     assert_eq!(snapshot(device), before, "tcId {case}: state changed");
 }
@@ -230,7 +230,7 @@ fn x25519_low_order_one_time_prekey_is_rejected() {
         let verified = served.verify().expect("the one-time prekey is not signed");
         let before = snapshot(&alice);
         assert_eq!(
-            alice.start_session(&mut rng, &verified),
+            hazmat::start_session(&mut alice, &mut rng, &verified),
             Err(rejection(&key.public)),
             "tcId {}",
             key.id
@@ -252,7 +252,7 @@ fn x25519_every_wycheproof_key_as_one_time_prekey_is_rejected_iff_the_secret_is_
     for key in keys {
         let mut bundle = bob.prekey_upload().bundle(Some(0));
         bundle.one_time_prekey.as_mut().unwrap().public = key.public;
-        let result = alice.start_session(&mut rng, &bundle.verify().unwrap());
+        let result = hazmat::start_session(&mut alice, &mut rng, &bundle.verify().unwrap());
         if !canonical(&key.public) {
             assert_eq!(
                 result,
@@ -324,7 +324,7 @@ fn x25519_low_order_keys_in_an_attacker_signed_bundle_are_rejected() {
     // The hand-built bundle is well-formed: with valid keys it starts a session.
     let control = attacker.bundle(&good_agreement, &good_prekey).verify().unwrap();
     let mut control_device = device(&mut rng, addr(1, 1), 0);
-    control_device.start_session(&mut rng, &control).unwrap();
+    hazmat::start_session(&mut control_device, &mut rng, &control).unwrap();
 
     for key in bad_x25519_keys() {
         for bundle in [
@@ -334,7 +334,7 @@ fn x25519_low_order_keys_in_an_attacker_signed_bundle_are_rejected() {
             let verified = bundle.verify().expect("validly signed by the attacker");
             let before = snapshot(&alice);
             assert_eq!(
-                alice.start_session(&mut rng, &verified),
+                hazmat::start_session(&mut alice, &mut rng, &verified),
                 Err(rejection(&key.public)),
                 "tcId {}",
                 key.id
@@ -356,9 +356,9 @@ fn x25519_low_order_ratchet_key_in_a_message_is_rejected() {
     let mut rng = rng(6);
     let (mut alice, mut bob) = established(&mut rng);
     // Alice speaks, so Bob's next message turns the ratchet: its ratchet key is new to Alice.
-    let m = alice.encrypt(&mut rng, bob.address(), b"your turn").unwrap();
-    bob.decrypt(&m, T0).unwrap();
-    let genuine = bob.encrypt(&mut rng, alice.address(), b"new ratchet key").unwrap();
+    let m = hazmat::encrypt(&mut alice, &mut rng, bob.address(), b"your turn").unwrap();
+    hazmat::decrypt(&mut bob, &m, T0).unwrap();
+    let genuine = hazmat::encrypt(&mut bob, &mut rng, alice.address(), b"new ratchet key").unwrap();
     assert_eq!(genuine[1], 0x01, "an ordinary message");
     for key in bad_x25519_keys() {
         let mut forged = genuine.clone();
@@ -366,7 +366,7 @@ fn x25519_low_order_ratchet_key_in_a_message_is_rejected() {
         assert!(SessionMessage::try_from(forged.as_slice()).is_ok(), "the forgery parses");
         rejected_with(&mut alice, &forged, rejection(&key.public), key.id);
     }
-    let got = alice.decrypt(&genuine, T0).unwrap();
+    let got = hazmat::decrypt(&mut alice, &genuine, T0).unwrap();
     assert_eq!(got.plaintext.as_slice(), b"new ratchet key");
 }
 
@@ -376,16 +376,16 @@ fn x25519_low_order_ratchet_key_in_a_message_is_rejected() {
 fn x25519_low_order_ratchet_key_while_the_receiver_must_answer_first() {
     let mut rng = rng(7);
     let (mut alice, mut bob) = established(&mut rng);
-    let genuine = bob.encrypt(&mut rng, alice.address(), b"same chain").unwrap();
+    let genuine = hazmat::encrypt(&mut bob, &mut rng, alice.address(), b"same chain").unwrap();
     for key in bad_x25519_keys() {
         let mut forged = genuine.clone();
         forged[MESSAGE_RATCHET_KEY].copy_from_slice(&key.public);
         let before = snapshot(&alice);
-        let error = alice.decrypt(&forged, T0).expect_err("must be rejected");
-        assert!(error.is_drop(), "tcId {}: {error:?}", key.id);
+        let error = hazmat::decrypt(&mut alice, &forged, T0).expect_err("must be rejected");
+        assert_eq!(error.action(), Action::Drop, "tcId {}: {error:?}", key.id);
         assert_eq!(snapshot(&alice), before, "tcId {}", key.id);
     }
-    alice.decrypt(&genuine, T0).unwrap();
+    hazmat::decrypt(&mut alice, &genuine, T0).unwrap();
 }
 
 /// A prekey message's base key enters three Diffie-Hellman computations at the responder. A
@@ -395,7 +395,7 @@ fn x25519_low_order_ratchet_key_while_the_receiver_must_answer_first() {
 fn x25519_low_order_base_key_in_a_prekey_message_is_rejected() {
     let mut rng = rng(8);
     let (mut alice, mut bob) = pair(&mut rng);
-    let genuine = alice.encrypt(&mut rng, bob.address(), b"first").unwrap();
+    let genuine = hazmat::encrypt(&mut alice, &mut rng, bob.address(), b"first").unwrap();
     assert_eq!(genuine[1], 0x02, "a prekey message");
     let ratchet_key = prekey_ratchet_key(&genuine);
     assert_eq!(genuine[PREKEY_BASE_KEY], genuine[ratchet_key.clone()], "offsets per PROTOCOL.md");
@@ -404,19 +404,22 @@ fn x25519_low_order_base_key_in_a_prekey_message_is_rejected() {
         let mut forged = genuine.clone();
         forged[PREKEY_BASE_KEY].copy_from_slice(&key.public);
         // The base key alone no longer matches the ratchet key: not a canonical prekey message.
-        assert!(matches!(bob.decrypt(&forged, T0), Err(SessionError::Decode(_))));
+        assert_eq!(
+            hazmat::decrypt(&mut bob, &forged, T0).unwrap_err(),
+            SessionError::Decode(DecodeError::BaseKeyMismatch)
+        );
         forged[ratchet_key.clone()].copy_from_slice(&key.public);
         rejected_with(&mut bob, &forged, rejection(&key.public), key.id);
         assert_eq!(bob.one_time_prekeys_remaining(), prekeys);
     }
-    assert_eq!(bob.decrypt(&genuine, T0).unwrap().plaintext.as_slice(), b"first");
+    assert_eq!(hazmat::decrypt(&mut bob, &genuine, T0).unwrap().plaintext.as_slice(), b"first");
     // Once the session exists the same forgeries name a known session: still refused, no change.
     for key in bad_x25519_keys() {
         let mut forged = genuine.clone();
         forged[PREKEY_BASE_KEY].copy_from_slice(&key.public);
         forged[ratchet_key.clone()].copy_from_slice(&key.public);
         let before = snapshot(&bob);
-        assert!(bob.decrypt(&forged, T0).is_err(), "tcId {}", key.id);
+        assert!(hazmat::decrypt(&mut bob, &forged, T0).is_err(), "tcId {}", key.id);
         assert_eq!(snapshot(&bob), before, "tcId {}", key.id);
     }
 }
@@ -427,7 +430,7 @@ fn x25519_low_order_base_key_in_a_prekey_message_is_rejected() {
 fn x25519_low_order_identity_key_in_a_prekey_message_is_rejected() {
     let mut rng = rng(9);
     let (mut alice, mut bob) = pair(&mut rng);
-    let genuine = alice.encrypt(&mut rng, bob.address(), b"first").unwrap();
+    let genuine = hazmat::encrypt(&mut alice, &mut rng, bob.address(), b"first").unwrap();
     assert_eq!(genuine[PREKEY_IDENTITY], alice.public_identity().to_bytes(), "offsets");
     let attacker = Attacker::new();
     for key in bad_x25519_keys() {
@@ -435,7 +438,7 @@ fn x25519_low_order_identity_key_in_a_prekey_message_is_rejected() {
         forged[PREKEY_IDENTITY].copy_from_slice(&attacker.identity(&key.public));
         rejected_with(&mut bob, &forged, rejection(&key.public), key.id);
     }
-    bob.decrypt(&genuine, T0).unwrap();
+    hazmat::decrypt(&mut bob, &genuine, T0).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,11 +460,7 @@ fn ed25519_wycheproof_strict_verification_accepts_exactly_the_valid_cases() {
                 "invalid" => false,
                 other => panic!("tcId {}: unexpected result {other}", case.id),
             };
-            let got = multidevice::hazmat::verify_ed25519_strict(
-                &public,
-                &hex(&case.msg),
-                &hex(&case.sig),
-            );
+            let got = hazmat::verify_ed25519_strict(&public, &hex(&case.msg), &hex(&case.sig));
             if got != expected {
                 wrong.push(format!("tcId {} ({}): expected {expected}", case.id, case.comment));
             }

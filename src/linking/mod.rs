@@ -16,6 +16,7 @@ pub(crate) mod qr;
 pub(crate) mod render;
 
 use crate::account::CompanionApproval;
+use crate::consts::APPROVAL_LIFETIME_SECS;
 use crate::crypto::{self, Secret32, label};
 use crate::device::Device;
 use crate::device_list::{LinkingMetadata, SignedDeviceIdentity, SignedDeviceList};
@@ -30,6 +31,15 @@ const CONFIRMATION_TYPE: u8 = 0x42;
 /// Identifies one linking attempt: the QR offer's reference or the pairing session id.
 pub(crate) type Reference = [u8; 16];
 const MAC_LEN: usize = 32;
+
+/// The time a linking step runs at: the latest of `now`, the attempt's own high-water mark and
+/// the device's. Both marks move to it, so winding the clock back never revives an expired
+/// offer or code.
+pub(crate) fn step_time(attempt: &mut Timestamp, device: &mut Device, now: Timestamp) -> Timestamp {
+    device.observe(now.max(*attempt));
+    *attempt = device.clock();
+    *attempt
+}
 
 /// The secret both sides share once the QR was scanned or the PAKE finished.
 pub(crate) struct LinkSecret {
@@ -103,7 +113,8 @@ pub(crate) fn accept_approval(
 }
 
 /// Primary: checks the confirmation's MAC, that it countersigns exactly what was approved, and
-/// adds the companion. Returns the new list to publish.
+/// adds the companion. Returns the new list to publish. An approval older than
+/// [`APPROVAL_LIFETIME_SECS`] has expired: its device id may already belong to another one.
 pub(crate) fn finish(
     primary: &mut Device,
     secret: &LinkSecret,
@@ -112,6 +123,10 @@ pub(crate) fn finish(
     bytes: &[u8],
     now: Timestamp,
 ) -> Result<SignedDeviceList, LinkError> {
+    primary.observe(now);
+    if primary.clock().secs_since(approved.metadata.timestamp) > APPROVAL_LIFETIME_SECS {
+        return Err(LinkError::Expired);
+    }
     let body = check_mac(secret, label::MAC_LINK_CONFIRMATION, bytes)?;
     let mut reader = Reader::new(body);
     reader.header(CONFIRMATION_TYPE)?;

@@ -80,6 +80,8 @@ pub struct CompanionPairing {
     hello: Vec<u8>,
     identity: PublicIdentity,
     phase: CompanionPhase,
+    /// The highest time this attempt was used at.
+    clock: Timestamp,
 }
 
 impl core::fmt::Debug for CompanionPairing {
@@ -89,12 +91,14 @@ impl core::fmt::Debug for CompanionPairing {
 }
 
 impl CompanionPairing {
-    /// Starts an attempt: a fresh code to display (valid for 180 s) and the hello to send.
+    /// Starts an attempt: a fresh code to display (valid for 180 s from `now`, or from the
+    /// companion's clock high-water mark if later) and the hello to send.
     pub fn start(
         rng: &mut (impl CryptoRng + ?Sized),
         companion: &Device,
         now: Timestamp,
     ) -> (Self, Vec<u8>) {
+        let now = now.max(companion.clock());
         let code = PairingCode::generate(rng);
         let mut sid = [0u8; 16];
         rng.fill_bytes(&mut sid);
@@ -118,6 +122,7 @@ impl CompanionPairing {
             hello: hello.clone(),
             identity,
             phase: CompanionPhase::AwaitingResponse(step),
+            clock: now,
         };
         (pairing, hello)
     }
@@ -140,6 +145,8 @@ impl CompanionPairing {
         response: &[u8],
         now: Timestamp,
     ) -> Result<Vec<u8>, LinkError> {
+        self.clock = self.clock.max(now);
+        let now = self.clock;
         if !matches!(self.phase, CompanionPhase::AwaitingResponse(_)) {
             return Err(LinkError::NotActive);
         }
@@ -190,6 +197,7 @@ impl CompanionPairing {
         approval: &[u8],
         now: Timestamp,
     ) -> Result<Vec<u8>, LinkError> {
+        let now = super::step_time(&mut self.clock, companion, now);
         let CompanionPhase::Confirmed { secret, primary } = &self.phase else {
             return Err(LinkError::NotActive);
         };
@@ -219,6 +227,8 @@ pub struct PrimaryPairing {
     companion: PublicIdentity,
     expires: Timestamp,
     phase: PrimaryPhase,
+    /// The highest time this attempt was used at.
+    clock: Timestamp,
 }
 
 impl core::fmt::Debug for PrimaryPairing {
@@ -230,13 +240,27 @@ impl core::fmt::Debug for PrimaryPairing {
 impl PrimaryPairing {
     /// Handles a companion's hello with the code the user typed. Returns the response, which
     /// carries the primary's key confirmation.
+    ///
+    /// Takes the code by value: one typed code answers at most one hello, so a relay that
+    /// injects several hellos gets no extra guesses at it. A code cannot be copied:
+    ///
+    /// ```compile_fail
+    /// # use multidevice::{PairingCode, PrimaryPairing};
+    /// # fn twice(rng: &mut rand::rngs::StdRng, primary: &mut multidevice::Device,
+    /// #     a: &[u8], b: &[u8], code: PairingCode, now: multidevice::Timestamp) {
+    /// let first = PrimaryPairing::respond(rng, primary, a, code, now);
+    /// let second = PrimaryPairing::respond(rng, primary, b, code, now); // `code` was moved
+    /// # }
+    /// ```
     pub fn respond(
         rng: &mut (impl CryptoRng + ?Sized),
-        primary: &Device,
+        primary: &mut Device,
         hello: &[u8],
-        code: &PairingCode,
+        code: PairingCode,
         now: Timestamp,
     ) -> Result<(Self, Vec<u8>), LinkError> {
+        primary.observe(now);
+        let now = primary.clock();
         let mut reader = Reader::new(hello);
         let sid = header(&mut reader, HELLO_TYPE)?;
         let share: [u8; 32] = reader.array()?;
@@ -260,7 +284,9 @@ impl PrimaryPairing {
             companion,
             expires: now.plus_secs(PAIRING_CODE_LIFETIME_SECS),
             phase: PrimaryPhase::AwaitingConfirm { keys, transcript: th },
+            clock: now,
         };
+        drop(code);
         Ok((pairing, response))
     }
 
@@ -273,6 +299,7 @@ impl PrimaryPairing {
         confirm: &[u8],
         now: Timestamp,
     ) -> Result<Vec<u8>, LinkError> {
+        let now = super::step_time(&mut self.clock, primary, now);
         let PrimaryPhase::AwaitingConfirm { keys, transcript } = &self.phase else {
             return Err(LinkError::NotActive);
         };
@@ -308,6 +335,7 @@ impl PrimaryPairing {
         confirmation: &[u8],
         now: Timestamp,
     ) -> Result<SignedDeviceList, LinkError> {
+        let now = super::step_time(&mut self.clock, primary, now);
         let PrimaryPhase::AwaitingCompanion { secret, approved } = &self.phase else {
             return Err(LinkError::NotActive);
         };

@@ -32,6 +32,8 @@ pub struct QrLinkOffer {
     expires: Timestamp,
     identity: PublicIdentity,
     done: bool,
+    /// The highest time this offer was used at.
+    clock: Timestamp,
 }
 
 impl core::fmt::Debug for QrLinkOffer {
@@ -41,9 +43,10 @@ impl core::fmt::Debug for QrLinkOffer {
 }
 
 impl QrLinkOffer {
-    /// A fresh offer for `companion`, valid for [`QR_OFFER_LIFETIME_SECS`].
+    /// A fresh offer for `companion`, valid for [`QR_OFFER_LIFETIME_SECS`] from `now` (or from
+    /// the companion's clock high-water mark, if later).
     pub fn new(rng: &mut (impl CryptoRng + ?Sized), companion: &Device, now: Timestamp) -> Self {
-        Self::fresh(rng, companion.public_identity().clone(), now)
+        Self::fresh(rng, companion.public_identity().clone(), now.max(companion.clock()))
     }
 
     fn fresh(
@@ -60,12 +63,13 @@ impl QrLinkOffer {
             expires: now.plus_secs(QR_OFFER_LIFETIME_SECS),
             identity,
             done: false,
+            clock: now,
         }
     }
 
     /// Replaces the offer with a new secret, reference and expiry (when the old one expired).
     pub fn refresh(&mut self, rng: &mut (impl CryptoRng + ?Sized), now: Timestamp) {
-        *self = Self::fresh(rng, self.identity.clone(), now);
+        *self = Self::fresh(rng, self.identity.clone(), now.max(self.clock));
     }
 
     /// When the offer stops being accepted.
@@ -97,11 +101,15 @@ impl QrLinkOffer {
         approval: &[u8],
         now: Timestamp,
     ) -> Result<Vec<u8>, LinkError> {
+        let now = super::step_time(&mut self.clock, companion, now);
         if self.done {
             return Err(LinkError::NotActive);
         }
         if now > self.expires {
             return Err(LinkError::Expired);
+        }
+        if companion.public_identity() != &self.identity {
+            return Err(LinkError::WrongAttempt);
         }
         let confirmation = super::accept_approval(companion, &self.secret, None, approval)?;
         self.done = true;
@@ -145,11 +153,7 @@ fn parse_qr(text: &str) -> Result<ScannedOffer, LinkError> {
         return Err(LinkError::BadChecksum);
     }
     let mut reader = Reader::new(offer);
-    reader.version()?;
-    match reader.u8()? {
-        OFFER_TYPE => {}
-        other => return Err(DecodeError::UnknownType(other).into()),
-    }
+    reader.header(OFFER_TYPE)?;
     let reference: Reference = reader.array()?;
     let secret = Secret32::new(reader.array()?);
     let expires = Timestamp(reader.u64()?);
@@ -167,6 +171,8 @@ impl QrLinkApproval {
         qr_text: &str,
         now: Timestamp,
     ) -> Result<(Self, Vec<u8>), LinkError> {
+        primary.observe(now);
+        let now = primary.clock();
         let offer = parse_qr(qr_text)?;
         if now > offer.expires
             || offer.expires > now.plus_secs(QR_OFFER_LIFETIME_SECS + CLOCK_SKEW_SECS)
@@ -185,13 +191,16 @@ impl QrLinkApproval {
     }
 
     /// Primary: verifies the companion's confirmation and adds it. Returns the new device list
-    /// to publish.
+    /// to publish. Fails with [`LinkError::Expired`] once the approval is older than
+    /// [`crate::consts::APPROVAL_LIFETIME_SECS`].
     pub fn finish(
         &mut self,
         primary: &mut Device,
         confirmation: &[u8],
         now: Timestamp,
     ) -> Result<SignedDeviceList, LinkError> {
+        primary.observe(now);
+        let now = primary.clock();
         if self.done {
             return Err(LinkError::NotActive);
         }

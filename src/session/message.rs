@@ -1,8 +1,9 @@
 //! Wire format of session messages.
 //!
-//! Two message types share one ratchet header. A [`SessionMessage`] is parsed strictly: length,
-//! version, type, body, no trailing bytes. It keeps the original header bytes, because the AEAD
-//! authenticates them exactly as received.
+//! Two message types share one ratchet header, and every message names its [`MessageKind`] in
+//! the authenticated prefix, so a message of one kind is never taken for another. A
+//! [`SessionMessage`] is parsed strictly: length, version, type, body, no trailing bytes. It
+//! keeps the original header bytes, because the AEAD authenticates them exactly as received.
 
 use crate::consts::MAX_MESSAGE_PLAINTEXT;
 use crate::crypto::{NONCE_LEN, TAG_LEN};
@@ -17,6 +18,46 @@ pub(crate) const TYPE_PREKEY_MESSAGE: u8 = 0x02;
 
 /// Identifies one session between two devices; derived from the initiator's base key.
 pub(crate) type SessionId = [u8; 16];
+
+/// What a session message carries, stated in its authenticated prefix.
+///
+/// Each entry point accepts only its own kinds: [`crate::Device::receive`] takes every kind but
+/// [`MessageKind::Raw`], and [`crate::hazmat::decrypt`] takes only [`MessageKind::Raw`]. A
+/// message of another kind is refused before any key is derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// A raw session message from the [`crate::hazmat`] API: no device-list authorization.
+    Raw,
+    /// A fan-out copy for a device of a recipient account.
+    Direct,
+    /// A fan-out copy for another device of the sender's own account.
+    OwnCopy,
+    /// A history descriptor from the primary to a newly linked companion.
+    History,
+}
+
+impl MessageKind {
+    /// The byte that encodes this kind on the wire.
+    pub(crate) fn to_byte(self) -> u8 {
+        match self {
+            Self::Raw => 0x00,
+            Self::Direct => 0x01,
+            Self::OwnCopy => 0x02,
+            Self::History => 0x03,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Result<Self, DecodeError> {
+        Ok(match byte {
+            0x00 => Self::Raw,
+            0x01 => Self::Direct,
+            0x02 => Self::OwnCopy,
+            0x03 => Self::History,
+            other => return Err(DecodeError::UnknownKind(other)),
+        })
+    }
+}
 
 /// The Double Ratchet header, authenticated as associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,12 +126,13 @@ impl PrekeyFields {
 /// Layout (all integers big-endian):
 ///
 /// ```text
-/// version u8 = 1 | type u8 | sender address (12) | recipient address (12)
+/// version u8 = 1 | type u8 | kind u8 | sender address (12) | recipient address (12)
 /// [prekey fields, type 0x02 only]
 /// ratchet header (68) | AES-256-GCM ciphertext and 16-byte tag
 /// ```
 #[derive(Debug, Clone)]
 pub struct SessionMessage<'a> {
+    pub(crate) kind: MessageKind,
     pub(crate) sender: DeviceAddress,
     pub(crate) recipient: DeviceAddress,
     pub(crate) prekey: Option<PrekeyFields>,
@@ -115,6 +157,11 @@ impl SessionMessage<'_> {
     pub fn is_prekey_message(&self) -> bool {
         self.prekey.is_some()
     }
+
+    /// What the message carries, as its authenticated prefix states.
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
 }
 
 impl<'a> TryFrom<&'a [u8]> for SessionMessage<'a> {
@@ -123,10 +170,11 @@ impl<'a> TryFrom<&'a [u8]> for SessionMessage<'a> {
     fn try_from(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(bytes);
         reader.version()?;
-        let kind = reader.u8()?;
+        let message_type = reader.u8()?;
+        let kind = MessageKind::from_byte(reader.u8()?)?;
         let sender = DeviceAddress::read(&mut reader)?;
         let recipient = DeviceAddress::read(&mut reader)?;
-        let prekey = match kind {
+        let prekey = match message_type {
             TYPE_MESSAGE => None,
             TYPE_PREKEY_MESSAGE => Some(PrekeyFields::read(&mut reader)?),
             other => return Err(DecodeError::UnknownType(other)),
@@ -136,7 +184,7 @@ impl<'a> TryFrom<&'a [u8]> for SessionMessage<'a> {
             // Until the initiator hears back it never ratchets, so its ratchet key is its base
             // key; anything else is not a canonical prekey message.
             if fields.base_key != header.ratchet_key {
-                return Err(DecodeError::OutOfRange);
+                return Err(DecodeError::BaseKeyMismatch);
             }
         }
         let header_len = bytes.len() - reader.remaining();
@@ -151,20 +199,21 @@ impl<'a> TryFrom<&'a [u8]> for SessionMessage<'a> {
             });
         }
         let (authenticated, _) = bytes.split_at(header_len);
-        Ok(Self { sender, recipient, prekey, header, authenticated, ciphertext })
+        Ok(Self { kind, sender, recipient, prekey, header, authenticated, ciphertext })
     }
 }
 
 /// Writes the bytes before the ciphertext for a message from `sender` to `recipient`.
 pub(crate) fn write_prefix(
     out: &mut Vec<u8>,
+    kind: MessageKind,
     sender: DeviceAddress,
     recipient: DeviceAddress,
     prekey: Option<&PrekeyFields>,
     header: &RatchetHeader,
 ) {
-    let kind = if prekey.is_some() { TYPE_PREKEY_MESSAGE } else { TYPE_MESSAGE };
-    out.extend_from_slice(&[wire::VERSION, kind]);
+    let message_type = if prekey.is_some() { TYPE_PREKEY_MESSAGE } else { TYPE_MESSAGE };
+    out.extend_from_slice(&[wire::VERSION, message_type, kind.to_byte()]);
     out.extend_from_slice(&sender.to_bytes());
     out.extend_from_slice(&recipient.to_bytes());
     if let Some(fields) = prekey {

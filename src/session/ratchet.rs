@@ -184,12 +184,12 @@ impl Session {
     pub(crate) fn next_sending_key(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
-    ) -> Result<(RatchetHeader, Secret32), SessionError> {
+    ) -> Result<(RatchetHeader, Zeroizing<[u8; 32]>), SessionError> {
         if let Sending::NeedsRatchet = self.sending {
             let their_key = match self.receiving.back() {
                 Some(chain) => chain.ratchet_key,
                 // A session only needs a ratchet after it received a chain.
-                None => return Err(SessionError::AuthenticationFailed),
+                None => return Err(SessionError::NoReceivingChain),
             };
             let ratchet = X25519KeyPair::generate(rng);
             let dh = ratchet.dh(&their_key)?;
@@ -198,12 +198,16 @@ impl Session {
             self.sending = Sending::Active(SendingChain { ratchet, chain_key, counter: 0 });
         }
         let Sending::Active(chain) = &mut self.sending else {
-            return Err(SessionError::AuthenticationFailed);
+            return Err(SessionError::NoReceivingChain);
         };
-        let (message_key, next) = crypto::chain_step(chain.chain_key.as_bytes());
         let counter = chain.counter;
-        chain.chain_key = next;
-        chain.counter = counter.checked_add(1).ok_or(SessionError::InvalidConfig)?;
+        let next_counter = counter.checked_add(1).ok_or(SessionError::CounterExhausted)?;
+        let mut message_key = Zeroizing::new([0u8; 32]);
+        let mut next = Zeroizing::new([0u8; 32]);
+        crypto::chain_step_into(chain.chain_key.as_bytes(), &mut message_key, &mut next);
+        // Overwrite the chain key in place: no allocation, and the old key is gone.
+        *chain.chain_key.as_mut_bytes() = *next;
+        chain.counter = next_counter;
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
         let header = RatchetHeader {
@@ -283,7 +287,7 @@ impl Session {
     ) -> Result<(Secret32, Commit), SessionError> {
         let Sending::Active(ours) = &self.sending else {
             // We have not answered the peer's current key, so it cannot have a newer one.
-            return Err(SessionError::AuthenticationFailed);
+            return Err(SessionError::NoReceivingChain);
         };
         let mut skipped = Vec::new();
         // Keys left on the peer's previous chain, up to the length it announces.

@@ -14,10 +14,12 @@ use crate::keys::PublicIdentity;
 use crate::session::message::SessionId;
 use crate::session::ratchet::Session;
 
-/// The sessions with one remote device. The front session is the active one.
+/// The sessions with one remote device, all under one remote identity. The front session is the
+/// active one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SessionRecord {
-    /// The identity the remote device used for its newest session.
+    /// The identity of the remote device in every session of the record: a session under another
+    /// identity starts a new record.
     pub(crate) remote_identity: PublicIdentity,
     sessions: VecDeque<Session>,
 }
@@ -72,9 +74,18 @@ impl SessionRecord {
         }
     }
 
+    /// Forgets every session if `identity` is not the record's: sessions under two identities
+    /// never share a record.
+    fn rebind(&mut self, identity: PublicIdentity) {
+        if self.remote_identity != identity {
+            self.sessions.clear();
+            self.remote_identity = identity;
+        }
+    }
+
     /// Adds a session we initiated; it becomes active.
     pub(crate) fn insert_initiated(&mut self, identity: PublicIdentity, session: Session) {
-        self.remote_identity = identity;
+        self.rebind(identity);
         self.sessions.push_front(session);
         self.sessions.truncate(MAX_ARCHIVED_SESSIONS + 1);
     }
@@ -85,7 +96,7 @@ impl SessionRecord {
     /// initiated at once: the session with the smaller identifier wins on both sides, and the
     /// loser is archived and marked superseded. Otherwise the new session becomes active.
     pub(crate) fn insert_received(&mut self, identity: PublicIdentity, mut session: Session) {
-        self.remote_identity = identity;
+        self.rebind(identity);
         match self.sessions.front_mut() {
             Some(active) if !active.is_confirmed() && active.id < session.id => {
                 session.superseded = true;

@@ -13,12 +13,15 @@ use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use arbitrary::{Arbitrary, Unstructured};
-use multidevice::consts::{DAY_SECS, MAX_COMPANIONS, MAX_ONE_TIME_PREKEYS};
+use multidevice::consts::{
+    DAY_SECS, MAX_COMPANIONS, MAX_MESSAGE_PLAINTEXT, MAX_ONE_TIME_PREKEYS, PRIMARY_INACTIVITY_SECS,
+};
 use multidevice::{
-    AccountId, AccountStatus, CompanionPairing, Device, DeviceAddress, DeviceId, DeviceListError,
-    LogoutRequest, PairingCode, PrekeyBundle, PrekeyUpload, PrimaryPairing, PublicIdentity,
-    QrLinkApproval, QrLinkOffer, SessionMessage, SignedDeviceIdentity, SignedDeviceList, Timestamp,
-    VerifiedPrekeyBundle,
+    AccountId, AccountStatus, CompanionPairing, Conversation, Device, DeviceAddress, DeviceId,
+    DeviceListError, Fingerprint, LogoutRequest, MessageKind, PairingCode, PrekeyBundle,
+    PrekeyUpload, PrimaryPairing, PublicIdentity, QrLinkApproval, QrLinkOffer, ReceiveError,
+    Received, SessionError, SessionMessage, SignedDeviceIdentity, SignedDeviceList, Timestamp,
+    VerifiedPrekeyBundle, hazmat,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -26,12 +29,26 @@ use rand::rngs::StdRng;
 /// The time every fuzz target runs at, unless an event moves the clock.
 pub(crate) const NOW: Timestamp = Timestamp(1_700_000_000);
 
-/// Sender (12) and recipient (12) addresses after the version and type bytes.
-const ADDRESSES_END: usize = 2 + 12 + 12;
-/// Shortest session message: version, type, addresses, ratchet header (68), tag (16).
-const MIN_MESSAGE_LEN: usize = ADDRESSES_END + 68 + 16;
+/// Offset of the kind byte, after the version and type bytes.
+const KIND_OFFSET: usize = 2;
+/// Offset of the sender address (12 bytes); the recipient (12) follows.
+const SENDER_OFFSET: usize = KIND_OFFSET + 1;
+/// Offset of the recipient address.
+const RECIPIENT_OFFSET: usize = SENDER_OFFSET + 12;
+/// End of the sender (12) and recipient (12) addresses after the version, type and kind bytes.
+const ADDRESSES_END: usize = RECIPIENT_OFFSET + 12;
+/// Ratchet header: session id (16), ratchet key (32), counter (4), previous counter (4), nonce
+/// (12).
+const HEADER_LEN: usize = 68;
+/// AEAD tag.
+const TAG_LEN: usize = 16;
+/// Shortest session message: version, type, kind, addresses, ratchet header, tag.
+const MIN_MESSAGE_LEN: usize = ADDRESSES_END + HEADER_LEN + TAG_LEN;
 /// Shortest prekey fields: identity (128), base key (32), signed prekey id (4), flag (1).
-const MIN_PREKEY_FIELDS_LEN: usize = 128 + 32 + 4 + 1;
+const MIN_PREKEY_FIELDS_LEN: usize = PublicIdentity::LEN + 32 + 4 + 1;
+/// The kinds in the order of their wire bytes 0..=3.
+const KINDS: [MessageKind; 4] =
+    [MessageKind::Raw, MessageKind::Direct, MessageKind::OwnCopy, MessageKind::History];
 
 /// Address of device `device` of account `account`.
 pub(crate) fn address(account: u64, device: u32) -> DeviceAddress {
@@ -70,7 +87,9 @@ fn fetch_bundle(owner: &Device, one_time: usize) -> VerifiedPrekeyBundle {
 // Decode targets: one per parser.
 // ---------------------------------------------------------------------------------------------
 
-/// `SessionMessage::try_from`: no panic, and an accepted message has the documented layout.
+/// `SessionMessage::try_from`: no panic, and an accepted message has the documented layout: a
+/// known kind byte, the addresses where they belong, a prekey message's ratchet key equal to its
+/// base key, and a ciphertext between a bare tag and the plaintext limit.
 pub(crate) fn session_message(data: &[u8]) {
     let Ok(message) = SessionMessage::try_from(data) else {
         return;
@@ -79,11 +98,34 @@ pub(crate) fn session_message(data: &[u8]) {
     assert_eq!(data.first(), Some(&1), "accepted an unknown version");
     let expected_type = if message.is_prekey_message() { 2 } else { 1 };
     assert_eq!(data.get(1), Some(&expected_type));
-    if message.is_prekey_message() {
+    let kind = data.get(KIND_OFFSET).copied();
+    assert!(matches!(kind, Some(0..=3)), "accepted kind byte {kind:?}");
+    assert_eq!(kind.and_then(|k| KINDS.get(usize::from(k))), Some(&message.kind()));
+    assert_eq!(address_at(data, SENDER_OFFSET), Some(message.sender()));
+    assert_eq!(address_at(data, RECIPIENT_OFFSET), Some(message.recipient()));
+    let header = if message.is_prekey_message() {
         assert!(data.len() >= MIN_MESSAGE_LEN + MIN_PREKEY_FIELDS_LEN);
-    }
-    assert_eq!(address_at(data, 2), Some(message.sender()));
-    assert_eq!(address_at(data, 14), Some(message.recipient()));
+        let flag_at = ADDRESSES_END + MIN_PREKEY_FIELDS_LEN - 1;
+        let header = match data.get(flag_at) {
+            Some(0) => flag_at + 1,
+            Some(1) => flag_at + 1 + 4,
+            other => panic!("accepted one-time prekey flag {other:?}"),
+        };
+        let base_key = ADDRESSES_END + PublicIdentity::LEN;
+        assert_eq!(
+            data.get(base_key..base_key + 32),
+            data.get(header + 16..header + 48),
+            "accepted a prekey message whose ratchet key is not its base key"
+        );
+        header
+    } else {
+        ADDRESSES_END
+    };
+    let ciphertext = data.len().saturating_sub(header + HEADER_LEN);
+    assert!(
+        (TAG_LEN..=MAX_MESSAGE_PLAINTEXT + TAG_LEN).contains(&ciphertext),
+        "accepted a {ciphertext}-byte ciphertext"
+    );
 }
 
 fn address_at(data: &[u8], offset: usize) -> Option<DeviceAddress> {
@@ -117,7 +159,7 @@ pub(crate) fn prekey_bundle(data: &[u8]) {
     let mut device = Device::from_bytes(initiator_bytes()).expect("fixture state loads");
     let remote = verified.bundle().address;
     let mut rng = seeded(1);
-    match device.start_session(&mut rng, &verified) {
+    match hazmat::start_session(&mut device, &mut rng, &verified) {
         Ok(()) => assert!(device.has_session(remote)),
         Err(error) => {
             assert_eq!(device.to_bytes().as_slice(), initiator_bytes(), "changed by {error:?}");
@@ -154,12 +196,19 @@ pub(crate) fn public_identity(data: &[u8]) {
     assert_eq!(again.fingerprint(), identity.fingerprint());
 }
 
-/// `Device::from_bytes`: a loaded device serializes stably and exposes consistent public data.
+/// Version of the persisted device format this crate reads and writes.
+pub(crate) const STATE_FORMAT: u8 = 2;
+
+/// `Device::from_bytes`: only the current format loads, only in its canonical encoding; a loaded
+/// device serializes stably and exposes consistent public data.
 pub(crate) fn device_state(data: &[u8]) {
     let Ok(device) = Device::from_bytes(data) else {
         return;
     };
+    // The format version leads the state as a postcard varint: one byte below 128.
+    assert_eq!(data.first(), Some(&STATE_FORMAT), "loaded a state of another format");
     let first = device.to_bytes();
+    assert_eq!(first.as_slice(), data, "loaded a non-canonical state");
     let reloaded = Device::from_bytes(&first).expect("a device's own bytes load");
     assert_eq!(reloaded.to_bytes(), first, "persisted state is not stable");
     let identity = device.public_identity().to_bytes();
@@ -167,13 +216,22 @@ pub(crate) fn device_state(data: &[u8]) {
         PublicIdentity::try_from(identity.as_slice()).as_ref(),
         Ok(device.public_identity())
     );
-    // A state this crate wrote never holds more one-time prekeys than the limit; a state from
-    // elsewhere might, and its upload then cannot be parsed back, so only check the normal case.
-    if device.one_time_prekeys_remaining() <= MAX_ONE_TIME_PREKEYS {
-        let upload = device.prekey_upload();
-        let bytes = upload.to_bytes();
-        assert_eq!(PrekeyUpload::try_from(bytes.as_slice()), Ok(upload));
+    // A primary always holds its own list, under its own identity (the load checks it).
+    if device.account_status(device.clock()) == AccountStatus::Primary {
+        let own = device.device_list(device.account()).expect("a primary holds its own list");
+        assert_eq!(own.account_identity(), device.public_identity());
     }
+    // Every list to fetch is a list held for that account; reading changes nothing.
+    for (account, _) in device.lists_to_fetch() {
+        let list = device.device_list(account).expect("a list to fetch is a list held");
+        assert_eq!(list.account(), account);
+    }
+    assert_eq!(device.to_bytes(), first, "reading the device changed it");
+    // The state's limits are checked on load, so its upload always parses back.
+    assert!(device.one_time_prekeys_remaining() <= MAX_ONE_TIME_PREKEYS);
+    let upload = device.prekey_upload();
+    let bytes = upload.to_bytes();
+    assert_eq!(PrekeyUpload::try_from(bytes.as_slice()), Ok(upload));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,6 +281,10 @@ pub(crate) struct Pending {
     pub(crate) wire: Vec<u8>,
     /// What it decrypts to.
     pub(crate) plaintext: Vec<u8>,
+    /// The fingerprint of the sender's identity.
+    pub(crate) sender_fingerprint: Fingerprint,
+    /// True when it starts a session at the receiver.
+    pub(crate) new_session: bool,
 }
 
 /// The fixed conversation the decrypt target attacks, and messages for seeding its corpus.
@@ -245,15 +307,23 @@ pub(crate) fn build_decrypt_fixture() -> DecryptFixture {
     let mut pending = Vec::new();
     let mut delivered = Vec::new();
     let send = |from: &mut Device, to: &Device, text: &[u8], rng: &mut StdRng| {
-        from.encrypt(rng, to.address(), text).expect("session exists")
+        hazmat::encrypt(from, rng, to.address(), text).expect("session exists")
+    };
+    let pending_from = |from: &Device, wire: Vec<u8>, text: &[u8], new_session: bool| Pending {
+        to: if from.address() == Side::B.address() { Side::A } else { Side::B },
+        from: from.address(),
+        wire,
+        plaintext: text.to_vec(),
+        sender_fingerprint: from.public_identity().fingerprint(),
+        new_session,
     };
 
-    a.start_session(&mut rng, &fetch_bundle(&b, 0)).expect("genuine bundle");
+    hazmat::start_session(&mut a, &mut rng, &fetch_bundle(&b, 0)).expect("genuine bundle");
     let first = send(&mut a, &b, b"first, a prekey message", &mut rng);
-    b.decrypt(&first, NOW).expect("genuine");
+    assert!(hazmat::decrypt(&mut b, &first, NOW).expect("genuine").new_session);
     delivered.push(first);
     let reply = send(&mut b, &a, b"reply", &mut rng);
-    a.decrypt(&reply, NOW).expect("genuine");
+    hazmat::decrypt(&mut a, &reply, NOW).expect("genuine");
     delivered.push(reply);
 
     // A turns the ratchet and sends three; B receives only the third and keeps two skipped keys.
@@ -262,23 +332,23 @@ pub(crate) fn build_decrypt_fixture() -> DecryptFixture {
         .map(|text| (send(&mut a, &b, text, &mut rng), text))
         .collect();
     let third = send(&mut a, &b, b"third", &mut rng);
-    b.decrypt(&third, NOW).expect("genuine");
+    hazmat::decrypt(&mut b, &third, NOW).expect("genuine");
     delivered.push(third);
     for (wire, text) in skipped {
-        pending.push(Pending { to: Side::B, from: a.address(), wire, plaintext: text.to_vec() });
+        pending.push(pending_from(&a, wire, text, false));
     }
 
     // B turns the ratchet; nothing reaches A yet.
     for text in [&b"new chain one"[..], b"new chain two"] {
         let wire = send(&mut b, &a, text, &mut rng);
-        pending.push(Pending { to: Side::A, from: b.address(), wire, plaintext: text.to_vec() });
+        pending.push(pending_from(&b, wire, text, false));
     }
 
     // C starts a session with B using one of B's unused one-time prekeys.
-    c.start_session(&mut rng, &fetch_bundle(&b, 0)).expect("genuine bundle");
+    hazmat::start_session(&mut c, &mut rng, &fetch_bundle(&b, 0)).expect("genuine bundle");
     let text = b"hello from a third device";
     let wire = send(&mut c, &b, text, &mut rng);
-    pending.push(Pending { to: Side::B, from: c.address(), wire, plaintext: text.to_vec() });
+    pending.push(pending_from(&c, wire, text, true));
 
     DecryptFixture { state: [a.to_bytes().to_vec(), b.to_bytes().to_vec()], pending, delivered }
 }
@@ -299,24 +369,29 @@ fn decrypt_target() -> &'static DecryptTarget {
 }
 
 /// Feeds `data` to both fixture devices. Only a pending genuine message may decrypt, to its
-/// plaintext, exactly once; any failure leaves the device byte-identical.
+/// plaintext, exactly once; any failure leaves the device byte-identical. The authorized front
+/// door, [`Device::receive`], takes none of these raw messages and changes nothing.
 pub(crate) fn decrypt(data: &[u8]) {
     let target = decrypt_target();
     for side in [Side::A, Side::B] {
         let state = &target.fixture.state[side.index()];
         let mut device = lock(&target.live[side.index()]);
-        match device.decrypt(data, NOW) {
+        let pending = target.fixture.pending.iter().find(|p| p.to == side && p.wire == data);
+        let refused = device.receive(data, None, NOW);
+        assert!(refused.is_err(), "the front door accepted a raw-session input");
+        if pending.is_some() {
+            assert_eq!(refused.err(), Some(ReceiveError::WrongKind(MessageKind::Raw)));
+        }
+        assert_eq!(device.to_bytes().as_slice(), state.as_slice(), "changed by receive");
+        match hazmat::decrypt(&mut device, data, NOW) {
             Ok(got) => {
-                let expected = target
-                    .fixture
-                    .pending
-                    .iter()
-                    .find(|p| p.to == side && p.wire == data)
-                    .expect("only a genuine pending message can decrypt");
+                let expected = pending.expect("only a genuine pending message can decrypt");
                 assert_eq!(got.plaintext.as_slice(), expected.plaintext.as_slice());
                 assert_eq!(got.sender, expected.from);
+                assert_eq!(got.sender_fingerprint, expected.sender_fingerprint);
+                assert_eq!(got.new_session, expected.new_session);
                 let after = device.to_bytes();
-                assert!(device.decrypt(data, NOW).is_err(), "a message decrypted twice");
+                assert!(hazmat::decrypt(&mut device, data, NOW).is_err(), "decrypted twice");
                 assert_eq!(device.to_bytes(), after, "a rejected replay changed state");
                 *device = Device::from_bytes(state).expect("fixture loads");
             }
@@ -556,6 +631,8 @@ struct World {
     in_flight: Vec<Envelope>,
     log: Vec<Envelope>,
     sent: Vec<Sent>,
+    /// The fingerprints of A's and B's identities, which no event changes.
+    identities: [Fingerprint; 2],
     stats: Stats,
 }
 
@@ -565,7 +642,7 @@ fn two_device_start() -> &'static [Vec<u8>; 2] {
         let mut rng = seeded(0x2DE7);
         let mut a = fresh_device(&mut rng, Side::A.address(), 3);
         let b = fresh_device(&mut rng, Side::B.address(), 3);
-        a.start_session(&mut rng, &fetch_bundle(&b, 0)).expect("genuine bundle");
+        hazmat::start_session(&mut a, &mut rng, &fetch_bundle(&b, 0)).expect("genuine bundle");
         [a.to_bytes().to_vec(), b.to_bytes().to_vec()]
     })
 }
@@ -589,10 +666,13 @@ impl World {
             accepted: BTreeSet::new(),
             snapshot: None,
         };
+        let peers = [peer(&start[0]), peer(&start[1])];
+        let identities = peers.each_ref().map(|p| p.device.public_identity().fingerprint());
         Self {
             rng: seeded(0x5EED),
             now: NOW,
-            peers: [peer(&start[0]), peer(&start[1])],
+            peers,
+            identities,
             in_flight: Vec::new(),
             log: Vec::new(),
             sent: Vec::new(),
@@ -680,7 +760,7 @@ impl World {
                     fetch_bundle(&self.peers[from.other().index()].device, one_time.into());
                 let (rng, device) = (&mut self.rng, &mut self.peers[from.index()].device);
                 let before = device.to_bytes();
-                match device.start_session(rng, &bundle) {
+                match hazmat::start_session(device, rng, &bundle) {
                     Ok(()) => assert!(device.has_session(from.other().address())),
                     Err(error) => assert_eq!(device.to_bytes(), before, "changed by {error:?}"),
                 }
@@ -715,7 +795,7 @@ impl World {
         let text = plaintext(id, len);
         let (rng, device) = (&mut self.rng, &mut self.peers[from.index()].device);
         let before = device.to_bytes();
-        match device.encrypt(rng, from.other().address(), &text) {
+        match hazmat::encrypt(device, rng, from.other().address(), &text) {
             Ok(wire) => {
                 self.stats.sent += 1;
                 self.in_flight.push(Envelope { id, bytes: wire.clone() });
@@ -729,14 +809,29 @@ impl World {
         let sent = &self.sent[envelope.id];
         let now = self.now;
         let peer = &mut self.peers[to.index()];
+        // A refused message moves only the clock high-water mark: move it first, so the state
+        // after a refusal must be byte-identical to this one.
+        raise_clock(&mut peer.device, now);
         let before = peer.device.to_bytes();
-        match peer.device.decrypt(&envelope.bytes, now) {
+        // The front door never takes a raw message, whatever the relay did to it.
+        let refused = peer.device.receive(&envelope.bytes, None, now);
+        assert!(refused.is_err(), "the front door accepted a raw message");
+        if envelope.bytes == sent.wire {
+            assert_eq!(refused.err(), Some(ReceiveError::WrongKind(MessageKind::Raw)));
+        }
+        assert_eq!(peer.device.to_bytes(), before, "changed by receive");
+        match hazmat::decrypt(&mut peer.device, &envelope.bytes, now) {
             Ok(got) => {
                 self.stats.accepted += 1;
                 assert_eq!(to, sent.to, "accepted by a device it was not addressed to");
                 assert!(envelope.bytes == sent.wire, "accepted a tampered message");
                 assert_eq!(got.plaintext.as_slice(), sent.plaintext.as_slice());
                 assert_eq!(got.sender, sent.from.address());
+                assert_eq!(got.sender_fingerprint, self.identities[sent.from.index()]);
+                assert!(
+                    !got.new_session || envelope.bytes.get(1) == Some(&2),
+                    "an ordinary message started a session"
+                );
                 assert!(
                     peer.accepted.insert(envelope.id),
                     "message {} accepted twice",
@@ -749,6 +844,14 @@ impl World {
             }
         }
     }
+}
+
+/// Raises `device`'s clock high-water mark to `now` and nothing else, by handing it an empty
+/// message: every call that takes the time moves the mark first, whatever its outcome.
+fn raise_clock(device: &mut Device, now: Timestamp) {
+    let expected = device.clock().max(now);
+    assert!(hazmat::decrypt(device, &[], now).is_err(), "an empty message decrypted");
+    assert_eq!(device.clock(), expected, "the clock high-water mark did not move to {now:?}");
 }
 
 /// Runs an event list and reports what happened.
@@ -768,12 +871,15 @@ pub(crate) fn two_devices(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // Accounts, linking and blobs.
 
-/// A primary (1:0) with one linked companion, and a peer (2:0) that holds the primary's list.
+/// A primary (1:0) with one linked companion, and a peer (2:0) that holds the primary's list;
+/// the primary and the companion hold the peer's list, so they accept what the peer sends.
 struct AccountFixture {
     primary: Vec<u8>,
     companion: Vec<u8>,
     peer: Vec<u8>,
     list: Vec<u8>,
+    /// The peer's own signed list (account 2), for companions linked later.
+    peer_list: Vec<u8>,
 }
 
 fn account_fixture() -> &'static AccountFixture {
@@ -792,13 +898,23 @@ fn account_fixture() -> &'static AccountFixture {
         companion
             .process_device_list(&list.to_bytes(), NOW)
             .unwrap_or_else(|_| unreachable_fixture());
+        assert_eq!(companion.account_status(NOW), AccountStatus::Active);
         let mut peer = Device::new(&mut rng, address(2, 0), NOW);
         peer.process_device_list(&list.to_bytes(), NOW).unwrap_or_else(|_| unreachable_fixture());
+        let peer_list = peer
+            .device_list(AccountId(2))
+            .unwrap_or_else(unreachable_fixture)
+            .signed_bytes()
+            .to_vec();
+        for device in [&mut primary, &mut companion] {
+            device.process_device_list(&peer_list, NOW).unwrap_or_else(|_| unreachable_fixture());
+        }
         AccountFixture {
             primary: primary.to_bytes().to_vec(),
             companion: companion.to_bytes().to_vec(),
             peer: peer.to_bytes().to_vec(),
             list: list.to_bytes(),
+            peer_list,
         }
     })
 }
@@ -817,7 +933,9 @@ pub(crate) fn seed_device_list() -> Vec<u8> {
 }
 
 /// Parses and verifies a device list, checks canonical re-encoding, and feeds it to a peer: a
-/// rejected list leaves the peer unchanged (an identity change only raises its flag).
+/// rejected list leaves the peer unchanged (an identity change only raises its flag), an
+/// accepted one is what the peer then holds, never older than before; either way the peer's
+/// state still loads.
 pub(crate) fn device_list(data: &[u8]) {
     if let Ok(list) = SignedDeviceList::try_from(data) {
         assert_eq!(list.to_bytes(), data, "device list encoding is not canonical");
@@ -826,10 +944,25 @@ pub(crate) fn device_list(data: &[u8]) {
     let fixture = account_fixture();
     let mut peer = restore(&fixture.peer);
     match peer.process_device_list(data, NOW) {
-        Ok(update) => assert!(update.list.devices().len() <= 1 + MAX_COMPANIONS),
-        Err(DeviceListError::IdentityChanged { .. }) => {}
+        Ok(update) => {
+            assert!(update.list.devices().len() <= 1 + MAX_COMPANIONS);
+            let account = update.list.account();
+            let held = peer.device_list(account).expect("an accepted list is held");
+            assert_eq!(held.digest(), update.list.digest(), "the peer holds another list");
+            let before = restore(&fixture.peer);
+            if let Some(old) = before.device_list(account) {
+                assert!(held.version() >= old.version(), "the list rolled back");
+            }
+        }
+        Err(DeviceListError::IdentityChanged { account }) => {
+            // A list of another account under a new identity waits as the pending change.
+            if account != peer.account() {
+                assert!(peer.identity_change_pending(account));
+            }
+        }
         Err(_) => assert_eq!(peer.to_bytes().as_slice(), fixture.peer.as_slice()),
     }
+    Device::from_bytes(&peer.to_bytes()).expect("the peer's state loads");
 }
 
 /// Parses a signed device identity and checks it against the account identity.
@@ -884,20 +1017,30 @@ pub(crate) fn link_messages(data: &[u8]) {
     }
 }
 
-/// Arbitrary bytes as every pairing-code message, to both sides.
+/// A copy of a pairing code (codes are deliberately not `Clone`).
+fn copy_code(code: &PairingCode) -> PairingCode {
+    let text = std::str::from_utf8(code.as_password_bytes()).expect("codes are ASCII");
+    PairingCode::parse(text).expect("a code's canonical form parses")
+}
+
+/// Arbitrary bytes as every pairing-code message, to both sides. Answering a hello never
+/// changes the primary's state, and a rejected confirmation leaves it unchanged.
 pub(crate) fn pairing_messages(data: &[u8]) {
     let mut rng = seeded(0x9a1);
     let fixture = account_fixture();
     let mut primary = restore(&fixture.primary);
     let companion = Device::new(&mut rng, address(1, 97), NOW);
     let code = PairingCode::generate(&mut rng);
-    let _ = PrimaryPairing::respond(&mut rng, &primary, data, &code, NOW);
+    let _ = PrimaryPairing::respond(&mut rng, &mut primary, data, code, NOW);
+    assert_eq!(primary.to_bytes().as_slice(), fixture.primary.as_slice(), "changed by respond");
     let (mut attempt, hello) = CompanionPairing::start(&mut rng, &companion, NOW);
     let _ = attempt.handle_response(data, NOW);
-    if let Ok((mut pairing, _)) = PrimaryPairing::respond(&mut rng, &primary, &hello, &code, NOW) {
-        let before = primary.to_bytes().to_vec();
+    let code = copy_code(attempt.code());
+    if let Ok((mut pairing, _)) = PrimaryPairing::respond(&mut rng, &mut primary, &hello, code, NOW)
+    {
+        assert_eq!(primary.to_bytes().as_slice(), fixture.primary.as_slice());
         if pairing.handle_confirm(&mut primary, data, NOW).is_err() {
-            assert_eq!(primary.to_bytes().as_slice(), before.as_slice());
+            assert_eq!(primary.to_bytes().as_slice(), fixture.primary.as_slice());
         }
     }
 }
@@ -956,7 +1099,7 @@ pub(crate) fn history_records(data: &[u8]) {
 }
 
 /// One step of the accounts scenario.
-#[derive(Arbitrary, Debug, Clone)]
+#[derive(Arbitrary, Debug, Clone, PartialEq, Eq)]
 pub(crate) enum AccountEvent {
     /// The primary links a new companion by QR.
     Link,
@@ -964,24 +1107,55 @@ pub(crate) enum AccountEvent {
     Remove(u8),
     /// The primary re-signs its list.
     Refresh,
-    /// The server delivers published list `i` (possibly an old one) to the peer and companions.
+    /// The server delivers published list `i % 64` (possibly an old one) to the peer, unless
+    /// bit 6 of `i` is set, and to every companion, unless bit 7 is set: it may withhold a list
+    /// from either side.
     Deliver(u8),
     /// Time moves on by `n` days (at most 20).
     AdvanceDays(u8),
     /// The clock is wound back by `n` days.
     WindBack(u8),
-    /// The peer fans a message out to the account; every listed device tries to read it.
+    /// The peer fans a message out to the account; every device it reached tries to read it.
     PeerSends,
     /// Companion `i` asks to be logged out.
     Logout(u8),
 }
 
-/// Random account histories: lists never roll back at the peer, the peer never holds a device
-/// set the primary did not publish, and only active companions read messages.
-pub(crate) fn account_events(data: &[u8]) {
+/// Decodes an event list the way the `account_events` target does: always 64 events, since
+/// `arbitrary` reads an exhausted input as zeros, which decode as [`AccountEvent::Link`].
+pub(crate) fn decode_account_events(data: &[u8]) -> Vec<AccountEvent> {
     let mut u = Unstructured::new(data);
-    let events: Vec<AccountEvent> =
-        (0..64).map_while(|_| AccountEvent::arbitrary(&mut u).ok()).collect();
+    (0..64).map_while(|_| AccountEvent::arbitrary(&mut u).ok()).collect()
+}
+
+/// Encodes account events into bytes that [`decode_account_events`] turns back into them, for
+/// writing seeds; the same mirror of `arbitrary`'s derive as [`encode_events`].
+pub(crate) fn encode_account_events(events: &[AccountEvent]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for event in events {
+        let (variant, argument): (u32, Option<u8>) = match *event {
+            AccountEvent::Link => (0, None),
+            AccountEvent::Remove(i) => (1, Some(i)),
+            AccountEvent::Refresh => (2, None),
+            AccountEvent::Deliver(i) => (3, Some(i)),
+            AccountEvent::AdvanceDays(n) => (4, Some(n)),
+            AccountEvent::WindBack(n) => (5, Some(n)),
+            AccountEvent::PeerSends => (6, None),
+            AccountEvent::Logout(i) => (7, Some(i)),
+        };
+        let tag = (u64::from(variant) << 32).div_ceil(8);
+        out.extend_from_slice(&u32::try_from(tag).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend(argument);
+    }
+    out
+}
+
+/// Random account histories: lists never roll back at the peer, the peer never holds a device
+/// set the primary did not publish, the peer sends only to devices its held list authorizes,
+/// only active companions read messages, and the primary and every active companion read every
+/// message sent to them.
+pub(crate) fn account_events(data: &[u8]) {
+    let events = decode_account_events(data);
     let mut rng = seeded(0xe7e);
     let fixture = account_fixture();
     let mut primary = restore(&fixture.primary);
@@ -994,12 +1168,15 @@ pub(crate) fn account_events(data: &[u8]) {
         match event {
             AccountEvent::Link => {
                 let mut companion = Device::new(&mut rng, address(1, 99), now);
+                // It learns the peer's list at once; it is not linked before a list names it.
+                let _ = companion.process_device_list(&fixture.peer_list, now);
                 let mut offer = QrLinkOffer::new(&mut rng, &companion, now);
                 if let Ok((mut approval, message)) =
                     QrLinkApproval::approve(&mut primary, &offer.qr_text(), now)
                     && let Ok(confirmation) = offer.accept_approval(&mut companion, &message, now)
                     && let Ok(list) = approval.finish(&mut primary, &confirmation, now)
                 {
+                    assert_eq!(companion.account_status(now), AccountStatus::NotLinked);
                     publish(&mut published, &list);
                     companions.push(companion);
                 }
@@ -1016,10 +1193,14 @@ pub(crate) fn account_events(data: &[u8]) {
                 }
             }
             AccountEvent::Deliver(i) if !published.is_empty() => {
-                let (_, _, bytes) = &published[usize::from(i) % published.len()];
-                let _ = peer.process_device_list(bytes, now);
-                for companion in &mut companions {
-                    let _ = companion.process_device_list(bytes, now);
+                let (_, _, bytes) = &published[usize::from(i & 0x3f) % published.len()];
+                if i & 0x40 == 0 {
+                    let _ = peer.process_device_list(bytes, now);
+                }
+                if i & 0x80 == 0 {
+                    for companion in &mut companions {
+                        let _ = companion.process_device_list(bytes, now);
+                    }
                 }
             }
             AccountEvent::AdvanceDays(n) => now = now.plus_secs(u64::from(n % 21) * DAY_SECS),
@@ -1027,32 +1208,7 @@ pub(crate) fn account_events(data: &[u8]) {
                 now = Timestamp(now.0.saturating_sub(u64::from(n % 21) * DAY_SECS))
             }
             AccountEvent::PeerSends => {
-                let bundles: Vec<_> = companions
-                    .iter_mut()
-                    .filter_map(|c| {
-                        let _ = c.generate_one_time_prekeys(&mut rng, 1);
-                        c.prekey_upload()
-                            .one_time_prekeys
-                            .len()
-                            .checked_sub(1)
-                            .map(|last| c.prekey_upload().bundle(Some(last)))
-                    })
-                    .collect();
-                if let Ok(fanout) =
-                    peer.encrypt_fanout(&mut rng, &[AccountId(1)], &bundles, b"hello", now)
-                {
-                    for envelope in &fanout.envelopes {
-                        if let Some(companion) =
-                            companions.iter_mut().find(|c| c.address() == envelope.recipient)
-                        {
-                            let status = companion.account_status(now);
-                            let result = companion.decrypt_fanout(&envelope.bytes, None, now);
-                            if status != AccountStatus::Active {
-                                assert!(result.is_err(), "a {status:?} companion read a message");
-                            }
-                        }
-                    }
-                }
+                peer_sends(&mut rng, &mut peer, &mut primary, &mut companions, now)
             }
             AccountEvent::Logout(i) if !companions.is_empty() => {
                 let companion = &companions[usize::from(i) % companions.len()];
@@ -1076,6 +1232,122 @@ pub(crate) fn account_events(data: &[u8]) {
                 );
             }
         }
+        for companion in &companions {
+            check_companion_status(companion, now);
+        }
+    }
+}
+
+/// A companion is active only while its account's newest list it holds names it and is at most
+/// 14 days old, and removed only when that list does not name it.
+fn check_companion_status(companion: &Device, now: Timestamp) {
+    let status = companion.account_status(now);
+    let clock = now.max(companion.clock());
+    let held = companion.device_list(companion.account());
+    let names_it = held.is_some_and(|list| {
+        list.device(companion.address())
+            .is_some_and(|d| d.identity() == companion.public_identity())
+    });
+    match status {
+        AccountStatus::Active => {
+            assert!(names_it, "an active companion is not in its list");
+            let age = held.map_or(u64::MAX, |list| list.age(clock));
+            assert!(age <= PRIMARY_INACTIVITY_SECS, "active on a {age} s old list");
+        }
+        AccountStatus::Removed => assert!(!names_it, "removed but named by its list"),
+        AccountStatus::NotLinked => assert!(!names_it, "not linked but named by its list"),
+        AccountStatus::SignedOut => {}
+        other => panic!("a companion has status {other:?}"),
+    }
+}
+
+/// The peer fans "hello" out to account 1, with a fresh bundle for every device of the account.
+/// It sends only to devices its held list names, under the identity the list names, and to
+/// companions only while that list is current; every listed device gets exactly one envelope
+/// or one skip. Every recipient then tries to read its envelope: a companion that is not active
+/// is refused (changing nothing), while the primary and every active companion read it.
+fn peer_sends(
+    rng: &mut StdRng,
+    peer: &mut Device,
+    primary: &mut Device,
+    companions: &mut [Device],
+    now: Timestamp,
+) {
+    let bundles: Vec<_> = std::iter::once(&mut *primary)
+        .chain(companions.iter_mut())
+        .filter_map(|device| {
+            let _ = device.generate_one_time_prekeys(rng, 1);
+            let upload = device.prekey_upload();
+            let last = upload.one_time_prekeys.len().checked_sub(1)?;
+            Some(upload.bundle(Some(last)))
+        })
+        .collect();
+    let Ok(fanout) = peer.encrypt_fanout(rng, &[AccountId(1)], &bundles, b"hello", now) else {
+        return;
+    };
+    assert!(fanout.body.is_none(), "a short payload went into a shared body");
+    let held = peer.device_list(AccountId(1)).expect("a fan-out needs the recipient's list");
+    let current = !peer.lists_to_fetch().iter().any(|(account, _)| *account == AccountId(1));
+    assert_eq!(fanout.lists_needed.contains(&AccountId(1)), !current);
+    let listed: BTreeSet<DeviceAddress> = held.devices().iter().map(|d| d.address()).collect();
+    let mut covered = BTreeSet::new();
+    for envelope in &fanout.envelopes {
+        let recipient = envelope.recipient;
+        let device = held.device(recipient).unwrap_or_else(|| {
+            panic!("the peer sent to {recipient}, which its list does not name")
+        });
+        assert_eq!(peer.remote_identity(recipient), Some(device.identity()));
+        assert!(recipient.device.is_primary() || current, "sent to {recipient} on a stale list");
+        let message = SessionMessage::try_from(envelope.bytes.as_slice()).expect("own envelope");
+        assert_eq!((message.kind(), message.sender()), (MessageKind::Direct, peer.address()));
+        assert_eq!(message.recipient(), recipient);
+        assert!(covered.insert(recipient), "two envelopes for {recipient}");
+    }
+    for (skipped, _) in &fanout.skipped {
+        assert!(listed.contains(skipped), "skipped {skipped}, which the list does not name");
+        assert!(covered.insert(*skipped), "{skipped} both skipped and sent to, or skipped twice");
+    }
+    assert_eq!(covered, listed, "a listed device got neither an envelope nor a skip");
+
+    for envelope in &fanout.envelopes {
+        let recipient = envelope.recipient;
+        if recipient == primary.address() {
+            let got = primary.receive(&envelope.bytes, None, now);
+            check_received(got, peer.address(), "the primary");
+        } else if let Some(companion) = companions.iter_mut().find(|c| c.address() == recipient) {
+            let status = companion.account_status(now);
+            raise_clock(companion, now);
+            let before = companion.to_bytes();
+            let got = companion.receive(&envelope.bytes, None, now);
+            match status {
+                AccountStatus::Active => check_received(got, peer.address(), "an active companion"),
+                _ => {
+                    let expected = match status {
+                        AccountStatus::NotLinked => SessionError::NotLinked,
+                        _ => SessionError::SignedOut,
+                    };
+                    assert_eq!(
+                        got.err(),
+                        Some(ReceiveError::Session(expected)),
+                        "a {status:?} companion read a message"
+                    );
+                    assert_eq!(companion.to_bytes(), before, "a refused message changed state");
+                }
+            }
+        }
+    }
+}
+
+/// `got` is the peer's "hello", direct from `sender`.
+fn check_received(got: Result<Received, ReceiveError>, sender: DeviceAddress, who: &str) {
+    match got {
+        Ok(Received::Message(message)) => {
+            assert_eq!(message.sender, sender);
+            assert_eq!(message.conversation, Conversation::Direct);
+            assert_eq!(message.payload.as_slice(), b"hello");
+        }
+        Ok(other) => panic!("{who} received {other:?} for a fan-out"),
+        Err(error) => panic!("{who} could not read a message sent to it: {error:?}"),
     }
 }
 

@@ -1,7 +1,9 @@
 //! Shared participant model for the scenario tests: devices, a seeded RNG, a clock.
 #![allow(dead_code)]
 
-use multidevice::{AccountId, Device, DeviceAddress, DeviceId, Timestamp};
+pub(crate) mod world;
+
+use multidevice::{AccountId, Device, DeviceAddress, DeviceId, Timestamp, hazmat};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -25,26 +27,32 @@ pub(crate) fn device(rng: &mut StdRng, address: DeviceAddress, otks: usize) -> D
     device
 }
 
-/// Alice (1:0) with a session to Bob (2:0), Bob having 5 one-time prekeys.
+/// Alice (1:0) with a raw session to Bob (2:0), Bob having 5 one-time prekeys.
 pub(crate) fn pair(rng: &mut StdRng) -> (Device, Device) {
     let mut alice = device(rng, addr(1, 0), 5);
     let bob = device(rng, addr(2, 0), 5);
     let bundle = bob.prekey_upload().bundle(Some(0)).verify().unwrap();
-    alice.start_session(rng, &bundle).unwrap();
+    hazmat::start_session(&mut alice, rng, &bundle).unwrap();
     (alice, bob)
 }
 
-/// Alice and Bob with a confirmed session (one message each way).
+/// Alice and Bob with a confirmed raw session (one message each way).
 pub(crate) fn established(rng: &mut StdRng) -> (Device, Device) {
     let (mut alice, mut bob) = pair(rng);
-    let m = alice.encrypt(rng, bob.address(), b"hi").unwrap();
-    bob.decrypt(&m, T0).unwrap();
-    let r = bob.encrypt(rng, alice.address(), b"hi back").unwrap();
-    alice.decrypt(&r, T0).unwrap();
+    let m = hazmat::encrypt(&mut alice, rng, bob.address(), b"hi").unwrap();
+    hazmat::decrypt(&mut bob, &m, T0).unwrap();
+    let r = hazmat::encrypt(&mut bob, rng, alice.address(), b"hi back").unwrap();
+    hazmat::decrypt(&mut alice, &r, T0).unwrap();
     (alice, bob)
 }
 
 /// The persisted bytes of a device, for byte-identical state comparisons.
 pub(crate) fn snapshot(device: &Device) -> Vec<u8> {
     device.to_bytes().to_vec()
+}
+
+/// Raises `device`'s clock high-water mark to `now` and changes nothing else: every call that
+/// takes `now` moves the mark first, even one that then refuses its input.
+pub(crate) fn tick(device: &mut Device, now: Timestamp) {
+    assert!(device.receive(&[], None, now).is_err());
 }

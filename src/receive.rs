@@ -1,0 +1,216 @@
+//! The one entry point for everything a peer sends: [`Device::receive`].
+//!
+//! Every message names its kind in its authenticated prefix. Before any key is derived, the
+//! kind must be one its sender may send, the sender's address must be authorized by the newest
+//! verified list of its account ([`Device::authorize`]), and the session
+//! must be under the identity that list names. The message then decrypts on an unchanged device;
+//! its content and the list version it announces are checked; only then is the ratchet step
+//! committed. This module never creates a session for an address no list names, never spends a
+//! key on a message it refuses, and never accepts one kind as another.
+
+use core::fmt;
+
+use zeroize::Zeroizing;
+
+use crate::account::{Refusal, Role};
+use crate::blob::BlobDescriptor;
+use crate::device::Device;
+use crate::error::ReceiveError;
+use crate::fanout::{Content, Conversation, Inner, open_body};
+use crate::history::HISTORY_WINDOW_SECS;
+use crate::keys::{DeviceAddress, DeviceId, Timestamp};
+use crate::session::SessionMessage;
+use crate::session::message::MessageKind;
+
+/// What [`Device::receive`] accepted.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Received {
+    /// A message: sent to this account ([`Conversation::Direct`]), or a copy of what another
+    /// device of this account sent ([`Conversation::OwnCopy`]).
+    Message(ReceivedMessage),
+    /// History from this account's primary, for this newly linked companion: import it with
+    /// [`crate::import_history`].
+    History(ReceivedHistory),
+}
+
+/// A decrypted message and who sent it.
+#[non_exhaustive]
+pub struct ReceivedMessage {
+    /// The authorized device that sent it.
+    pub sender: DeviceAddress,
+    /// Direct message, or a copy of what this account sent to others.
+    pub conversation: Conversation,
+    /// The sender's device-list version, as it stated.
+    pub sender_list_version: u64,
+    /// The sender's device-list digest, as it stated.
+    pub sender_list_digest: [u8; 32],
+    /// True when this device should fetch the sender account's list: the sender (its primary)
+    /// announced a newer version, or the list held is more than 14 days old. Until then that
+    /// account's companions are neither sent to nor accepted.
+    pub list_refresh_needed: bool,
+    /// The payload, wiped on drop.
+    pub payload: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for ReceivedMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceivedMessage")
+            .field("sender", &self.sender)
+            .field("conversation", &self.conversation)
+            .field("sender_list_version", &self.sender_list_version)
+            .field("list_refresh_needed", &self.list_refresh_needed)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// History a primary sent to this newly linked companion.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ReceivedHistory {
+    /// The account's primary.
+    pub sender: DeviceAddress,
+    /// Where the history blob is and how to decrypt it.
+    pub descriptor: BlobDescriptor,
+}
+
+impl Device {
+    /// Accepts one message from a peer: a fan-out envelope (with its shared `body`, if the
+    /// message has one) or a history envelope.
+    ///
+    /// Refused, with the device unchanged but for the documented latches: a raw
+    /// [`crate::hazmat`] message ([`ReceiveError::WrongKind`]); a sender its account's newest
+    /// list does not name ([`ReceiveError::UnlistedSender`], no session created and no prekey
+    /// consumed) or names under another identity; a companion sender while the list held for
+    /// its account is more than 14 days old or a newer version was announced
+    /// ([`ReceiveError::StaleList`]); an announced digest that contradicts the list held at that
+    /// version ([`ReceiveError::Equivocation`]); history from anyone but this account's primary,
+    /// or outside the window after this companion's link. [`ReceiveError::action`] says whether
+    /// to drop the message, keep it and retry, fetch a list, or ask the user.
+    ///
+    /// Latches that move even on a refusal: the clock high-water mark takes `now`, and a newer
+    /// list version announced by an authorized device is remembered.
+    pub fn receive(
+        &mut self,
+        envelope: &[u8],
+        body: Option<&[u8]>,
+        now: Timestamp,
+    ) -> Result<Received, ReceiveError> {
+        self.observe(now);
+        let message = SessionMessage::try_from(envelope)?;
+        let sender = message.sender;
+        let kind = message.kind;
+        self.check_kind(kind, sender)?;
+        self.require_active()?;
+        let device = self.authorize(sender).map_err(|refusal| match refusal {
+            Refusal::NoList => ReceiveError::NoList(sender.account),
+            Refusal::Unlisted => ReceiveError::UnlistedSender(sender),
+            Refusal::Stale { announced } => {
+                ReceiveError::StaleList { account: sender.account, announced }
+            }
+        })?;
+        let opened = self.open(&message, Some(device.identity()), now)?;
+        let inner = Inner::decode(kind, &opened.plaintext).map_err(ReceiveError::Content)?;
+        self.note_announcement(sender, inner.list_version, inner.list_digest)?;
+        let list_refresh_needed =
+            self.accounts.get(&sender.account).is_some_and(|known| !self.companions_current(known));
+        let received = match inner.content {
+            Content::History(descriptor) => Received::History(ReceivedHistory {
+                sender,
+                descriptor: BlobDescriptor::try_from(descriptor)
+                    .map_err(ReceiveError::Descriptor)?,
+            }),
+            content => {
+                let payload = match content {
+                    Content::Body { key, digest } => open_body(&key, &digest, body)?,
+                    Content::Inline(payload) | Content::History(payload) => {
+                        Zeroizing::new(payload.to_vec())
+                    }
+                };
+                let conversation = match kind {
+                    MessageKind::OwnCopy => Conversation::OwnCopy { to: inner.to },
+                    _ => Conversation::Direct,
+                };
+                Received::Message(ReceivedMessage {
+                    sender,
+                    conversation,
+                    sender_list_version: inner.list_version,
+                    sender_list_digest: inner.list_digest,
+                    list_refresh_needed,
+                    payload,
+                })
+            }
+        };
+        self.commit(opened);
+        Ok(received)
+    }
+
+    /// Refuses a message of a kind its sender may not send to this device, before any key is
+    /// derived.
+    fn check_kind(&self, kind: MessageKind, sender: DeviceAddress) -> Result<(), ReceiveError> {
+        let own = self.address.account;
+        match kind {
+            MessageKind::Raw => Err(ReceiveError::WrongKind(kind)),
+            MessageKind::Direct if sender.account == own => Err(ReceiveError::WrongKind(kind)),
+            MessageKind::OwnCopy if sender.account != own => {
+                Err(ReceiveError::ForeignOwnCopy(sender))
+            }
+            MessageKind::History => {
+                if sender != DeviceAddress::new(own, DeviceId::PRIMARY) {
+                    return Err(ReceiveError::HistoryNotFromPrimary(sender));
+                }
+                let linked_at = self.own_link_time().ok_or(ReceiveError::NotLinkedCompanion)?;
+                if self.clock.secs_since(linked_at) > HISTORY_WINDOW_SECS {
+                    return Err(ReceiveError::HistoryWindowClosed);
+                }
+                Ok(())
+            }
+            MessageKind::Direct | MessageKind::OwnCopy => Ok(()),
+        }
+    }
+
+    /// Compares the list version and digest an authorized device announced with what is held
+    /// for its account. The same version with another digest (than the list held, or than
+    /// announced before at that version) is equivocation. A newer version is remembered (a
+    /// latch, kept even when the message is refused): until a list of at least that version is
+    /// processed, the account's companions are stale. A companion's message announcing it is
+    /// refused until then; the primary's is accepted, and since the primary signs every list,
+    /// its announcement also forgets any announced above it. A primary takes no announcement
+    /// about its own account but the equivocation check: it signs that list itself.
+    fn note_announcement(
+        &mut self,
+        sender: DeviceAddress,
+        version: u64,
+        digest: [u8; 32],
+    ) -> Result<(), ReceiveError> {
+        let account = sender.account;
+        let own_signed = matches!(self.role, Role::Primary(_)) && account == self.address.account;
+        let Some(known) = self.accounts.get_mut(&account) else {
+            return Ok(());
+        };
+        let held = known.list.version();
+        if version < held {
+            return Ok(());
+        }
+        if version == held {
+            return if digest == known.list.digest() {
+                Ok(())
+            } else {
+                Err(ReceiveError::Equivocation { account, version })
+            };
+        }
+        if own_signed {
+            return Ok(());
+        }
+        let by_primary = sender.device.is_primary();
+        known
+            .announce(version, digest, by_primary)
+            .map_err(|version| ReceiveError::Equivocation { account, version })?;
+        if by_primary {
+            Ok(())
+        } else {
+            Err(ReceiveError::StaleList { account, announced: known.highest_announced() })
+        }
+    }
+}
