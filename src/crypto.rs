@@ -37,6 +37,8 @@ pub(crate) mod label {
     pub(crate) const CPACE_CHANNEL: &[u8] = b"multidevice/v1/cpace/pairing";
     pub(crate) const HASH_QR_CHECKSUM: &[u8] = b"multidevice/v1/hash/qr-checksum";
     pub(crate) const HASH_PAIRING_TRANSCRIPT: &[u8] = b"multidevice/v1/hash/pairing-transcript";
+    pub(crate) const KDF_BODY: &[u8] = b"multidevice/v1/kdf/body";
+    pub(crate) const KDF_BLOB: &[u8] = b"multidevice/v1/kdf/blob";
     pub(crate) const KDF_X3DH: &[u8] = b"multidevice/v1/kdf/x3dh";
     pub(crate) const KDF_ROOT: &[u8] = b"multidevice/v1/kdf/root";
     pub(crate) const HASH_AD: &[u8] = b"multidevice/v1/hash/associated-data";
@@ -203,6 +205,21 @@ pub(crate) fn hkdf(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
     #[allow(clippy::expect_used)]
     hk.expand_multi_info(info, out)
         .expect("HKDF output lengths in this crate are at most 96 bytes");
+}
+
+/// Splits a one-time content key into the AES-256-GCM key that encrypts and a commitment to it:
+/// `cipher key || commitment = HKDF(salt = 0^32, ikm = key, info = label)`, 64 bytes. Stored
+/// beside the ciphertext and checked in constant time before decryption, the commitment makes
+/// the ciphertext open under one key only (AES-GCM alone does not commit to its key).
+pub(crate) fn commit_key(key: &[u8; 32], label: &[u8]) -> (Secret32, [u8; 32]) {
+    let mut okm = Zeroizing::new([0u8; 64]);
+    hkdf(&[0u8; 32], key, &[label], okm.as_mut_slice());
+    let (cipher_key, commitment) = okm.split_at(32);
+    let mut out = Secret32::new([0u8; 32]);
+    out.as_mut_bytes().copy_from_slice(cipher_key);
+    let mut committed = [0u8; 32];
+    committed.copy_from_slice(commitment);
+    (out, committed)
 }
 
 /// One step of a symmetric chain: `(message_key, next_chain_key)`, each an HMAC-SHA256 of the

@@ -16,14 +16,7 @@ use crate::error::{DecodeError, DeviceListError, KeyError, SignatureKind};
 use crate::keys::{
     AccountId, DeviceAddress, DeviceId, Fingerprint, IdentityKeyPair, PublicIdentity, Timestamp,
 };
-use crate::wire::{self, Reader};
-
-/// Wire type byte of a signed device list.
-const LIST_TYPE: u8 = 0x20;
-/// Wire type byte of a signed device identity.
-const SIGNED_IDENTITY_TYPE: u8 = 0x21;
-/// Wire type byte of a logout request.
-const LOGOUT_TYPE: u8 = 0x22;
+use crate::wire::{self, Codec, Reader};
 
 /// What the primary states about a companion when it links it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +32,7 @@ pub struct LinkingMetadata {
 }
 
 impl LinkingMetadata {
-    const LEN: usize = 8 + 4 + 4 + 8;
+    pub(crate) const LEN: usize = 8 + 4 + 4 + 8;
 
     pub(crate) fn to_bytes(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::LEN);
@@ -81,8 +74,6 @@ pub struct SignedDeviceIdentity {
 }
 
 impl SignedDeviceIdentity {
-    const LEN: usize = 2 + LinkingMetadata::LEN + PublicIdentity::LEN + 64 + 64;
-
     /// The primary's account signature over the metadata and the companion identity.
     pub(crate) fn account_sign(
         primary: &IdentityKeyPair,
@@ -153,21 +144,26 @@ impl SignedDeviceIdentity {
 
     /// Canonical encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::LEN);
-        self.write(&mut out);
-        out
+        self.encode()
+    }
+}
+
+impl Codec<'_> for SignedDeviceIdentity {
+    const TYPE: u8 = 0x21;
+    const MIN_BODY_LEN: usize = LinkingMetadata::LEN + PublicIdentity::LEN + 64 + 64;
+
+    fn body_len(&self) -> usize {
+        Self::MIN_BODY_LEN
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&[wire::VERSION, SIGNED_IDENTITY_TYPE]);
+    fn write_body(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.metadata.to_bytes());
         out.extend_from_slice(&self.identity.to_bytes());
         out.extend_from_slice(&self.account_signature);
         out.extend_from_slice(&self.device_signature);
     }
 
-    fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        reader.header(SIGNED_IDENTITY_TYPE)?;
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
             metadata: LinkingMetadata::read(reader)?,
             identity: PublicIdentity::read(reader)?,
@@ -181,10 +177,7 @@ impl TryFrom<&[u8]> for SignedDeviceIdentity {
     type Error = DecodeError;
 
     fn try_from(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut reader = Reader::new(bytes);
-        let value = Self::read(&mut reader)?;
-        reader.finish()?;
-        Ok(value)
+        Self::decode(bytes)
     }
 }
 
@@ -211,8 +204,16 @@ struct ListBody {
 }
 
 impl ListBody {
+    /// Length of the fields before the entries.
+    const FIXED_LEN: usize = 8 + PublicIdentity::LEN + 8 + 8 + 32 + 1;
+    /// Length of one entry.
+    const ENTRY_LEN: usize = 4 + 4 + 32;
+
+    fn len(&self) -> usize {
+        Self::FIXED_LEN + self.entries.len() * Self::ENTRY_LEN
+    }
+
     fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&[wire::VERSION, LIST_TYPE]);
         out.extend_from_slice(&self.account.0.to_be_bytes());
         out.extend_from_slice(&self.account_identity.to_bytes());
         out.extend_from_slice(&self.version.to_be_bytes());
@@ -227,7 +228,6 @@ impl ListBody {
     }
 
     fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        reader.header(LIST_TYPE)?;
         let account = AccountId(reader.u64()?);
         let account_identity = PublicIdentity::read(reader)?;
         let version = reader.u64()?;
@@ -291,7 +291,8 @@ impl SignedDeviceList {
             previous_digest,
             entries,
         };
-        let mut body_bytes = Vec::new();
+        let mut body_bytes = Vec::with_capacity(2 + body.len());
+        body_bytes.extend_from_slice(&[wire::VERSION, Self::TYPE]);
         body.write(&mut body_bytes);
         let signature = crypto::sign(primary.signing_key(), label::SIG_DEVICE_LIST, &[&body_bytes]);
         Self { body, body_bytes, signature, companions }
@@ -309,15 +310,7 @@ impl SignedDeviceList {
 
     /// Canonical encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            self.body_bytes.len() + 64 + self.companions.len() * SignedDeviceIdentity::LEN,
-        );
-        out.extend_from_slice(&self.body_bytes);
-        out.extend_from_slice(&self.signature);
-        for companion in &self.companions {
-            companion.write(&mut out);
-        }
-        out
+        self.encode()
     }
 
     /// Checks the list signature under the account identity it names, the list rules, and both
@@ -396,20 +389,44 @@ fn list_digest(body_bytes: &[u8]) -> [u8; 32] {
     crypto::hash(label::HASH_DEVICE_LIST, &[body_bytes])
 }
 
+/// `ListBody || list signature (64) || SignedDeviceIdentity x (entries - 1)`: the header and
+/// list body are what the signature and the digest cover, kept exactly as received.
+impl Codec<'_> for SignedDeviceList {
+    const TYPE: u8 = 0x20;
+    const MIN_BODY_LEN: usize = ListBody::FIXED_LEN + 64;
+
+    fn body_len(&self) -> usize {
+        self.body_bytes.len() - 2
+            + 64
+            + self.companions.iter().map(SignedDeviceIdentity::encoded_len).sum::<usize>()
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.body_bytes.get(2..).unwrap_or_default());
+        out.extend_from_slice(&self.signature);
+        for companion in &self.companions {
+            companion.write(out);
+        }
+    }
+
+    /// Decoded only at the top of its input: the signed bytes are everything read up to the
+    /// signature.
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let body = ListBody::read(reader)?;
+        let body_bytes = reader.consumed().to_vec();
+        let signature = reader.array()?;
+        let companions = (1..body.entries.len())
+            .map(|_| SignedDeviceIdentity::read(reader))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { body, body_bytes, signature, companions })
+    }
+}
+
 impl TryFrom<&[u8]> for SignedDeviceList {
     type Error = DecodeError;
 
     fn try_from(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut reader = Reader::new(bytes);
-        let body = ListBody::read(&mut reader)?;
-        let body_len = bytes.len() - reader.remaining();
-        let signature = reader.array()?;
-        let companions = (1..body.entries.len())
-            .map(|_| SignedDeviceIdentity::read(&mut reader))
-            .collect::<Result<Vec<_>, _>>()?;
-        reader.finish()?;
-        let body_bytes = bytes.get(..body_len).unwrap_or_default().to_vec();
-        Ok(Self { body, body_bytes, signature, companions })
+        Self::decode(bytes)
     }
 }
 
@@ -592,8 +609,11 @@ pub struct LogoutRequest {
 }
 
 impl LogoutRequest {
+    /// Length of the signed part: address, key index, timestamp.
+    const SIGNED_LEN: usize = DeviceAddress::LEN + 4 + 8;
+
     fn signed_part(address: DeviceAddress, key_index: u32, timestamp: Timestamp) -> Vec<u8> {
-        let mut out = Vec::with_capacity(24);
+        let mut out = Vec::with_capacity(Self::SIGNED_LEN);
         out.extend_from_slice(&address.to_bytes());
         out.extend_from_slice(&key_index.to_be_bytes());
         out.extend_from_slice(&timestamp.0.to_be_bytes());
@@ -624,10 +644,29 @@ impl LogoutRequest {
 
     /// Canonical encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![wire::VERSION, LOGOUT_TYPE];
+        self.encode()
+    }
+}
+
+impl Codec<'_> for LogoutRequest {
+    const TYPE: u8 = 0x22;
+    const MIN_BODY_LEN: usize = Self::SIGNED_LEN + 64;
+
+    fn body_len(&self) -> usize {
+        Self::MIN_BODY_LEN
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&Self::signed_part(self.address, self.key_index, self.timestamp));
         out.extend_from_slice(&self.signature);
-        out
+    }
+
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let address = DeviceAddress::read(reader)?;
+        let key_index = reader.u32()?;
+        let timestamp = Timestamp(reader.u64()?);
+        let signature = reader.array()?;
+        Ok(Self { address, key_index, timestamp, signature })
     }
 }
 
@@ -635,13 +674,6 @@ impl TryFrom<&[u8]> for LogoutRequest {
     type Error = DecodeError;
 
     fn try_from(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut reader = Reader::new(bytes);
-        reader.header(LOGOUT_TYPE)?;
-        let address = DeviceAddress::read(&mut reader)?;
-        let key_index = reader.u32()?;
-        let timestamp = Timestamp(reader.u64()?);
-        let signature = reader.array()?;
-        reader.finish()?;
-        Ok(Self { address, key_index, timestamp, signature })
+        Self::decode(bytes)
     }
 }

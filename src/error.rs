@@ -462,6 +462,9 @@ pub enum ReceiveError {
     /// The supplied body does not match the digest in the message.
     #[error("the message body does not match its digest")]
     BodyDigestMismatch,
+    /// The body does not commit to the message's content key: it was made for another key.
+    #[error("the message body does not commit to the message's key")]
+    BodyKeyCommitment,
     /// The body failed authentication.
     #[error("the message body failed authentication")]
     BodyAuthentication,
@@ -486,6 +489,7 @@ impl ReceiveError {
             | Self::NotLinkedCompanion
             | Self::HistoryWindowClosed
             | Self::BodyDigestMismatch
+            | Self::BodyKeyCommitment
             | Self::BodyAuthentication => Action::Drop,
         }
     }

@@ -14,14 +14,14 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::consts::MAX_MESSAGE_PLAINTEXT;
-use crate::crypto::{self, Secret32};
+use crate::crypto::{self, Secret32, label};
 use crate::device::{Device, seal_message};
 use crate::device_list::AuthorizedDevice;
 use crate::error::{DecodeError, FanoutError, KeyError, ReceiveError, SessionError};
 use crate::keys::{AccountId, DeviceAddress, Timestamp};
 use crate::prekeys::PrekeyBundle;
 use crate::session::message::MessageKind;
-use crate::wire::{self, Reader};
+use crate::wire::{Codec, Reader};
 
 /// Payloads up to this size travel inside each envelope; larger ones in one shared body.
 ///
@@ -37,7 +37,7 @@ pub const MAX_FANOUT_PAYLOAD: usize = 64 * 1024 * 1024;
 
 const CONTENT_INLINE: u8 = 0x01;
 const CONTENT_BODY: u8 = 0x02;
-const BODY_TYPE: u8 = 0x30;
+/// The associated data of a shared body's AES-GCM: the only label used without a separator.
 const BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
 
 /// Which conversation a message belongs to, as the sender stated inside the ciphertext.
@@ -102,7 +102,7 @@ pub struct FanoutMessage {
 /// rest (Direct)  = Content
 /// rest (OwnCopy) = n (u8, 1..=64) || n x account id (u64) || Content
 /// rest (History) = BlobDescriptor
-/// Content        = 0x01 || payload  |  0x02 || content key (32) || SHA-256(body) (32)
+/// Content        = 0x01 || payload  |  0x02 || content key (32) || SHA-256(Body) (32)
 /// ```
 pub(crate) struct Inner<'a> {
     pub(crate) list_version: u64,
@@ -112,11 +112,12 @@ pub(crate) struct Inner<'a> {
     pub(crate) content: Content<'a>,
 }
 
+/// The content of an authorized message. It borrows every secret, so none is copied.
 #[derive(Clone, Copy)]
 pub(crate) enum Content<'a> {
     Inline(&'a [u8]),
     Body {
-        key: [u8; 32],
+        key: &'a [u8; 32],
         digest: [u8; 32],
     },
     /// A history blob descriptor, for one new companion only.
@@ -146,7 +147,7 @@ impl Inner<'_> {
             }
             Content::Body { key, digest } => {
                 out.push(CONTENT_BODY);
-                out.extend_from_slice(key);
+                out.extend_from_slice(*key);
                 out.extend_from_slice(digest);
             }
             Content::History(descriptor) => out.extend_from_slice(descriptor),
@@ -174,7 +175,8 @@ impl Inner<'_> {
             _ => match reader.u8()? {
                 CONTENT_INLINE => Content::Inline(reader.rest()),
                 CONTENT_BODY => {
-                    let content = Content::Body { key: reader.array()?, digest: reader.array()? };
+                    let key = reader.take(32)?.try_into().map_err(|_| DecodeError::OutOfRange)?;
+                    let content = Content::Body { key, digest: reader.array()? };
                     reader.finish()?;
                     content
                 }
@@ -185,16 +187,53 @@ impl Inner<'_> {
     }
 }
 
+/// A shared body: `0x01 || 0x30 || key commitment (32) || AES-256-GCM ciphertext || tag`.
+struct Body<'a> {
+    commitment: [u8; 32],
+    sealed: &'a [u8],
+}
+
+impl<'a> Codec<'a> for Body<'a> {
+    const TYPE: u8 = 0x30;
+    const MIN_BODY_LEN: usize = 32 + crypto::TAG_LEN;
+
+    fn body_len(&self) -> usize {
+        32 + self.sealed.len()
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.commitment);
+        out.extend_from_slice(self.sealed);
+    }
+
+    fn read_body(_: u8, reader: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let commitment = reader.array()?;
+        let sealed = reader.rest();
+        if sealed.len() > MAX_FANOUT_PAYLOAD + crypto::TAG_LEN {
+            return Err(DecodeError::TooLong {
+                limit: MAX_FANOUT_PAYLOAD + crypto::TAG_LEN,
+                got: sealed.len(),
+            });
+        }
+        Ok(Self { commitment, sealed })
+    }
+}
+
+/// Encrypts `payload` into a shared body under the key and commitment derived from the fresh
+/// content `key`, in one buffer of exactly the body's size.
 fn seal_body(key: &Secret32, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(2 + payload.len() + crypto::TAG_LEN);
-    body.extend_from_slice(&[wire::VERSION, BODY_TYPE]);
+    let (cipher_key, commitment) = crypto::commit_key(key.as_bytes(), label::KDF_BODY);
+    let prefix = 2 + 32;
+    let mut body = Vec::with_capacity(prefix + payload.len() + crypto::TAG_LEN);
+    Body { commitment, sealed: &[] }.write(&mut body);
     body.extend_from_slice(payload);
     // The content key is fresh per message, so a fixed nonce never repeats under one key.
-    crypto::seal(key.as_bytes(), &[0u8; crypto::NONCE_LEN], BODY_AAD, &mut body, 2);
+    crypto::seal(cipher_key.as_bytes(), &[0u8; crypto::NONCE_LEN], BODY_AAD, &mut body, prefix);
     body
 }
 
-/// Checks a shared body against its digest in constant time, then decrypts it.
+/// Checks a shared body against its digest, then its key commitment, both in constant time,
+/// and only then decrypts it.
 pub(crate) fn open_body(
     key: &[u8; 32],
     digest: &[u8; 32],
@@ -205,9 +244,12 @@ pub(crate) fn open_body(
     if !crypto::ct_eq(&actual, digest) {
         return Err(ReceiveError::BodyDigestMismatch);
     }
-    let mut reader = Reader::new(body);
-    reader.header(BODY_TYPE).map_err(ReceiveError::Content)?;
-    crypto::open(key, &[0u8; crypto::NONCE_LEN], BODY_AAD, reader.rest())
+    let parsed = Body::decode(body).map_err(ReceiveError::Content)?;
+    let (cipher_key, commitment) = crypto::commit_key(key, label::KDF_BODY);
+    if !crypto::ct_eq(&commitment, &parsed.commitment) {
+        return Err(ReceiveError::BodyKeyCommitment);
+    }
+    crypto::open(cipher_key.as_bytes(), &[0u8; crypto::NONCE_LEN], BODY_AAD, parsed.sealed)
         .map_err(|_| ReceiveError::BodyAuthentication)
 }
 
@@ -255,15 +297,17 @@ impl Device {
         }
         let (targets, skipped, lists_needed) = self.fanout_targets(&reached);
         let (list_version, list_digest) = self.own_list_announcement();
-        let (body, content) = if payload.len() > INLINE_THRESHOLD {
-            let mut key = Zeroizing::new([0u8; 32]);
-            rng.fill_bytes(key.as_mut_slice());
-            let key = Secret32::new(*key);
-            let body = seal_body(&key, payload);
-            let digest = Sha256::digest(&body).into();
-            (Some(body), Content::Body { key: *key.as_bytes(), digest })
-        } else {
-            (None, Content::Inline(payload))
+        let body_key = (payload.len() > INLINE_THRESHOLD).then(|| {
+            let mut key = Secret32::new([0u8; 32]);
+            rng.fill_bytes(key.as_mut_bytes());
+            key
+        });
+        let body = body_key.as_ref().map(|key| seal_body(key, payload));
+        let content = match (&body_key, &body) {
+            (Some(key), Some(body)) => {
+                Content::Body { key: key.as_bytes(), digest: Sha256::digest(body).into() }
+            }
+            _ => Content::Inline(payload),
         };
         // Two plaintexts serve every device: the direct one, and the own-device copy.
         let direct = Inner { list_version, list_digest, to: Vec::new(), content }.encode();

@@ -14,12 +14,7 @@ use crate::consts::{MAX_ONE_TIME_PREKEYS, SIGNED_PREKEY_GRACE_SECS};
 use crate::crypto::{self, X25519KeyPair, label};
 use crate::error::{DecodeError, KeyError, SignatureKind};
 use crate::keys::{DeviceAddress, IdentityKeyPair, PublicIdentity, Timestamp};
-use crate::wire::{self, Reader};
-
-/// Wire type byte of a [`PrekeyBundle`].
-const BUNDLE_TYPE: u8 = 0x10;
-/// Wire type byte of a [`PrekeyUpload`].
-const UPLOAD_TYPE: u8 = 0x11;
+use crate::wire::{Codec, Reader};
 
 /// The public half of a signed prekey, with the identity's signature over it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,23 +102,47 @@ impl PrekeyUpload {
 
     /// Canonical encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            2 + DeviceAddress::LEN
-                + PublicIdentity::LEN
-                + SignedPrekeyPublic::LEN
-                + 2
-                + self.one_time_prekeys.len() * OneTimePrekeyPublic::LEN,
-        );
-        out.extend_from_slice(&[wire::VERSION, UPLOAD_TYPE]);
+        self.encode()
+    }
+
+    /// The one-time prekeys that fit the encoding (its count is a `u16`).
+    fn encoded_one_time_prekeys(&self) -> &[OneTimePrekeyPublic] {
+        let count = self.one_time_prekeys.len().min(usize::from(u16::MAX));
+        self.one_time_prekeys.get(..count).unwrap_or_default()
+    }
+}
+
+impl Codec<'_> for PrekeyUpload {
+    const TYPE: u8 = 0x11;
+    const MIN_BODY_LEN: usize =
+        DeviceAddress::LEN + PublicIdentity::LEN + SignedPrekeyPublic::LEN + 2;
+
+    fn body_len(&self) -> usize {
+        Self::MIN_BODY_LEN + self.encoded_one_time_prekeys().len() * OneTimePrekeyPublic::LEN
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.address.to_bytes());
         out.extend_from_slice(&self.identity.to_bytes());
-        self.signed_prekey.write(&mut out);
-        let count = u16::try_from(self.one_time_prekeys.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&count.to_be_bytes());
-        for key in self.one_time_prekeys.iter().take(usize::from(count)) {
-            key.write(&mut out);
+        self.signed_prekey.write(out);
+        let keys = self.encoded_one_time_prekeys();
+        out.extend_from_slice(&u16::try_from(keys.len()).unwrap_or(u16::MAX).to_be_bytes());
+        for key in keys {
+            key.write(out);
         }
-        out
+    }
+
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let address = DeviceAddress::read(reader)?;
+        let identity = PublicIdentity::read(reader)?;
+        let signed_prekey = SignedPrekeyPublic::read(reader)?;
+        let count = usize::from(reader.u16()?);
+        if count > MAX_ONE_TIME_PREKEYS {
+            return Err(DecodeError::TooLong { limit: MAX_ONE_TIME_PREKEYS, got: count });
+        }
+        let one_time_prekeys =
+            (0..count).map(|_| OneTimePrekeyPublic::read(reader)).collect::<Result<_, _>>()?;
+        Ok(Self { address, identity, signed_prekey, one_time_prekeys })
     }
 }
 
@@ -131,19 +150,7 @@ impl TryFrom<&[u8]> for PrekeyUpload {
     type Error = DecodeError;
 
     fn try_from(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut reader = Reader::new(bytes);
-        reader.header(UPLOAD_TYPE)?;
-        let address = DeviceAddress::read(&mut reader)?;
-        let identity = PublicIdentity::read(&mut reader)?;
-        let signed_prekey = SignedPrekeyPublic::read(&mut reader)?;
-        let count = usize::from(reader.u16()?);
-        if count > MAX_ONE_TIME_PREKEYS {
-            return Err(DecodeError::TooLong { limit: MAX_ONE_TIME_PREKEYS, got: count });
-        }
-        let one_time_prekeys =
-            (0..count).map(|_| OneTimePrekeyPublic::read(&mut reader)).collect::<Result<_, _>>()?;
-        reader.finish()?;
-        Ok(Self { address, identity, signed_prekey, one_time_prekeys })
+        Self::decode(bytes)
     }
 }
 
@@ -173,21 +180,39 @@ impl PrekeyBundle {
 
     /// Canonical encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            2 + DeviceAddress::LEN + PublicIdentity::LEN + SignedPrekeyPublic::LEN + 1 + 36,
-        );
-        out.extend_from_slice(&[wire::VERSION, BUNDLE_TYPE]);
+        self.encode()
+    }
+}
+
+impl Codec<'_> for PrekeyBundle {
+    const TYPE: u8 = 0x10;
+    const MIN_BODY_LEN: usize =
+        DeviceAddress::LEN + PublicIdentity::LEN + SignedPrekeyPublic::LEN + 1;
+
+    fn body_len(&self) -> usize {
+        Self::MIN_BODY_LEN + self.one_time_prekey.map_or(0, |_| OneTimePrekeyPublic::LEN)
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.address.to_bytes());
         out.extend_from_slice(&self.identity.to_bytes());
-        self.signed_prekey.write(&mut out);
+        self.signed_prekey.write(out);
         match &self.one_time_prekey {
             Some(key) => {
                 out.push(1);
-                key.write(&mut out);
+                key.write(out);
             }
             None => out.push(0),
         }
-        out
+    }
+
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let address = DeviceAddress::read(reader)?;
+        let identity = PublicIdentity::read(reader)?;
+        let signed_prekey = SignedPrekeyPublic::read(reader)?;
+        let one_time_prekey =
+            if reader.flag()? { Some(OneTimePrekeyPublic::read(reader)?) } else { None };
+        Ok(Self { address, identity, signed_prekey, one_time_prekey })
     }
 }
 
@@ -195,15 +220,7 @@ impl TryFrom<&[u8]> for PrekeyBundle {
     type Error = DecodeError;
 
     fn try_from(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut reader = Reader::new(bytes);
-        reader.header(BUNDLE_TYPE)?;
-        let address = DeviceAddress::read(&mut reader)?;
-        let identity = PublicIdentity::read(&mut reader)?;
-        let signed_prekey = SignedPrekeyPublic::read(&mut reader)?;
-        let one_time_prekey =
-            if reader.flag()? { Some(OneTimePrekeyPublic::read(&mut reader)?) } else { None };
-        reader.finish()?;
-        Ok(Self { address, identity, signed_prekey, one_time_prekey })
+        Self::decode(bytes)
     }
 }
 

@@ -123,7 +123,7 @@ impl Device {
             }),
             content => {
                 let payload = match content {
-                    Content::Body { key, digest } => open_body(&key, &digest, body)?,
+                    Content::Body { key, digest } => open_body(key, &digest, body)?,
                     Content::Inline(payload) | Content::History(payload) => {
                         Zeroizing::new(payload.to_vec())
                     }

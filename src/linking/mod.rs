@@ -20,14 +20,10 @@ use crate::consts::APPROVAL_LIFETIME_SECS;
 use crate::crypto::{self, Secret32, label};
 use crate::device::Device;
 use crate::device_list::{LinkingMetadata, SignedDeviceIdentity, SignedDeviceList};
-use crate::error::LinkError;
+use crate::error::{DecodeError, LinkError};
 use crate::keys::{PublicIdentity, Timestamp};
-use crate::wire::{self, Reader};
+use crate::wire::{Codec, Reader};
 
-/// Wire type of the primary's approval.
-const APPROVAL_TYPE: u8 = 0x41;
-/// Wire type of the companion's confirmation.
-const CONFIRMATION_TYPE: u8 = 0x42;
 /// Identifies one linking attempt: the QR offer's reference or the pairing session id.
 pub(crate) type Reference = [u8; 16];
 const MAC_LEN: usize = 32;
@@ -59,10 +55,71 @@ fn check_mac<'a>(
     if crypto::ct_eq(&expected, mac) { Ok(body) } else { Err(LinkError::MacMismatch) }
 }
 
+/// Appends the MAC under the link secret. `body` came from [`Codec::encode`], sized exactly, so
+/// this grows it once.
 fn seal_mac(secret: &LinkSecret, mac_label: &[u8], mut body: Vec<u8>) -> Vec<u8> {
     let mac = crypto::mac(secret.secret.as_bytes(), mac_label, &[&body]);
     body.extend_from_slice(&mac);
     body
+}
+
+/// The primary's approval: `0x01 || 0x41 || reference (16) || LinkingMetadata (24)
+/// || account PublicIdentity (128) || account signature (64)`, then the MAC.
+struct Approval {
+    reference: Reference,
+    approval: CompanionApproval,
+}
+
+impl Codec<'_> for Approval {
+    const TYPE: u8 = 0x41;
+    const MIN_BODY_LEN: usize = 16 + LinkingMetadata::LEN + PublicIdentity::LEN + 64;
+
+    fn body_len(&self) -> usize {
+        Self::MIN_BODY_LEN
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.reference);
+        out.extend_from_slice(&self.approval.metadata.to_bytes());
+        out.extend_from_slice(&self.approval.account_identity.to_bytes());
+        out.extend_from_slice(&self.approval.account_signature);
+    }
+
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            reference: reader.array()?,
+            approval: CompanionApproval {
+                metadata: LinkingMetadata::read(reader)?,
+                account_identity: PublicIdentity::read(reader)?,
+                account_signature: reader.array()?,
+            },
+        })
+    }
+}
+
+/// The companion's confirmation: `0x01 || 0x42 || reference (16) || SignedDeviceIdentity (282)`,
+/// then the MAC.
+struct Confirmation {
+    reference: Reference,
+    signed: SignedDeviceIdentity,
+}
+
+impl Codec<'_> for Confirmation {
+    const TYPE: u8 = 0x42;
+    const MIN_BODY_LEN: usize = 16 + 2 + <SignedDeviceIdentity as Codec<'_>>::MIN_BODY_LEN;
+
+    fn body_len(&self) -> usize {
+        16 + self.signed.encoded_len()
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.reference);
+        self.signed.write(out);
+    }
+
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self { reference: reader.array()?, signed: SignedDeviceIdentity::read(reader)? })
+    }
 }
 
 /// Primary: approves `companion` and returns the MAC'ed approval message.
@@ -73,12 +130,8 @@ pub(crate) fn approve(
     now: Timestamp,
 ) -> Result<(CompanionApproval, Vec<u8>), LinkError> {
     let approval = primary.approve_companion(companion, now)?;
-    let mut body = vec![wire::VERSION, APPROVAL_TYPE];
-    body.extend_from_slice(&secret.reference);
-    body.extend_from_slice(&approval.metadata.to_bytes());
-    body.extend_from_slice(&approval.account_identity.to_bytes());
-    body.extend_from_slice(&approval.account_signature);
-    Ok((approval.clone(), seal_mac(secret, label::MAC_LINK_APPROVAL, body)))
+    let body = Approval { reference: secret.reference, approval: approval.clone() }.encode();
+    Ok((approval, seal_mac(secret, label::MAC_LINK_APPROVAL, body)))
 }
 
 /// Companion: checks the approval's MAC first, then its content and the account signature, and
@@ -90,26 +143,18 @@ pub(crate) fn accept_approval(
     bytes: &[u8],
 ) -> Result<Vec<u8>, LinkError> {
     let body = check_mac(secret, label::MAC_LINK_APPROVAL, bytes)?;
-    let mut reader = Reader::new(body);
-    reader.header(APPROVAL_TYPE)?;
-    if reader.array::<16>()? != secret.reference {
+    let Approval { reference, approval } = Approval::decode(body)?;
+    if reference != secret.reference {
         return Err(LinkError::WrongAttempt);
     }
-    let metadata = LinkingMetadata::read(&mut reader)?;
-    let account_identity = PublicIdentity::read(&mut reader)?;
-    let account_signature = reader.array()?;
-    reader.finish()?;
     if let Some(expected) = expected_account
-        && expected != &account_identity
+        && expected != &approval.account_identity
     {
         return Err(LinkError::UnexpectedAccountIdentity);
     }
-    let approval = CompanionApproval { metadata, account_identity, account_signature };
     let signed = companion.countersign_approval(&approval)?;
-    let mut out = vec![wire::VERSION, CONFIRMATION_TYPE];
-    out.extend_from_slice(&secret.reference);
-    out.extend_from_slice(&signed.to_bytes());
-    Ok(seal_mac(secret, label::MAC_LINK_CONFIRMATION, out))
+    let body = Confirmation { reference: secret.reference, signed }.encode();
+    Ok(seal_mac(secret, label::MAC_LINK_CONFIRMATION, body))
 }
 
 /// Primary: checks the confirmation's MAC, that it countersigns exactly what was approved, and
@@ -128,12 +173,10 @@ pub(crate) fn finish(
         return Err(LinkError::Expired);
     }
     let body = check_mac(secret, label::MAC_LINK_CONFIRMATION, bytes)?;
-    let mut reader = Reader::new(body);
-    reader.header(CONFIRMATION_TYPE)?;
-    if reader.array::<16>()? != secret.reference {
+    let Confirmation { reference, signed } = Confirmation::decode(body)?;
+    if reference != secret.reference {
         return Err(LinkError::WrongAttempt);
     }
-    let signed = SignedDeviceIdentity::try_from(reader.rest())?;
     if signed.metadata != approved.metadata
         || &signed.identity != companion
         || signed.account_signature != approved.account_signature

@@ -28,11 +28,7 @@ use crate::device::Device;
 use crate::device_list::SignedDeviceList;
 use crate::error::{DecodeError, LinkError};
 use crate::keys::{PublicIdentity, Timestamp};
-use crate::wire::{self, Reader};
-
-const HELLO_TYPE: u8 = 0x43;
-const RESPONSE_TYPE: u8 = 0x44;
-const CONFIRM_TYPE: u8 = 0x45;
+use crate::wire::{Codec, Reader};
 
 struct Keys {
     initiator: Secret32,
@@ -51,9 +47,92 @@ fn derive(isk: &[u8; 64], sid: &Reference) -> Keys {
     Keys { initiator: part(0), responder: part(1), link: part(2) }
 }
 
-fn header(reader: &mut Reader<'_>, kind: u8) -> Result<Reference, DecodeError> {
-    reader.header(kind)?;
-    reader.array()
+/// The companion's hello: `0x01 || 0x43 || sid (16) || Ya (32) || companion PublicIdentity`.
+struct Hello {
+    sid: Reference,
+    share: [u8; 32],
+    identity: PublicIdentity,
+}
+
+impl Codec<'_> for Hello {
+    const TYPE: u8 = 0x43;
+    const MIN_BODY_LEN: usize = 16 + 32 + PublicIdentity::LEN;
+
+    fn body_len(&self) -> usize {
+        Self::MIN_BODY_LEN
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.sid);
+        out.extend_from_slice(&self.share);
+        out.extend_from_slice(&self.identity.to_bytes());
+    }
+
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            sid: reader.array()?,
+            share: reader.array()?,
+            identity: PublicIdentity::read(reader)?,
+        })
+    }
+}
+
+/// The primary's response: `0x01 || 0x44 || sid (16) || Yb (32) || primary PublicIdentity
+/// || confirm_b (32)`; the transcript covers every byte but `confirm_b`.
+struct Response {
+    sid: Reference,
+    share: [u8; 32],
+    identity: PublicIdentity,
+    confirm_b: [u8; 32],
+}
+
+impl Codec<'_> for Response {
+    const TYPE: u8 = 0x44;
+    const MIN_BODY_LEN: usize = 16 + 32 + PublicIdentity::LEN + 32;
+
+    fn body_len(&self) -> usize {
+        Self::MIN_BODY_LEN
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.sid);
+        out.extend_from_slice(&self.share);
+        out.extend_from_slice(&self.identity.to_bytes());
+        out.extend_from_slice(&self.confirm_b);
+    }
+
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            sid: reader.array()?,
+            share: reader.array()?,
+            identity: PublicIdentity::read(reader)?,
+            confirm_b: reader.array()?,
+        })
+    }
+}
+
+/// The companion's key confirmation: `0x01 || 0x45 || sid (16) || confirm_a (32)`.
+struct Confirm {
+    sid: Reference,
+    confirm_a: [u8; 32],
+}
+
+impl Codec<'_> for Confirm {
+    const TYPE: u8 = 0x45;
+    const MIN_BODY_LEN: usize = 16 + 32;
+
+    fn body_len(&self) -> usize {
+        Self::MIN_BODY_LEN
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.sid);
+        out.extend_from_slice(&self.confirm_a);
+    }
+
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self { sid: reader.array()?, confirm_a: reader.array()? })
+    }
 }
 
 fn transcript(hello: &[u8], response: &[u8]) -> [u8; 32] {
@@ -111,10 +190,7 @@ impl CompanionPairing {
             &sid,
             &identity_bytes,
         );
-        let mut hello = vec![wire::VERSION, HELLO_TYPE];
-        hello.extend_from_slice(&sid);
-        hello.extend_from_slice(&share);
-        hello.extend_from_slice(&identity_bytes);
+        let hello = Hello { sid, share, identity: identity.clone() }.encode();
         let pairing = Self {
             sid,
             code,
@@ -154,14 +230,10 @@ impl CompanionPairing {
             self.phase = CompanionPhase::Finished;
             return Err(LinkError::Expired);
         }
-        let mut reader = Reader::new(response);
-        if header(&mut reader, RESPONSE_TYPE)? != self.sid {
+        let Response { sid, share, identity: primary, confirm_b } = Response::decode(response)?;
+        if sid != self.sid {
             return Err(LinkError::WrongAttempt);
         }
-        let share: [u8; 32] = reader.array()?;
-        let primary = PublicIdentity::read(&mut reader)?;
-        let confirm_b: [u8; 32] = reader.array()?;
-        reader.finish()?;
         let CompanionPhase::AwaitingResponse(step) =
             core::mem::replace(&mut self.phase, CompanionPhase::Finished)
         else {
@@ -170,7 +242,7 @@ impl CompanionPairing {
         // From here on every failure leaves the attempt aborted.
         let isk = step.finish_initiator(&share, &primary.to_bytes()).map_err(share_error)?;
         let keys = derive(isk.as_bytes(), &self.sid);
-        let signed_part = response.get(..response.len() - 32).unwrap_or_default();
+        let (signed_part, _) = response.split_last_chunk::<32>().ok_or(LinkError::NotActive)?;
         let th = transcript(&self.hello, signed_part);
         let expected =
             crypto::mac(keys.responder.as_bytes(), label::MAC_PAIRING_CONFIRM_RESPONDER, &[&th]);
@@ -179,9 +251,7 @@ impl CompanionPairing {
         }
         let confirm_a =
             crypto::mac(keys.initiator.as_bytes(), label::MAC_PAIRING_CONFIRM_INITIATOR, &[&th]);
-        let mut out = vec![wire::VERSION, CONFIRM_TYPE];
-        out.extend_from_slice(&self.sid);
-        out.extend_from_slice(&confirm_a);
+        let out = Confirm { sid: self.sid, confirm_a }.encode();
         self.phase = CompanionPhase::Confirmed {
             secret: LinkSecret { reference: self.sid, secret: keys.link },
             primary,
@@ -261,24 +331,26 @@ impl PrimaryPairing {
     ) -> Result<(Self, Vec<u8>), LinkError> {
         primary.observe(now);
         let now = primary.clock();
-        let mut reader = Reader::new(hello);
-        let sid = header(&mut reader, HELLO_TYPE)?;
-        let share: [u8; 32] = reader.array()?;
-        let companion = PublicIdentity::read(&mut reader)?;
-        reader.finish()?;
+        let Hello { sid, share, identity: companion } = Hello::decode(hello)?;
         let own = primary.public_identity().to_bytes();
         let (step, own_share) =
             CpaceStep::start(rng, code.as_password_bytes(), label::CPACE_CHANNEL, &sid, &own);
         let isk = step.finish_responder(&share, &companion.to_bytes()).map_err(share_error)?;
         let keys = derive(isk.as_bytes(), &sid);
-        let mut response = vec![wire::VERSION, RESPONSE_TYPE];
-        response.extend_from_slice(&sid);
-        response.extend_from_slice(&own_share);
-        response.extend_from_slice(&own);
-        let th = transcript(hello, &response);
-        let confirm_b =
+        let mut response = Response {
+            sid,
+            share: own_share,
+            identity: primary.public_identity().clone(),
+            confirm_b: [0u8; 32],
+        }
+        .encode();
+        // The transcript covers the response up to `confirm_b`, which is then filled in.
+        let Some((signed_part, confirm_b)) = response.split_last_chunk_mut::<32>() else {
+            return Err(LinkError::NotActive);
+        };
+        let th = transcript(hello, signed_part);
+        *confirm_b =
             crypto::mac(keys.responder.as_bytes(), label::MAC_PAIRING_CONFIRM_RESPONDER, &[&th]);
-        response.extend_from_slice(&confirm_b);
         let pairing = Self {
             sid,
             companion,
@@ -307,12 +379,10 @@ impl PrimaryPairing {
             self.phase = PrimaryPhase::Finished;
             return Err(LinkError::Expired);
         }
-        let mut reader = Reader::new(confirm);
-        if header(&mut reader, CONFIRM_TYPE)? != self.sid {
+        let Confirm { sid, confirm_a } = Confirm::decode(confirm)?;
+        if sid != self.sid {
             return Err(LinkError::WrongAttempt);
         }
-        let confirm_a: [u8; 32] = reader.array()?;
-        reader.finish()?;
         let expected = crypto::mac(
             keys.initiator.as_bytes(),
             label::MAC_PAIRING_CONFIRM_INITIATOR,

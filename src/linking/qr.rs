@@ -17,11 +17,10 @@ use crate::device::Device;
 use crate::device_list::SignedDeviceList;
 use crate::error::{DecodeError, LinkError};
 use crate::keys::{PublicIdentity, Timestamp};
-use crate::wire::{self, Reader};
+use crate::wire::{Codec, Reader};
 
 /// The URI prefix of every link QR code, with the format version.
 pub const QR_PREFIX: &str = "MULTIDEVICE://LINK/1/";
-const OFFER_TYPE: u8 = 0x40;
 const CHECKSUM_LEN: usize = 4;
 /// Tolerated clock difference when the primary checks an offer's expiry.
 const CLOCK_SKEW_SECS: u64 = 30;
@@ -79,17 +78,22 @@ impl QrLinkOffer {
 
     /// The text to show as a QR code. It contains the link secret: show it, never send it.
     pub fn qr_text(&self) -> Zeroizing<String> {
-        let mut offer = Zeroizing::new(Vec::with_capacity(190));
-        offer.extend_from_slice(&[wire::VERSION, OFFER_TYPE]);
-        offer.extend_from_slice(&self.secret.reference);
-        offer.extend_from_slice(self.secret.secret.as_bytes());
-        offer.extend_from_slice(&self.expires.0.to_be_bytes());
-        offer.extend_from_slice(&self.identity.to_bytes());
-        let checksum = crypto::hash(label::HASH_QR_CHECKSUM, &[&offer]);
-        offer.extend_from_slice(checksum.get(..CHECKSUM_LEN).unwrap_or_default());
-        let mut text = Zeroizing::new(String::with_capacity(QR_PREFIX.len() + 304));
+        let offer = Offer {
+            secret: LinkSecret {
+                reference: self.secret.reference,
+                secret: self.secret.secret.clone(),
+            },
+            expires: self.expires,
+            identity: self.identity.clone(),
+        };
+        let mut bytes = Zeroizing::new(Vec::with_capacity(offer.encoded_len() + CHECKSUM_LEN));
+        offer.write(&mut bytes);
+        let checksum = crypto::hash(label::HASH_QR_CHECKSUM, &[&bytes]);
+        bytes.extend_from_slice(checksum.get(..CHECKSUM_LEN).unwrap_or_default());
+        let mut text =
+            Zeroizing::new(String::with_capacity(QR_PREFIX.len() + (bytes.len() * 8).div_ceil(5)));
         text.push_str(QR_PREFIX);
-        base32_encode(&offer, &mut text);
+        base32_encode(&bytes, &mut text);
         text
     }
 
@@ -133,14 +137,40 @@ impl core::fmt::Debug for QrLinkApproval {
     }
 }
 
-/// A parsed offer: the link secret and what it binds.
-struct ScannedOffer {
+/// An offer: `0x01 || 0x40 || reference (16) || link secret (32) || expires (u64)
+/// || companion PublicIdentity (128)`.
+struct Offer {
     secret: LinkSecret,
     expires: Timestamp,
     identity: PublicIdentity,
 }
 
-fn parse_qr(text: &str) -> Result<ScannedOffer, LinkError> {
+impl Codec<'_> for Offer {
+    const TYPE: u8 = 0x40;
+    const MIN_BODY_LEN: usize = 16 + 32 + 8 + PublicIdentity::LEN;
+
+    fn body_len(&self) -> usize {
+        Self::MIN_BODY_LEN
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.secret.reference);
+        out.extend_from_slice(self.secret.secret.as_bytes());
+        out.extend_from_slice(&self.expires.0.to_be_bytes());
+        out.extend_from_slice(&self.identity.to_bytes());
+    }
+
+    fn read_body(_: u8, reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let reference: Reference = reader.array()?;
+        let mut secret = Secret32::new([0u8; 32]);
+        secret.as_mut_bytes().copy_from_slice(reader.take(32)?);
+        let expires = Timestamp(reader.u64()?);
+        let identity = PublicIdentity::read(reader)?;
+        Ok(Self { secret: LinkSecret { reference, secret }, expires, identity })
+    }
+}
+
+fn parse_qr(text: &str) -> Result<Offer, LinkError> {
     let encoded = text.strip_prefix(QR_PREFIX).ok_or(LinkError::BadPrefix)?;
     let bytes = Zeroizing::new(base32_decode(encoded).ok_or(LinkError::BadEncoding)?);
     let body_len = bytes
@@ -152,14 +182,7 @@ fn parse_qr(text: &str) -> Result<ScannedOffer, LinkError> {
     if expected.get(..CHECKSUM_LEN) != Some(checksum) {
         return Err(LinkError::BadChecksum);
     }
-    let mut reader = Reader::new(offer);
-    reader.header(OFFER_TYPE)?;
-    let reference: Reference = reader.array()?;
-    let secret = Secret32::new(reader.array()?);
-    let expires = Timestamp(reader.u64()?);
-    let identity = PublicIdentity::read(&mut reader)?;
-    reader.finish()?;
-    Ok(ScannedOffer { secret: LinkSecret { reference, secret }, expires, identity })
+    Ok(Offer::decode(offer)?)
 }
 
 impl QrLinkApproval {

@@ -9,7 +9,7 @@ use crate::consts::MAX_MESSAGE_PLAINTEXT;
 use crate::crypto::{NONCE_LEN, TAG_LEN};
 use crate::error::DecodeError;
 use crate::keys::{DeviceAddress, PublicIdentity};
-use crate::wire::{self, Reader};
+use crate::wire::{Codec, Reader, VERSION};
 
 /// Type byte of a message on an established session.
 pub(crate) const TYPE_MESSAGE: u8 = 0x01;
@@ -70,6 +70,9 @@ pub(crate) struct RatchetHeader {
 }
 
 impl RatchetHeader {
+    /// Encoded length.
+    pub(crate) const LEN: usize = 16 + 32 + 4 + 4 + NONCE_LEN;
+
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.session_id);
         out.extend_from_slice(&self.ratchet_key);
@@ -164,22 +167,39 @@ impl SessionMessage<'_> {
     }
 }
 
-impl<'a> TryFrom<&'a [u8]> for SessionMessage<'a> {
-    type Error = DecodeError;
+impl<'a> Codec<'a> for SessionMessage<'a> {
+    const TYPE: u8 = TYPE_MESSAGE;
+    /// Kind, two addresses, ratchet header, tag.
+    const MIN_BODY_LEN: usize = 1 + 2 * DeviceAddress::LEN + RatchetHeader::LEN + TAG_LEN;
 
-    fn try_from(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        let mut reader = Reader::new(bytes);
-        reader.version()?;
-        let message_type = reader.u8()?;
+    fn accepts(type_byte: u8) -> bool {
+        matches!(type_byte, TYPE_MESSAGE | TYPE_PREKEY_MESSAGE)
+    }
+
+    fn type_byte(&self) -> u8 {
+        if self.prekey.is_some() { TYPE_PREKEY_MESSAGE } else { TYPE_MESSAGE }
+    }
+
+    fn body_len(&self) -> usize {
+        self.authenticated.len() - 2 + self.ciphertext.len()
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.authenticated.get(2..).unwrap_or_default());
+        out.extend_from_slice(self.ciphertext);
+    }
+
+    /// Decoded only at the top of its input: the authenticated prefix is everything read
+    /// before the ciphertext.
+    fn read_body(type_byte: u8, reader: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let kind = MessageKind::from_byte(reader.u8()?)?;
-        let sender = DeviceAddress::read(&mut reader)?;
-        let recipient = DeviceAddress::read(&mut reader)?;
-        let prekey = match message_type {
-            TYPE_MESSAGE => None,
-            TYPE_PREKEY_MESSAGE => Some(PrekeyFields::read(&mut reader)?),
-            other => return Err(DecodeError::UnknownType(other)),
+        let sender = DeviceAddress::read(reader)?;
+        let recipient = DeviceAddress::read(reader)?;
+        let prekey = match type_byte {
+            TYPE_PREKEY_MESSAGE => Some(PrekeyFields::read(reader)?),
+            _ => None,
         };
-        let header = RatchetHeader::read(&mut reader)?;
+        let header = RatchetHeader::read(reader)?;
         if let Some(fields) = &prekey {
             // Until the initiator hears back it never ratchets, so its ratchet key is its base
             // key; anything else is not a canonical prekey message.
@@ -187,7 +207,7 @@ impl<'a> TryFrom<&'a [u8]> for SessionMessage<'a> {
                 return Err(DecodeError::BaseKeyMismatch);
             }
         }
-        let header_len = bytes.len() - reader.remaining();
+        let authenticated = reader.consumed();
         let ciphertext = reader.rest();
         if ciphertext.len() < TAG_LEN {
             return Err(DecodeError::Truncated { needed: TAG_LEN - ciphertext.len() });
@@ -198,8 +218,15 @@ impl<'a> TryFrom<&'a [u8]> for SessionMessage<'a> {
                 got: ciphertext.len(),
             });
         }
-        let (authenticated, _) = bytes.split_at(header_len);
         Ok(Self { kind, sender, recipient, prekey, header, authenticated, ciphertext })
+    }
+}
+
+impl<'a> TryFrom<&'a [u8]> for SessionMessage<'a> {
+    type Error = DecodeError;
+
+    fn try_from(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        Self::decode(bytes)
     }
 }
 
@@ -213,7 +240,7 @@ pub(crate) fn write_prefix(
     header: &RatchetHeader,
 ) {
     let message_type = if prekey.is_some() { TYPE_PREKEY_MESSAGE } else { TYPE_MESSAGE };
-    out.extend_from_slice(&[wire::VERSION, message_type, kind.to_byte()]);
+    out.extend_from_slice(&[VERSION, message_type, kind.to_byte()]);
     out.extend_from_slice(&sender.to_bytes());
     out.extend_from_slice(&recipient.to_bytes());
     if let Some(fields) = prekey {
