@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::consts::{APPROVAL_LIFETIME_SECS, MAX_COMPANIONS, PRIMARY_INACTIVITY_SECS};
+use crate::consts::{
+    APPROVAL_LIFETIME_SECS, MAX_COMPANIONS, MAX_LIST_ISSUED_AHEAD_SECS, PRIMARY_INACTIVITY_SECS,
+};
 use crate::device::Device;
 use crate::device_list::{
     AuthorizedDevice, LinkingMetadata, LogoutRequest, SignedDeviceIdentity, SignedDeviceList,
@@ -422,6 +424,9 @@ impl Device {
         self.observe(now);
         let list = SignedDeviceList::try_from(bytes)?.verify()?;
         let account = list.account();
+        if list.issued_at() > self.clock.plus_secs(MAX_LIST_ISSUED_AHEAD_SECS) {
+            return Err(DeviceListError::IssuedInFuture { issued_at: list.issued_at() });
+        }
         if account == self.address.account
             && let Some(own) = self.own_account_identity()
             && own != list.account_identity()

@@ -21,6 +21,13 @@ pub const MAX_COMPANIONS: usize = 4;
 /// server withholding a removal can do.
 pub const PRIMARY_INACTIVITY_SECS: u64 = 14 * DAY_SECS;
 
+/// How far past this device's clock high-water mark a device list's `issued_at` may lie.
+///
+/// A list issued in the future would stay fresh past the 14-day rule by as much; one day covers
+/// the clock differences honest devices have, and a later list is refused until the clock
+/// catches up (the action says retry later).
+pub const MAX_LIST_ISSUED_AHEAD_SECS: u64 = DAY_SECS;
+
 /// The lifetime of a device list as a whole: past it, a list is expired, and only the account's
 /// primary, whose identity is the account identity, is still sent to.
 ///

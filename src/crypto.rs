@@ -198,6 +198,14 @@ pub(crate) fn hash(label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// The first 16 bytes of a 32-byte digest.
+pub(crate) fn first_16(digest: &[u8; 32]) -> [u8; 16] {
+    let (head, _) = digest.split_at(16);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(head);
+    out
+}
+
 /// HKDF-SHA256 with the given salt, input key material and info, filling `out`.
 pub(crate) fn hkdf(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
     let hk = hkdf::Hkdf::<Sha256>::new(Some(salt), ikm);
@@ -264,16 +272,20 @@ pub(crate) const TAG_LEN: usize = 16;
 /// AES-256-GCM nonce length.
 pub(crate) const NONCE_LEN: usize = 12;
 
-/// Encrypts `buffer[start..]` in place and appends the tag.
-pub(crate) fn seal(
+/// Appends `plaintext` to `buffer`, encrypts it there in place and appends the tag: what is
+/// already in `buffer` (a message's prefix) stays as it is.
+pub(crate) fn seal_append(
     key: &[u8; 32],
     nonce: &[u8; NONCE_LEN],
     aad: &[u8],
     buffer: &mut Vec<u8>,
-    start: usize,
+    plaintext: &[u8],
 ) {
     let cipher = Aes256Gcm::new(key.into());
-    let body = buffer.get_mut(start..).unwrap_or_default();
+    let start = buffer.len();
+    buffer.extend_from_slice(plaintext);
+    // `start` is the length before the append, so the split is always in bounds.
+    let (_, body) = buffer.split_at_mut(start);
     // AES-GCM only fails for inputs longer than 2^36 bytes; every caller bounds its plaintext far
     // below that.
     #[allow(clippy::expect_used)]

@@ -450,8 +450,7 @@ impl Device {
             &self.accounts,
             self.clock,
         );
-        // Serializing plain structs into a growable buffer cannot fail.
-        Zeroizing::new(postcard::to_allocvec(&state).unwrap_or_default())
+        crate::wiping::to_wiped_bytes(&state)
     }
 
     /// Restores a device from [`Device::to_bytes`], the only way to load one. Rejects other
@@ -504,15 +503,21 @@ impl Device {
     }
 }
 
-fn associated(session: &Session, authenticated: &[u8], buffer: &mut [u8; MAX_AAD_LEN]) -> usize {
+/// The AEAD associated data of a message: the session's associated data, then every byte of the
+/// message before its ciphertext. Built in `buffer`; a prefix longer than any message can have
+/// is an error, never a shorter associated data.
+fn associated<'b>(
+    session: &Session,
+    authenticated: &[u8],
+    buffer: &'b mut [u8; MAX_AAD_LEN],
+) -> Result<&'b [u8], SessionError> {
     let len = 32 + authenticated.len();
-    if let Some((ad, rest)) = buffer.split_first_chunk_mut::<32>() {
-        *ad = *session.associated_data();
-        if let Some(dst) = rest.get_mut(..authenticated.len()) {
-            dst.copy_from_slice(authenticated);
-        }
-    }
-    len
+    let too_long = DecodeError::TooLong { limit: MAX_AAD_LEN - 32, got: authenticated.len() };
+    let aad = buffer.get_mut(..len).ok_or(too_long)?;
+    let (ad, prefix) = aad.split_at_mut(32);
+    ad.copy_from_slice(session.associated_data());
+    prefix.copy_from_slice(authenticated);
+    Ok(aad)
 }
 
 pub(crate) fn seal_message(
@@ -528,11 +533,9 @@ pub(crate) fn seal_message(
     let prekey = session.prekey_fields(own_identity);
     let mut out = Vec::with_capacity(MAX_AAD_LEN + plaintext.len() + crypto::TAG_LEN);
     write_prefix(&mut out, kind, sender, recipient, prekey.as_ref(), &header);
-    let prefix_len = out.len();
     let mut aad = [0u8; MAX_AAD_LEN];
-    let aad_len = associated(session, &out, &mut aad);
-    out.extend_from_slice(plaintext);
-    crypto::seal(&key, &header.nonce, aad.get(..aad_len).unwrap_or_default(), &mut out, prefix_len);
+    let aad = associated(session, &out, &mut aad)?;
+    crypto::seal_append(&key, &header.nonce, aad, &mut out, plaintext);
     Ok(out)
 }
 
@@ -543,13 +546,8 @@ fn open_message(
 ) -> Result<(Zeroizing<Vec<u8>>, Commit), SessionError> {
     let (key, commit) = session.plan_decrypt(&message.header, max_jump)?;
     let mut aad = [0u8; MAX_AAD_LEN];
-    let aad_len = associated(session, message.authenticated, &mut aad);
-    let plaintext = crypto::open(
-        key.as_bytes(),
-        &message.header.nonce,
-        aad.get(..aad_len).unwrap_or_default(),
-        message.ciphertext,
-    )
-    .map_err(|_| SessionError::AuthenticationFailed)?;
+    let aad = associated(session, message.authenticated, &mut aad)?;
+    let plaintext = crypto::open(key.as_bytes(), &message.header.nonce, aad, message.ciphertext)
+        .map_err(|_| SessionError::AuthenticationFailed)?;
     Ok((plaintext, commit))
 }

@@ -251,6 +251,14 @@ pub enum DeviceListError {
         /// The device whose entry mismatched.
         device: DeviceId,
     },
+    /// The list's `issued_at` lies more than
+    /// [`crate::consts::MAX_LIST_ISSUED_AHEAD_SECS`] past this device's clock high-water mark.
+    /// Retry once the clock has caught up.
+    #[error("list issued in the future, at {issued_at:?}")]
+    IssuedInFuture {
+        /// The list's `issued_at`.
+        issued_at: crate::keys::Timestamp,
+    },
     /// One identity appears twice in a list, or the account identity appears as a companion.
     #[error("an identity appears twice in the list")]
     DuplicateIdentity,
@@ -351,7 +359,7 @@ impl DeviceListError {
     pub fn action(&self) -> Action {
         match self {
             Self::IdentityChanged { .. } | Self::Equivocation { .. } => Action::AskUser,
-            Self::SignedOut => Action::RetryLater,
+            Self::SignedOut | Self::IssuedInFuture { .. } => Action::RetryLater,
             _ => Action::Drop,
         }
     }
@@ -553,6 +561,9 @@ pub enum LinkError {
     /// The confirmation does not match what was approved.
     #[error("confirmation does not match the approval")]
     ConfirmationMismatch,
+    /// A QR image at the requested scale would exceed `MAX_QR_PIXELS` pixels.
+    #[error("the QR image would be too large")]
+    ImageTooLarge,
 }
 
 impl LinkError {

@@ -221,14 +221,18 @@ impl<'a> Codec<'a> for Body<'a> {
 
 /// Encrypts `payload` into a shared body under the key and commitment derived from the fresh
 /// content `key`, in one buffer of exactly the body's size.
-fn seal_body(key: &Secret32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn seal_body(key: &Secret32, payload: &[u8]) -> Vec<u8> {
     let (cipher_key, commitment) = crypto::commit_key(key.as_bytes(), label::KDF_BODY);
-    let prefix = 2 + 32;
-    let mut body = Vec::with_capacity(prefix + payload.len() + crypto::TAG_LEN);
+    let mut body = Vec::with_capacity(2 + 32 + payload.len() + crypto::TAG_LEN);
     Body { commitment, sealed: &[] }.write(&mut body);
-    body.extend_from_slice(payload);
     // The content key is fresh per message, so a fixed nonce never repeats under one key.
-    crypto::seal(cipher_key.as_bytes(), &[0u8; crypto::NONCE_LEN], BODY_AAD, &mut body, prefix);
+    crypto::seal_append(
+        cipher_key.as_bytes(),
+        &[0u8; crypto::NONCE_LEN],
+        BODY_AAD,
+        &mut body,
+        payload,
+    );
     body
 }
 

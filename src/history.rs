@@ -22,6 +22,7 @@ use crate::fanout::{Content, Envelope, FanoutSkip, Inner};
 use crate::keys::{DeviceAddress, Timestamp};
 use crate::prekeys::PrekeyBundle;
 use crate::session::message::MessageKind;
+use crate::wiping::reserve_wiping;
 
 /// How long after its link a companion accepts history: long enough for a large history to
 /// upload over a slow network, short enough that a later compromise of the primary's session
@@ -202,21 +203,11 @@ impl<F: FnMut(&[u8])> Write for RecordSink<F> {
     }
 }
 
-/// Grows a wiped-on-drop buffer to hold `capacity` bytes without leaving an unwiped copy
-/// behind (`Vec` would free its old allocation without wiping it).
-fn reserve_wiping(buffer: &mut Zeroizing<Vec<u8>>, capacity: usize) {
-    if capacity > buffer.capacity() {
-        let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
-        grown.extend_from_slice(buffer);
-        *buffer = grown;
-    }
-}
-
 /// Fuzz entry point for the history record parser. Never panics; returns `false` only if an
 /// invariant is broken: `data` fed to the parser in one write and again in pieces of 1 to 9
 /// bytes (sizes taken from `data` itself) must give the same records and the same verdict,
 /// and records accepted as complete must frame back to exactly the bytes they came from.
-#[doc(hidden)]
+#[cfg(any(test, feature = "test-support"))]
 pub fn fuzz_record_stream(data: &[u8]) -> bool {
     let mut cuts = Vec::new();
     let mut position = 0;
@@ -245,6 +236,7 @@ pub fn fuzz_record_stream(data: &[u8]) -> bool {
 }
 
 /// What the record parser made of a stream.
+#[cfg(any(test, feature = "test-support"))]
 #[derive(PartialEq, Eq)]
 struct ParsedRecords {
     records: Vec<Vec<u8>>,
@@ -254,6 +246,7 @@ struct ParsedRecords {
 
 /// Feeds `stream` to a record parser in pieces ending at `cuts` (ascending), stopping at the
 /// first error as a blob decryptor would.
+#[cfg(any(test, feature = "test-support"))]
 fn parse_records(stream: &[u8], cuts: &[usize]) -> ParsedRecords {
     let mut records = Vec::new();
     let mut sink = RecordSink::new(|r: &[u8]| records.push(r.to_vec()));

@@ -81,6 +81,9 @@ mod receive;
 mod security_code;
 mod serde_util;
 mod session;
+#[cfg(feature = "test-support")]
+pub mod test_support;
+mod wiping;
 mod wire;
 
 pub use account::{AccountStatus, CompanionApproval, ListUpdate, PendingIdentityChange};
@@ -97,8 +100,6 @@ pub use fanout::{
     Conversation, Envelope, FanoutMessage, FanoutSkip, INLINE_THRESHOLD, MAX_FANOUT_ACCOUNTS,
     MAX_FANOUT_PAYLOAD,
 };
-#[doc(hidden)]
-pub use history::fuzz_record_stream;
 pub use history::{
     HISTORY_MEDIA_TYPE, HISTORY_WINDOW_SECS, MAX_HISTORY_RECORD, build_history, import_history,
 };
@@ -107,7 +108,7 @@ pub use linking::pairing::{CompanionPairing, PrimaryPairing};
 pub use linking::pairing_code::{PAIRING_CODE_LEN, PairingCode, PairingCodeError};
 pub use linking::qr::{QR_PREFIX, QrLinkApproval, QrLinkOffer};
 #[cfg(feature = "qr")]
-pub use linking::render::{QrPixels, render_pixels, render_terminal};
+pub use linking::render::{MAX_QR_PIXELS, QrPixels, render_pixels, render_terminal};
 pub use prekeys::{
     OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic, VerifiedPrekeyBundle,
 };

@@ -519,3 +519,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_list_issued_in_the_future_is_refused_past_the_bound_at_n_and_n_plus_one() {
+    use multidevice::consts::MAX_LIST_ISSUED_AHEAD_SECS;
+    let mut rng = rng(19);
+    let mut primary = Device::new(&mut rng, addr(1, 0), T0);
+    let at_bound = primary.refresh_device_list(T0.plus_secs(MAX_LIST_ISSUED_AHEAD_SECS)).unwrap();
+    let past = primary.refresh_device_list(T0.plus_secs(MAX_LIST_ISSUED_AHEAD_SECS + 1)).unwrap();
+    let mut peer = Device::new(&mut rng, addr(2, 0), T0);
+    peer.process_device_list(&at_bound.to_bytes(), T0).unwrap();
+    let before = snapshot(&peer);
+    let error = peer.process_device_list(&past.to_bytes(), T0).unwrap_err();
+    assert_eq!(
+        error,
+        DeviceListError::IssuedInFuture { issued_at: T0.plus_secs(MAX_LIST_ISSUED_AHEAD_SECS + 1) }
+    );
+    assert_eq!(error.action(), Action::RetryLater);
+    assert_eq!(snapshot(&peer), before);
+    // Once the clock has caught up, the same list is accepted.
+    peer.process_device_list(&past.to_bytes(), T0.plus_secs(1)).unwrap();
+}

@@ -323,3 +323,25 @@ fn recipient_account_count_is_bounded_at_n_and_n_plus_one() {
         FanoutError::TooManyAccounts(limit + 1)
     );
 }
+
+#[test]
+fn debug_output_never_shows_payloads() {
+    let mut rng = rng(11);
+    let mut alice = account(&mut rng, 1, 0);
+    let mut bob = account(&mut rng, 2, 0);
+    introduce(&mut alice, &mut bob);
+    let all = bundles(&[&bob]);
+    let secret = b"SECRET-PAYLOAD-1234";
+    for payload in [secret.to_vec(), [secret.as_slice(); 40].concat()] {
+        let fanout =
+            alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &all, &payload, T0).unwrap();
+        let received =
+            bob.devices[0].receive(&fanout.envelopes[0].bytes, fanout.body.as_deref(), T0).unwrap();
+        let shown = format!("{received:?} {fanout:?}");
+        let as_numbers = format!("{:?}", &secret[..4]);
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(!shown.contains(as_numbers.trim_matches(|c| c == '[' || c == ']')), "{shown}");
+        let Received::Message(message) = received else { panic!("expected a message") };
+        assert_eq!(message.payload.as_slice(), payload.as_slice());
+    }
+}

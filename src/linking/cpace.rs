@@ -61,6 +61,7 @@ const DSI: &[u8] = b"CPaceRistretto255";
 const ISK_LABEL: &[u8] = b"CPaceRistretto255_ISK";
 
 /// Prefix of the symmetric (ordered-concatenation) transcript.
+#[cfg(any(test, feature = "test-support"))]
 const ORDERED_CONCAT_TAG: &[u8] = b"oc";
 
 /// SHA-512 input block size (`H.s_in_bytes`), which sizes the zero padding.
@@ -151,6 +152,7 @@ impl fmt::Debug for CpaceStep {
 enum TranscriptOrder {
     OwnFirst,
     PeerFirst,
+    #[cfg(any(test, feature = "test-support"))]
     Lexicographic,
 }
 
@@ -185,7 +187,7 @@ impl CpaceStep {
     ///
     /// [`CpaceError::InvalidScalar`] if the scalar is zero or not reduced
     /// modulo the group order.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-support"))]
     pub fn hazmat_start_with_scalar(
         scalar_le: [u8; 32],
         prs: &[u8],
@@ -243,6 +245,10 @@ impl CpaceStep {
     /// # Errors
     ///
     /// As for [`CpaceStep::finish_initiator`].
+    ///
+    /// Only for known-answer tests (the `test-support` feature): the pairing flow uses the
+    /// initiator-responder order.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn finish_symmetric(self, peer_share: &[u8], peer_ad: &[u8]) -> Result<Isk, CpaceError> {
         self.finish(peer_share, peer_ad, TranscriptOrder::Lexicographic)
     }
@@ -267,7 +273,9 @@ impl CpaceStep {
             TranscriptOrder::PeerFirst => (b"", peer, own),
             // Slice `Ord` is the draft's lexicographic order (a proper prefix
             // sorts first); on a tie both orders give the same bytes.
+            #[cfg(any(test, feature = "test-support"))]
             TranscriptOrder::Lexicographic if own > peer => (ORDERED_CONCAT_TAG, own, peer),
+            #[cfg(any(test, feature = "test-support"))]
             TranscriptOrder::Lexicographic => (ORDERED_CONCAT_TAG, peer, own),
         };
 
@@ -325,7 +333,7 @@ pub fn decode_share(share: &[u8]) -> Result<RistrettoPoint, CpaceError> {
 ///
 /// Any [`decode_share`] error, [`CpaceError::InvalidScalar`] for a zero or
 /// unreduced scalar, and [`CpaceError::IdentityPoint`] for an identity result.
-#[doc(hidden)]
+#[cfg(any(test, feature = "test-support"))]
 pub fn hazmat_scalar_mult_vfy(
     scalar_le: [u8; 32],
     encoded_point: &[u8],
@@ -353,6 +361,7 @@ fn shared_point(
     Ok(Zeroizing::new(k.compress().to_bytes()))
 }
 
+#[cfg(any(test, feature = "test-support"))]
 fn canonical_nonzero_scalar(scalar_le: [u8; 32]) -> Result<Zeroizing<Scalar>, CpaceError> {
     let scalar: Option<Scalar> = Scalar::from_canonical_bytes(scalar_le).into();
     let scalar = Zeroizing::new(scalar.ok_or(CpaceError::InvalidScalar)?);

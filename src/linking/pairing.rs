@@ -37,14 +37,14 @@ struct Keys {
 }
 
 fn derive(isk: &[u8; 64], sid: &Reference) -> Keys {
-    let mut okm = Zeroizing::new([0u8; 96]);
-    crypto::hkdf(sid, isk, &[label::KDF_PAIRING], okm.as_mut_slice());
-    let part = |i: usize| {
-        let mut key = [0u8; 32];
-        key.copy_from_slice(okm.get(i * 32..(i + 1) * 32).unwrap_or(&[0u8; 32]));
-        Secret32::new(key)
-    };
-    Keys { initiator: part(0), responder: part(1), link: part(2) }
+    let mut okm = Zeroizing::new([[0u8; 32]; 3]);
+    crypto::hkdf(sid, isk, &[label::KDF_PAIRING], okm.as_flattened_mut());
+    let [initiator, responder, link] = &*okm;
+    Keys {
+        initiator: Secret32::new(*initiator),
+        responder: Secret32::new(*responder),
+        link: Secret32::new(*link),
+    }
 }
 
 /// The companion's hello: `0x01 || 0x43 || sid (16) || Ya (32) || companion PublicIdentity`.

@@ -89,7 +89,7 @@ impl QrLinkOffer {
         let mut bytes = Zeroizing::new(Vec::with_capacity(offer.encoded_len() + CHECKSUM_LEN));
         offer.write(&mut bytes);
         let checksum = crypto::hash(label::HASH_QR_CHECKSUM, &[&bytes]);
-        bytes.extend_from_slice(checksum.get(..CHECKSUM_LEN).unwrap_or_default());
+        bytes.extend_from_slice(checksum.split_at(CHECKSUM_LEN).0);
         let mut text =
             Zeroizing::new(String::with_capacity(QR_PREFIX.len() + (bytes.len() * 8).div_ceil(5)));
         text.push_str(QR_PREFIX);

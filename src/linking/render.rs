@@ -27,13 +27,22 @@ pub fn render_terminal(text: &str) -> Result<String, LinkError> {
         .build())
 }
 
-/// Renders `text` to pixels, `scale` pixels per module, with a four-module quiet zone.
+/// Most pixels [`render_pixels`] produces: a 64 MiB image, far beyond any screen.
+pub const MAX_QR_PIXELS: usize = 64 * 1024 * 1024;
+
+/// Renders `text` to pixels, `scale` pixels per module (at least 1), with a four-module quiet
+/// zone. A scale whose image would exceed [`MAX_QR_PIXELS`] (or overflow) is
+/// [`LinkError::ImageTooLarge`].
 pub fn render_pixels(text: &str, scale: usize) -> Result<QrPixels, LinkError> {
     let code = code(text)?;
     let modules = code.width();
     let colors = code.to_colors();
     let scale = scale.max(1);
-    let size = (modules + 8) * scale;
+    let size = modules
+        .checked_add(8)
+        .and_then(|quiet| quiet.checked_mul(scale))
+        .filter(|size| size.checked_mul(*size).is_some_and(|area| area <= MAX_QR_PIXELS))
+        .ok_or(LinkError::ImageTooLarge)?;
     let mut pixels = vec![255u8; size * size];
     for (index, color) in colors.iter().enumerate() {
         if *color != Color::Dark {
@@ -49,4 +58,20 @@ pub fn render_pixels(text: &str, scale: usize) -> Result<QrPixels, LinkError> {
         }
     }
     Ok(QrPixels { size, pixels })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scale_past_the_pixel_bound_is_refused_not_overflowed() {
+        let text = "MULTIDEVICE://LINK/1/ABC";
+        let modules = code(text).unwrap().width() + 8;
+        let largest = (1..).take_while(|s| (modules * s) * (modules * s) <= MAX_QR_PIXELS).last();
+        let largest = largest.unwrap();
+        assert_eq!(render_pixels(text, largest).unwrap().size, modules * largest);
+        assert_eq!(render_pixels(text, largest + 1), Err(LinkError::ImageTooLarge));
+        assert_eq!(render_pixels(text, usize::MAX), Err(LinkError::ImageTooLarge));
+    }
 }

@@ -35,10 +35,7 @@ pub(crate) fn associated_data(
 
 /// The identifier both sides derive from the initiator's base key.
 pub(crate) fn session_id(base_key: &[u8; 32]) -> SessionId {
-    let digest = crypto::hash(label::HASH_SESSION_ID, &[base_key]);
-    let mut id = [0u8; 16];
-    id.copy_from_slice(digest.get(..16).unwrap_or(&[0u8; 16]));
-    id
+    crypto::first_16(&crypto::hash(label::HASH_SESSION_ID, &[base_key]))
 }
 
 fn derive(

@@ -102,11 +102,10 @@ fn root_step(root_key: &Secret32, dh: &[u8; 32]) -> (Secret32, Secret32) {
 
 pub(crate) fn split_keys(okm: &[u8; 64]) -> (Secret32, Secret32) {
     let (first, second) = okm.split_at(32);
-    let mut a = [0u8; 32];
-    let mut b = [0u8; 32];
-    a.copy_from_slice(first);
-    b.copy_from_slice(second);
-    (Secret32::new(a), Secret32::new(b))
+    let (mut a, mut b) = (Secret32::new([0u8; 32]), Secret32::new([0u8; 32]));
+    a.as_mut_bytes().copy_from_slice(first);
+    b.as_mut_bytes().copy_from_slice(second);
+    (a, b)
 }
 
 impl Session {
