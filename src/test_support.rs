@@ -26,3 +26,34 @@ pub fn open_fanout_body(
 ) -> Result<Zeroizing<Vec<u8>>, ReceiveError> {
     crate::fanout::open_body(key, digest, Some(body))
 }
+
+/// Signs a device list with `primary`'s identity, naming exactly `companions` in the order
+/// given, with any version, issue time and previous digest: lists the crate's own API never
+/// signs (two entries with one identity, unsorted entries, ...), to test what verification
+/// refuses. `primary` must be a primary.
+pub fn sign_device_list(
+    primary: &crate::Device,
+    version: u64,
+    issued_at: crate::Timestamp,
+    previous_digest: [u8; 32],
+    companions: Vec<crate::SignedDeviceIdentity>,
+) -> crate::SignedDeviceList {
+    crate::SignedDeviceList::sign(
+        &primary.identity,
+        primary.address.account,
+        version,
+        issued_at,
+        previous_digest,
+        companions,
+    )
+}
+
+/// The primary's account signature over `metadata` and `companion`: an approval for any
+/// metadata the primary's own API would never assign.
+pub fn account_sign(
+    primary: &crate::Device,
+    metadata: crate::LinkingMetadata,
+    companion: &crate::PublicIdentity,
+) -> [u8; 64] {
+    crate::SignedDeviceIdentity::account_sign(&primary.identity, metadata, companion)
+}

@@ -1065,7 +1065,10 @@ pub(crate) fn history_records(data: &[u8]) {
 
     // The record parser itself, fed in pieces as small as one byte (a blob decryptor writes
     // whole 64 KiB chunks, so the inputs here would never split a record otherwise).
-    assert!(multidevice::test_support::fuzz_record_stream(data), "history record parser invariant broken");
+    assert!(
+        multidevice::test_support::fuzz_record_stream(data),
+        "history record parser invariant broken"
+    );
 
     let mut rng = seeded(u64::try_from(data.len()).unwrap_or(0));
     let media = MediaType::new(HISTORY_MEDIA_TYPE).expect("valid media type");
