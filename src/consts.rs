@@ -69,6 +69,21 @@ pub const MAX_ARCHIVED_SESSIONS: usize = 40;
 /// [`crate::Device::one_time_prekeys_remaining`] runs low.
 pub const MAX_ONE_TIME_PREKEYS: usize = 200;
 
+/// How long an unused one-time prekey lives after it was generated for upload.
+///
+/// The server may hand a one-time prekey to an initiator that never sends, and the device cannot
+/// tell which ones were handed out; expiring them frees room under [`MAX_ONE_TIME_PREKEYS`], so
+/// the cap can never lock a device up. An initial message naming an expired one fails with
+/// `UnknownOneTimePrekey`. Long enough for an initiator that fetched a bundle offline to send.
+pub const ONE_TIME_PREKEY_LIFETIME_SECS: u64 = 30 * DAY_SECS;
+
+/// One-time prekeys a device keeps uploaded: [`crate::Device::one_time_prekeys_needed`] says how
+/// many to generate to get back to it.
+///
+/// Half the cap, so a burst of new contacts between two uploads still finds prekeys while the
+/// other half leaves room for ones the server holds but has not handed out.
+pub const ONE_TIME_PREKEY_TARGET: usize = 100;
+
 /// How long a superseded signed prekey still accepts initial messages after rotation.
 ///
 /// Initial messages can sit on the server for a while; the grace period lets them decrypt while

@@ -23,7 +23,8 @@ use crate::crypto;
 use crate::error::{DecodeError, SessionError};
 use crate::keys::{DeviceAddress, Fingerprint, IdentityKeyPair, PublicIdentity, Timestamp};
 use crate::prekeys::{
-    OneTimePrekeyPublic, PrekeyStore, PrekeyUpload, SignedPrekeyPublic, VerifiedPrekeyBundle,
+    LegacyPrekeys, OneTimePrekey, OneTimePrekeyPublic, PrekeyStore, PrekeyUpload,
+    SignedPrekeyPublic, SignedPrekeys, VerifiedPrekeyBundle,
 };
 use crate::session::handshake;
 use crate::session::message::{MessageKind, SessionMessage, write_prefix};
@@ -31,7 +32,10 @@ use crate::session::ratchet::{Commit, Session};
 use crate::session::record::SessionRecord;
 
 /// Version of the persisted [`Device`] format.
-const STATE_FORMAT: u16 = 2;
+const STATE_FORMAT: u16 = 3;
+
+/// The format before one-time prekeys recorded when they were generated; still imported.
+const LEGACY_STATE_FORMAT: u16 = 2;
 
 /// Longest prefix a session message can have before its ciphertext, plus the session's
 /// associated data: the size of the stack buffer the AEAD's associated data is built in.
@@ -89,9 +93,9 @@ pub struct SessionInfo {
 pub struct Device {
     pub(crate) address: DeviceAddress,
     pub(crate) identity: IdentityKeyPair,
-    prekeys: PrekeyStore,
+    pub(crate) prekeys: PrekeyStore,
     pub(crate) sessions: BTreeMap<DeviceAddress, SessionRecord>,
-    max_forward_jump: u32,
+    pub(crate) max_forward_jump: u32,
     pub(crate) role: Role,
     pub(crate) accounts: KnownAccounts,
     /// The highest time the app has passed in: every time rule reads it, so winding the clock
@@ -99,24 +103,35 @@ pub struct Device {
     pub(crate) clock: Timestamp,
 }
 
-/// The persisted form: every field of [`Device`] after the format version. Only
-/// [`Device::from_bytes`] reads it, and it validates what it read.
+/// The device's own record: every field of [`Device`] but its one-time prekeys, sessions and
+/// held lists, which are records of their own.
+pub(crate) type MetaRef<'a> =
+    (&'a DeviceAddress, &'a IdentityKeyPair, &'a SignedPrekeys, u32, &'a Role, Timestamp);
+/// The owned form of [`MetaRef`].
+pub(crate) type MetaOwned = (DeviceAddress, IdentityKeyPair, SignedPrekeys, u32, Role, Timestamp);
+
+/// The persisted form: the format version, the device's own record, then every other record.
+/// Only [`Device::from_bytes`] reads it, and it validates what it read.
 type StateRef<'a> = (
     u16,
-    &'a DeviceAddress,
-    &'a IdentityKeyPair,
-    &'a PrekeyStore,
+    MetaRef<'a>,
+    &'a BTreeMap<u32, OneTimePrekey>,
     &'a BTreeMap<DeviceAddress, SessionRecord>,
-    u32,
-    &'a Role,
     &'a KnownAccounts,
-    Timestamp,
 );
 type StateOwned = (
     u16,
+    MetaOwned,
+    BTreeMap<u32, OneTimePrekey>,
+    BTreeMap<DeviceAddress, SessionRecord>,
+    KnownAccounts,
+);
+/// Persisted format 2, imported by [`Device::from_bytes`].
+type LegacyState = (
+    u16,
     DeviceAddress,
     IdentityKeyPair,
-    PrekeyStore,
+    LegacyPrekeys,
     BTreeMap<DeviceAddress, SessionRecord>,
     u32,
     Role,
@@ -215,21 +230,54 @@ impl Device {
         }
     }
 
-    /// Creates `count` one-time prekeys to upload.
+    /// Creates `count` one-time prekeys to upload, recording the clock high-water mark as their
+    /// generation time. One-time prekeys generated more than
+    /// [`crate::consts::ONE_TIME_PREKEY_LIFETIME_SECS`] before it are forgotten first: handed out
+    /// but never used, they would otherwise fill the cap for good.
     ///
-    /// Fails with [`SessionError::TooManyOneTimePrekeys`] if the device would then hold more than
-    /// [`crate::consts::MAX_ONE_TIME_PREKEYS`].
+    /// Fails, changing nothing, with [`SessionError::TooManyOneTimePrekeys`] if the device would
+    /// then hold more than [`crate::consts::MAX_ONE_TIME_PREKEYS`].
     pub fn generate_one_time_prekeys(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
         count: usize,
     ) -> Result<Vec<OneTimePrekeyPublic>, SessionError> {
-        self.prekeys.generate_one_time(rng, count).ok_or(SessionError::TooManyOneTimePrekeys {
-            limit: crate::consts::MAX_ONE_TIME_PREKEYS,
-        })
+        let limit = crate::consts::MAX_ONE_TIME_PREKEYS;
+        if self.live_one_time_prekeys().saturating_add(count) > limit {
+            return Err(SessionError::TooManyOneTimePrekeys { limit });
+        }
+        self.prekeys.expire_one_time(self.clock);
+        self.prekeys
+            .generate_one_time(rng, count, self.clock)
+            .ok_or(SessionError::TooManyOneTimePrekeys { limit })
     }
 
-    /// How many one-time prekeys are left; replenish when this runs low.
+    /// How many one-time prekeys to generate and upload now to get back to
+    /// [`crate::consts::ONE_TIME_PREKEY_TARGET`], counting only the ones that have not expired at
+    /// the clock high-water mark. Zero when the device holds enough.
+    pub fn one_time_prekeys_needed(&self) -> usize {
+        crate::consts::ONE_TIME_PREKEY_TARGET.saturating_sub(self.live_one_time_prekeys())
+    }
+
+    /// Generates [`Device::one_time_prekeys_needed`] one-time prekeys (after forgetting expired
+    /// ones) and returns them, to upload. Empty when none are needed.
+    pub fn replenish_one_time_prekeys(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        now: Timestamp,
+    ) -> Vec<OneTimePrekeyPublic> {
+        self.observe(now);
+        let needed = self.one_time_prekeys_needed();
+        // Needed keeps the live count at the target, below the cap, so this cannot fail.
+        self.generate_one_time_prekeys(rng, needed).unwrap_or_default()
+    }
+
+    fn live_one_time_prekeys(&self) -> usize {
+        self.prekeys.live_one_time(self.clock)
+    }
+
+    /// How many one-time prekeys are held, expired or not; see
+    /// [`Device::one_time_prekeys_needed`] for how many to upload.
     pub fn one_time_prekeys_remaining(&self) -> usize {
         self.prekeys.one_time_remaining()
     }
@@ -437,41 +485,94 @@ impl Device {
 
     /// Serializes the whole device state, secrets included, in a compact versioned binary form.
     ///
-    /// Store it encrypted at rest; the buffer is wiped on drop.
+    /// Store it encrypted at rest; the buffer is wiped on drop. An app that keeps state in a
+    /// [`crate::store::Store`] never needs this: [`crate::StoredDevice`] commits each record an
+    /// operation changed, and imports this form once.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let state: StateRef<'_> = (
-            STATE_FORMAT,
-            &self.address,
-            &self.identity,
-            &self.prekeys,
-            &self.sessions,
-            self.max_forward_jump,
-            &self.role,
-            &self.accounts,
-            self.clock,
-        );
+        let state: StateRef<'_> =
+            (STATE_FORMAT, self.meta(), &self.prekeys.one_time, &self.sessions, &self.accounts);
         crate::wiping::to_wiped_bytes(&state)
     }
 
-    /// Restores a device from [`Device::to_bytes`], the only way to load one. Rejects other
+    /// The device's own record.
+    pub(crate) fn meta(&self) -> MetaRef<'_> {
+        (
+            &self.address,
+            &self.identity,
+            &self.prekeys.signed,
+            self.max_forward_jump,
+            &self.role,
+            self.clock,
+        )
+    }
+
+    /// A device from its own record and the other records an operation needs.
+    pub(crate) fn from_records(
+        meta: MetaOwned,
+        one_time: BTreeMap<u32, OneTimePrekey>,
+        sessions: BTreeMap<DeviceAddress, SessionRecord>,
+        accounts: KnownAccounts,
+    ) -> Self {
+        let (address, identity, signed, max_forward_jump, role, clock) = meta;
+        Self {
+            address,
+            identity,
+            prekeys: PrekeyStore { signed, one_time },
+            sessions,
+            max_forward_jump,
+            role,
+            accounts,
+            clock,
+        }
+    }
+
+    /// Restores a device from [`Device::to_bytes`], the only way to load one. Rejects unknown
     /// format versions, trailing bytes, non-canonical encodings and any state beyond the crate's
     /// limits, so a tampered store cannot lift a bound (for example the forward-jump limit), and
     /// verifies every stored device list and link again, so edited state cannot add or change an
-    /// authorized device.
+    /// authorized device. State in the previous format (2) is imported; its one-time prekeys
+    /// count as generated at the device's clock high-water mark.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (format, _) =
+            postcard::take_from_bytes::<u16>(bytes).map_err(|_| DecodeError::MalformedState)?;
+        if format == LEGACY_STATE_FORMAT {
+            return Self::from_legacy_bytes(bytes);
+        }
+        if format != STATE_FORMAT {
+            return Err(DecodeError::MalformedState);
+        }
         let (state, rest) = postcard::take_from_bytes::<StateOwned>(bytes)
             .map_err(|_| DecodeError::MalformedState)?;
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
-        let (format, address, identity, prekeys, sessions, max_forward_jump, role, accounts, clock) =
-            state;
-        if format != STATE_FORMAT {
+        let (_, meta, one_time, sessions, accounts) = state;
+        let device = Self::from_records(meta, one_time, sessions, accounts);
+        if !device.is_consistent() || device.to_bytes().as_slice() != bytes {
             return Err(DecodeError::MalformedState);
         }
-        let device =
-            Self { address, identity, prekeys, sessions, max_forward_jump, role, accounts, clock };
-        if !device.is_consistent() || device.to_bytes().as_slice() != bytes {
+        Ok(device)
+    }
+
+    fn from_legacy_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (state, rest) = postcard::take_from_bytes::<LegacyState>(bytes)
+            .map_err(|_| DecodeError::MalformedState)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes(rest.len()));
+        }
+        let (_, address, identity, prekeys, sessions, max_forward_jump, role, accounts, clock) =
+            state;
+        let device = Self {
+            address,
+            identity,
+            prekeys: prekeys.upgrade(clock),
+            sessions,
+            max_forward_jump,
+            role,
+            accounts,
+            clock,
+        };
+        if !device.is_consistent() {
             return Err(DecodeError::MalformedState);
         }
         Ok(device)

@@ -8,6 +8,7 @@
 
 use crate::keys::{AccountId, DeviceAddress, DeviceId};
 use crate::session::message::MessageKind;
+use crate::store::Table;
 
 /// What an app should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +209,10 @@ pub enum SessionError {
     /// passed to [`crate::hazmat::decrypt`]); no key was spent.
     #[error("a {0:?} message cannot be handled here")]
     WrongKind(MessageKind),
+    /// The store failed; nothing was committed, so the call can be retried as
+    /// [`StoreError::action`] says.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl SessionError {
@@ -216,6 +221,7 @@ impl SessionError {
     /// the sender's identity differs from the held one, [`Action::Drop`] otherwise.
     pub fn action(&self) -> Action {
         match self {
+            Self::Store(error) => error.action(),
             Self::SignedOut | Self::NotLinked => Action::RetryLater,
             Self::IdentityMismatch(address) => Action::FetchList(address.account),
             _ => Action::Drop,
@@ -351,6 +357,10 @@ pub enum DeviceListError {
     /// This companion is signed out.
     #[error("this device is signed out")]
     SignedOut,
+    /// The store failed; nothing was committed, so the call can be retried as
+    /// [`StoreError::action`] says.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl DeviceListError {
@@ -358,6 +368,7 @@ impl DeviceListError {
     /// [`Action::RetryLater`] while signed out, [`Action::Drop`] otherwise.
     pub fn action(&self) -> Action {
         match self {
+            Self::Store(error) => error.action(),
             Self::IdentityChanged { .. } | Self::Equivocation { .. } => Action::AskUser,
             Self::SignedOut | Self::IssuedInFuture { .. } => Action::RetryLater,
             _ => Action::Drop,
@@ -385,6 +396,10 @@ pub enum FanoutError {
     /// The payload exceeds the fan-out limit.
     #[error("payload of {0} bytes is too large")]
     PayloadTooLarge(usize),
+    /// The store failed; nothing was committed, so the call can be retried as
+    /// [`StoreError::action`] says.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl FanoutError {
@@ -392,6 +407,7 @@ impl FanoutError {
     /// change, follow the session error, or give up on the call.
     pub fn action(&self) -> Action {
         match self {
+            Self::Store(error) => error.action(),
             Self::Session(error) => error.action(),
             Self::UnknownAccount(account) => Action::FetchList(*account),
             Self::IdentityChangePending(_) => Action::AskUser,
@@ -476,6 +492,14 @@ pub enum ReceiveError {
     /// The body failed authentication.
     #[error("the message body failed authentication")]
     BodyAuthentication,
+    /// The same envelope was received before and its message acknowledged: the server
+    /// delivered it again. Drop it.
+    #[error("this envelope was already received")]
+    AlreadyReceived,
+    /// The store failed; nothing was committed, so the call can be retried as
+    /// [`StoreError::action`] says.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl ReceiveError {
@@ -483,6 +507,7 @@ impl ReceiveError {
     /// or ask the user.
     pub fn action(&self) -> Action {
         match self {
+            Self::Store(error) => error.action(),
             Self::Session(error) => error.action(),
             Self::NoList(account)
             | Self::StaleList { account, .. }
@@ -498,7 +523,8 @@ impl ReceiveError {
             | Self::HistoryWindowClosed
             | Self::BodyDigestMismatch
             | Self::BodyKeyCommitment
-            | Self::BodyAuthentication => Action::Drop,
+            | Self::BodyAuthentication
+            | Self::AlreadyReceived => Action::Drop,
         }
     }
 }
@@ -564,6 +590,10 @@ pub enum LinkError {
     /// A QR image at the requested scale would exceed `MAX_QR_PIXELS` pixels.
     #[error("the QR image would be too large")]
     ImageTooLarge,
+    /// The store failed; nothing was committed, so the call can be retried as
+    /// [`StoreError::action`] says.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl LinkError {
@@ -572,6 +602,7 @@ impl LinkError {
     /// action, or [`Action::Drop`] (start a new attempt).
     pub fn action(&self) -> Action {
         match self {
+            Self::Store(error) => error.action(),
             Self::ConfirmationFailed => Action::AskUser,
             Self::DeviceList(error) => error.action(),
             _ => Action::Drop,
@@ -631,12 +662,17 @@ pub enum HistoryError {
     /// The history plaintext ends inside a record.
     #[error("history ends inside a record")]
     TruncatedRecord,
+    /// The store failed; nothing was committed, so the call can be retried as
+    /// [`StoreError::action`] says.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl HistoryError {
     /// What to do: follow the session or blob error, or [`Action::Drop`].
     pub fn action(&self) -> Action {
         match self {
+            Self::Store(error) => error.action(),
             Self::Session(error) => error.action(),
             Self::Blob(error) => error.action(),
             _ => Action::Drop,
@@ -647,5 +683,75 @@ impl HistoryError {
 impl From<DecodeError> for HistoryError {
     fn from(error: DecodeError) -> Self {
         HistoryError::Session(SessionError::Decode(error))
+    }
+}
+
+/// A store failed. The device is unchanged: the transaction was rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process held the store locked past the configured timeout: retry later.
+    #[error("the store stayed locked past its timeout")]
+    Busy,
+    /// The store key does not open this store.
+    #[error("wrong store key")]
+    WrongKey,
+    /// A row failed authentication: it was edited, truncated, moved to another key or table,
+    /// or comes from another store.
+    #[error("a row of table {0:?} is corrupt or was moved")]
+    Corrupt(Table),
+    /// A record this operation needs is missing: the store was not created, or rows were
+    /// deleted behind the crate's back.
+    #[error("a record of table {0:?} is missing")]
+    Missing(Table),
+    /// The store holds a device already.
+    #[error("the store already holds a device")]
+    AlreadyExists,
+    /// The store was written by a newer version of this crate.
+    #[error("the store's schema version {found} is newer than this crate's")]
+    SchemaTooNew {
+        /// The schema version found.
+        found: u32,
+    },
+    /// A write in a read-only transaction.
+    #[error("a write in a read-only transaction")]
+    ReadOnly,
+    /// The database engine failed (I/O, disk full, ...), with its (extended) error code: retry
+    /// later.
+    #[error("the database failed with code {code}")]
+    Backend {
+        /// The engine's (extended) error code.
+        code: i32,
+    },
+    /// A fault the store was told to inject (tests of crash safety).
+    #[error("injected fault")]
+    Injected,
+    /// An operation would have replaced a record of `table` it had not read: a bug in the
+    /// crate, refused rather than risk losing state.
+    #[error("a record of table {0:?} would have been overwritten unread")]
+    Conflict(Table),
+    /// The state given to import is not a valid persisted device.
+    #[error("the state to import is invalid: {0}")]
+    InvalidImport(DecodeError),
+}
+
+impl StoreError {
+    /// What to do: retry later while the store is busy or failed transiently; ask the user for
+    /// a wrong key or passphrase, a damaged store (restore a backup) or one written by a newer
+    /// version (update the app); drop a misuse.
+    pub fn action(&self) -> Action {
+        match self {
+            StoreError::Busy | StoreError::Backend { .. } | StoreError::Injected => {
+                Action::RetryLater
+            }
+            StoreError::WrongKey
+            | StoreError::Corrupt(_)
+            | StoreError::Missing(_)
+            | StoreError::SchemaTooNew { .. } => Action::AskUser,
+            StoreError::AlreadyExists
+            | StoreError::ReadOnly
+            | StoreError::Conflict(_)
+            | StoreError::InvalidImport(_) => Action::Drop,
+        }
     }
 }

@@ -93,6 +93,9 @@ pub struct FanoutMessage {
     /// Accounts whose companions were left out because their list is too old or a newer
     /// version was announced: fetch these lists, then send again to reach them.
     pub lists_needed: Vec<AccountId>,
+    /// The outbox item holding the envelopes and body, when a [`crate::StoredDevice`] committed
+    /// them: mark it sent once the server has them. `None` from [`Device::encrypt_fanout`].
+    pub outbox: Option<crate::OutboxId>,
 }
 
 /// The plaintext inside each envelope of the authorized kinds.
@@ -321,6 +324,7 @@ impl Device {
             body,
             skipped,
             lists_needed,
+            outbox: None,
         };
         for address in targets {
             let (kind, plaintext) = if address.account == own_account {

@@ -63,6 +63,14 @@ impl DeviceAddress {
     pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self { account: AccountId(reader.u64()?), device: DeviceId(reader.u32()?) })
     }
+
+    /// The address encoded in exactly `bytes`.
+    pub(crate) fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let mut reader = Reader::new(bytes);
+        let address = Self::read(&mut reader).ok()?;
+        reader.finish().ok()?;
+        Some(address)
+    }
 }
 
 impl fmt::Display for DeviceAddress {

@@ -81,6 +81,8 @@ mod receive;
 mod security_code;
 mod serde_util;
 mod session;
+pub mod store;
+mod stored;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 mod wiping;
@@ -116,3 +118,4 @@ pub use receive::{Received, ReceivedHistory, ReceivedMessage};
 pub use security_code::SecurityCode;
 pub use session::SessionMessage;
 pub use session::message::MessageKind;
+pub use stored::{DEDUP_WINDOW, Inbound, InboxId, OutboxId, OutboxItem, StoredDevice};

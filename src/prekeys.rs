@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 
-use crate::consts::{MAX_ONE_TIME_PREKEYS, SIGNED_PREKEY_GRACE_SECS};
+use crate::consts::{
+    MAX_ONE_TIME_PREKEYS, ONE_TIME_PREKEY_LIFETIME_SECS, SIGNED_PREKEY_GRACE_SECS,
+};
 use crate::crypto::{self, X25519KeyPair, label};
 use crate::error::{DecodeError, KeyError, SignatureKind};
 use crate::keys::{DeviceAddress, IdentityKeyPair, PublicIdentity, Timestamp};
@@ -261,23 +263,77 @@ impl SignedPrekey {
     }
 }
 
-/// A device's own prekeys, with their secrets.
+/// A one-time prekey with its secret and the time it was generated for upload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct PrekeyStore {
+pub(crate) struct OneTimePrekey {
+    pub(crate) pair: X25519KeyPair,
+    /// The clock high-water mark when it was generated: it expires
+    /// [`ONE_TIME_PREKEY_LIFETIME_SECS`] later if no session used it.
+    pub(crate) created: Timestamp,
+}
+
+impl OneTimePrekey {
+    /// True until [`ONE_TIME_PREKEY_LIFETIME_SECS`] after it was generated.
+    fn live_at(&self, clock: Timestamp) -> bool {
+        clock.secs_since(self.created) <= ONE_TIME_PREKEY_LIFETIME_SECS
+    }
+}
+
+/// The signed prekeys and the one-time id counter: the part of a device's prekeys that lives in
+/// its own record. One-time prekeys are records of their own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SignedPrekeys {
     current: SignedPrekey,
     /// The superseded signed prekey and when it stops being accepted.
+    previous: Option<(SignedPrekey, Timestamp)>,
+    next_one_time_id: u32,
+}
+
+/// A device's own prekeys, with their secrets. Its one-time map holds every one-time prekey of an
+/// in-memory device, and the ones an operation loaded for a stored device.
+#[derive(Debug, Clone)]
+pub(crate) struct PrekeyStore {
+    pub(crate) signed: SignedPrekeys,
+    pub(crate) one_time: BTreeMap<u32, OneTimePrekey>,
+}
+
+/// The prekeys as persisted state format 2 kept them, before one-time prekeys recorded when they
+/// were generated: read only to import that format.
+#[derive(Deserialize)]
+pub(crate) struct LegacyPrekeys {
+    current: SignedPrekey,
     previous: Option<(SignedPrekey, Timestamp)>,
     one_time: BTreeMap<u32, X25519KeyPair>,
     next_one_time_id: u32,
 }
 
+impl LegacyPrekeys {
+    /// The current form; one-time prekeys count as generated at `created`.
+    pub(crate) fn upgrade(self, created: Timestamp) -> PrekeyStore {
+        PrekeyStore {
+            signed: SignedPrekeys {
+                current: self.current,
+                previous: self.previous,
+                next_one_time_id: self.next_one_time_id,
+            },
+            one_time: self
+                .one_time
+                .into_iter()
+                .map(|(id, pair)| (id, OneTimePrekey { pair, created }))
+                .collect(),
+        }
+    }
+}
+
 impl PrekeyStore {
     pub(crate) fn new(rng: &mut (impl CryptoRng + ?Sized), identity: &IdentityKeyPair) -> Self {
         Self {
-            current: SignedPrekey::generate(rng, identity, 1),
-            previous: None,
+            signed: SignedPrekeys {
+                current: SignedPrekey::generate(rng, identity, 1),
+                previous: None,
+                next_one_time_id: 1,
+            },
             one_time: BTreeMap::new(),
-            next_one_time_id: 1,
         }
     }
 
@@ -288,29 +344,32 @@ impl PrekeyStore {
         identity: &IdentityKeyPair,
         now: Timestamp,
     ) -> SignedPrekeyPublic {
-        let id = self.current.id.wrapping_add(1).max(1);
-        let old = core::mem::replace(&mut self.current, SignedPrekey::generate(rng, identity, id));
-        self.previous = Some((old, now.plus_secs(SIGNED_PREKEY_GRACE_SECS)));
-        self.current.public()
+        let signed = &mut self.signed;
+        let id = signed.current.id.wrapping_add(1).max(1);
+        let old =
+            core::mem::replace(&mut signed.current, SignedPrekey::generate(rng, identity, id));
+        signed.previous = Some((old, now.plus_secs(SIGNED_PREKEY_GRACE_SECS)));
+        signed.current.public()
     }
 
     pub(crate) fn signed_public(&self) -> SignedPrekeyPublic {
-        self.current.public()
+        self.signed.current.public()
     }
 
     /// The secret for signed prekey `id`, if it is current or still within its grace period.
     pub(crate) fn signed_secret(&self, id: u32, now: Timestamp) -> Option<&X25519KeyPair> {
-        if id == self.current.id {
-            return Some(&self.current.pair);
+        let signed = &self.signed;
+        if id == signed.current.id {
+            return Some(&signed.current.pair);
         }
-        match &self.previous {
+        match &signed.previous {
             Some((old, expires)) if old.id == id && now <= *expires => Some(&old.pair),
             _ => None,
         }
     }
 
     pub(crate) fn one_time_secret(&self, id: u32) -> Option<&X25519KeyPair> {
-        self.one_time.get(&id)
+        self.one_time.get(&id).map(|k| &k.pair)
     }
 
     pub(crate) fn consume_one_time(&mut self, id: u32) {
@@ -324,8 +383,19 @@ impl PrekeyStore {
     pub(crate) fn one_time_publics(&self) -> Vec<OneTimePrekeyPublic> {
         self.one_time
             .iter()
-            .map(|(&id, pair)| OneTimePrekeyPublic { id, public: *pair.public() })
+            .map(|(&id, key)| OneTimePrekeyPublic { id, public: *key.pair.public() })
             .collect()
+    }
+
+    /// Forgets the one-time prekeys generated more than [`ONE_TIME_PREKEY_LIFETIME_SECS`] before
+    /// `clock`: handed out and never used, or never handed out.
+    pub(crate) fn expire_one_time(&mut self, clock: Timestamp) {
+        self.one_time.retain(|_, key| key.live_at(clock));
+    }
+
+    /// How many one-time prekeys have not expired at `clock`.
+    pub(crate) fn live_one_time(&self, clock: Timestamp) -> usize {
+        self.one_time.values().filter(|key| key.live_at(clock)).count()
     }
 
     /// Adds `count` one-time prekeys, refusing to exceed [`MAX_ONE_TIME_PREKEYS`].
@@ -333,17 +403,18 @@ impl PrekeyStore {
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
         count: usize,
+        created: Timestamp,
     ) -> Option<Vec<OneTimePrekeyPublic>> {
         if self.one_time.len().saturating_add(count) > MAX_ONE_TIME_PREKEYS {
             return None;
         }
         let mut fresh = Vec::with_capacity(count);
         for _ in 0..count {
-            let id = self.next_one_time_id;
-            self.next_one_time_id = id.wrapping_add(1).max(1);
+            let id = self.signed.next_one_time_id;
+            self.signed.next_one_time_id = id.wrapping_add(1).max(1);
             let pair = X25519KeyPair::generate(rng);
             fresh.push(OneTimePrekeyPublic { id, public: *pair.public() });
-            self.one_time.insert(id, pair);
+            self.one_time.insert(id, OneTimePrekey { pair, created });
         }
         Some(fresh)
     }

@@ -1,0 +1,562 @@
+//! A device whose state lives in a [`Store`], one record per concern, committed per operation.
+//!
+//! [`StoredDevice`] is the app-facing facade over the same protocol steps as [`Device`]. Each
+//! call runs in one write transaction: it reads the device's own records and the records of
+//! the accounts the call concerns (their held list and session records), runs the step, and
+//! commits exactly the records whose bytes changed, together with what the step sends (the
+//! outbox) and what it received (the inbox and the de-duplication record). Two processes on one
+//! store take turns and each reads the other's commits, so neither loses an update or reuses a
+//! message key; a crash at any point leaves the last commit. Loading trusts what the store
+//! authenticated: signatures checked before storing are not checked again. This module owns
+//! transactions; it never changes a protocol rule.
+
+mod mailbox;
+mod working;
+
+use rand_core::CryptoRng;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use mailbox::{Counters, DedupRecord, InboxRecord, OutboxRecord};
+pub use mailbox::{DEDUP_WINDOW, Inbound, InboxId, OutboxId, OutboxItem};
+use working::{OneTimeScope, Scope};
+
+use crate::account::{AccountStatus, CompanionApproval, ListUpdate, PendingIdentityChange};
+use crate::blob::BlobDescriptor;
+use crate::device::{Device, SessionInfo};
+use crate::device_list::{
+    LogoutRequest, SignedDeviceIdentity, SignedDeviceList, VerifiedDeviceList,
+};
+use crate::error::{
+    DeviceListError, FanoutError, HistoryError, ReceiveError, SessionError, StoreError,
+};
+use crate::fanout::FanoutMessage;
+use crate::keys::{AccountId, DeviceAddress, DeviceId, PublicIdentity, Timestamp};
+use crate::prekeys::{OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic};
+use crate::receive::Received;
+use crate::security_code::SecurityCode;
+use crate::session::SessionMessage;
+use crate::store::sealed::{Keys, Sealed, StoreKey, decode, encode};
+use crate::store::{Mode, Store, Table};
+
+/// A device kept in a [`Store`]: the same protocol as [`Device`], with every call committed
+/// atomically, what it sends kept in an outbox and what it receives in an inbox.
+///
+/// ```
+/// use multidevice::store::{MemoryStore, StoreKey};
+/// use multidevice::{AccountId, DeviceAddress, DeviceId, StoredDevice, Timestamp};
+/// use rand::SeedableRng;
+///
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+/// let key = StoreKey::generate(&mut rng);
+/// let now = Timestamp(1_700_000_000);
+/// let address = DeviceAddress::new(AccountId(1), DeviceId::PRIMARY);
+/// let store = MemoryStore::new();
+/// let device = StoredDevice::create(store.clone(), &key, &mut rng, address, now)?;
+/// drop(device);
+/// // Later, or in another process sharing the store:
+/// let mut device = StoredDevice::open(store, &key, &mut rng)?;
+/// assert_eq!(device.address(), address);
+/// assert!(device.outbox()?.is_empty());
+/// # Ok::<(), multidevice::store::StoreError>(())
+/// ```
+pub struct StoredDevice<S: Store> {
+    store: S,
+    keys: Keys,
+    address: DeviceAddress,
+    identity: PublicIdentity,
+}
+
+impl<S: Store> core::fmt::Debug for StoredDevice<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StoredDevice")
+            .field("address", &self.address)
+            .field("identity", &self.identity.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> StoredDevice<S> {
+    /// Creates a device with fresh identity keys (as [`Device::new`]) in an empty store.
+    /// [`StoreError::AlreadyExists`] if the store holds a device.
+    pub fn create(
+        store: S,
+        key: &StoreKey,
+        rng: &mut (impl CryptoRng + ?Sized),
+        address: DeviceAddress,
+        now: Timestamp,
+    ) -> Result<Self, StoreError> {
+        let device = Device::new(rng, address, now);
+        Self::create_from(store, key, rng, &device)
+    }
+
+    /// Moves a device persisted with [`Device::to_bytes`] (this version's format or the
+    /// previous one) into an empty store: the one-time import of an app that kept the whole
+    /// state as one blob. The bytes are checked as [`Device::from_bytes`] checks them.
+    pub fn import(
+        store: S,
+        key: &StoreKey,
+        rng: &mut (impl CryptoRng + ?Sized),
+        state: &[u8],
+    ) -> Result<Self, StoreError> {
+        let device = Device::from_bytes(state).map_err(StoreError::InvalidImport)?;
+        Self::create_from(store, key, rng, &device)
+    }
+
+    fn create_from(
+        mut store: S,
+        key: &StoreKey,
+        rng: &mut (impl CryptoRng + ?Sized),
+        device: &Device,
+    ) -> Result<Self, StoreError> {
+        let mut txn = store.transaction(Mode::Write)?;
+        let mut keys = Keys::open(txn.as_mut(), key, rng, true)?;
+        let mut txn = Sealed::new(txn, &mut keys);
+        working::create(&mut txn, device)?;
+        txn.commit()?;
+        let (address, identity) = (device.address(), device.public_identity().clone());
+        Ok(Self { store, keys, address, identity })
+    }
+
+    /// Opens the device a store holds. [`StoreError::WrongKey`] if `key` is not the store's,
+    /// [`StoreError::Missing`] if it holds no device.
+    pub fn open(
+        mut store: S,
+        key: &StoreKey,
+        rng: &mut (impl CryptoRng + ?Sized),
+    ) -> Result<Self, StoreError> {
+        let mut txn = store.transaction(Mode::Read)?;
+        let mut keys = Keys::open(txn.as_mut(), key, rng, false)?;
+        let mut txn = Sealed::new(txn, &mut keys);
+        let identity = txn.get(Table::Meta, working::meta::IDENTITY)?;
+        let identity = identity.ok_or(StoreError::Missing(Table::Meta))?;
+        let (address, identity, _): (DeviceAddress, crate::keys::IdentityKeyPair, u32) =
+            decode(Table::Meta, &identity)?;
+        drop(txn);
+        Ok(Self { store, keys, address, identity: identity.public().clone() })
+    }
+
+    /// The store, to close it or to open the device again later.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// This device's address (as of its last operation: linking assigns a companion's).
+    pub fn address(&self) -> DeviceAddress {
+        self.address
+    }
+
+    /// This device's account.
+    pub fn account(&self) -> AccountId {
+        self.address.account
+    }
+
+    /// This device's public identity.
+    pub fn public_identity(&self) -> &PublicIdentity {
+        &self.identity
+    }
+
+    /// Runs `op` on the records `scope` names in one write transaction and commits what it
+    /// changed, whether it succeeded or failed: a failing step changes nothing but the
+    /// documented latches, which must persist too. A store failure rolls everything back.
+    fn run<T, E: From<StoreError>>(
+        &mut self,
+        scope: &Scope,
+        op: impl FnOnce(&mut Device, &mut Sealed<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut txn = Sealed::new(self.store.transaction(Mode::Write)?, &mut self.keys);
+        let (mut device, loaded) = working::load(&mut txn, scope)?;
+        let result = op(&mut device, &mut txn);
+        working::save(&mut txn, &device, &loaded)?;
+        txn.commit()?;
+        self.address = device.address();
+        result
+    }
+
+    /// Reads the records `scope` names and answers from them; changes nothing.
+    fn read<T>(
+        &mut self,
+        scope: &Scope,
+        query: impl FnOnce(&Device) -> T,
+    ) -> Result<T, StoreError> {
+        let mut txn = Sealed::new(self.store.transaction(Mode::Read)?, &mut self.keys);
+        let (device, _) = working::load(&mut txn, scope)?;
+        Ok(query(&device))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Prekeys and settings
+    // ---------------------------------------------------------------------------------------
+
+    /// Everything the server needs to hand out prekey bundles (see [`Device::prekey_upload`]).
+    pub fn prekey_upload(&mut self) -> Result<PrekeyUpload, StoreError> {
+        self.read(&Scope::own().with_one_time(OneTimeScope::All), Device::prekey_upload)
+    }
+
+    /// See [`Device::generate_one_time_prekeys`].
+    pub fn generate_one_time_prekeys(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        count: usize,
+    ) -> Result<Vec<OneTimePrekeyPublic>, SessionError> {
+        self.run(&Scope::own().with_one_time(OneTimeScope::All), |device, _| {
+            device.generate_one_time_prekeys(rng, count)
+        })
+    }
+
+    /// See [`Device::one_time_prekeys_needed`].
+    pub fn one_time_prekeys_needed(&mut self) -> Result<usize, StoreError> {
+        self.read(&Scope::own().with_one_time(OneTimeScope::All), Device::one_time_prekeys_needed)
+    }
+
+    /// See [`Device::replenish_one_time_prekeys`].
+    pub fn replenish_one_time_prekeys(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        now: Timestamp,
+    ) -> Result<Vec<OneTimePrekeyPublic>, StoreError> {
+        self.run(&Scope::own().with_one_time(OneTimeScope::All), |device, _| {
+            Ok(device.replenish_one_time_prekeys(rng, now))
+        })
+    }
+
+    /// See [`Device::rotate_signed_prekey`].
+    pub fn rotate_signed_prekey(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        now: Timestamp,
+    ) -> Result<SignedPrekeyPublic, StoreError> {
+        self.run(&Scope::own(), |device, _| Ok(device.rotate_signed_prekey(rng, now)))
+    }
+
+    /// See [`Device::set_max_forward_jump`].
+    pub fn set_max_forward_jump(&mut self, limit: u32) -> Result<(), SessionError> {
+        self.run(&Scope::own(), |device, _| device.set_max_forward_jump(limit))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Device lists and the account
+    // ---------------------------------------------------------------------------------------
+
+    /// See [`Device::process_device_list`].
+    pub fn process_device_list(
+        &mut self,
+        bytes: &[u8],
+        now: Timestamp,
+    ) -> Result<ListUpdate, DeviceListError> {
+        let scope = Scope::accounts(SignedDeviceList::try_from(bytes).ok().map(|l| l.account()));
+        self.run(&scope, |device, _| device.process_device_list(bytes, now))
+    }
+
+    /// See [`Device::accept_identity_change`].
+    pub fn accept_identity_change(
+        &mut self,
+        bytes: &[u8],
+        now: Timestamp,
+    ) -> Result<ListUpdate, DeviceListError> {
+        let scope = Scope::accounts(SignedDeviceList::try_from(bytes).ok().map(|l| l.account()));
+        self.run(&scope, |device, _| device.accept_identity_change(bytes, now))
+    }
+
+    /// See [`Device::reject_identity_change`].
+    pub fn reject_identity_change(
+        &mut self,
+        account: AccountId,
+        now: Timestamp,
+    ) -> Result<(), DeviceListError> {
+        self.run(&Scope::accounts([account]), |device, _| {
+            device.reject_identity_change(account, now)
+        })
+    }
+
+    /// The newest verified list held for `account` (see [`Device::device_list`]).
+    pub fn device_list(
+        &mut self,
+        account: AccountId,
+    ) -> Result<Option<VerifiedDeviceList>, StoreError> {
+        self.read(&Scope::accounts([account]), |device| device.device_list(account).cloned())
+    }
+
+    /// See [`Device::pending_identity_change`].
+    pub fn pending_identity_change(
+        &mut self,
+        account: AccountId,
+    ) -> Result<Option<PendingIdentityChange>, StoreError> {
+        self.read(&Scope::accounts([account]), |device| device.pending_identity_change(account))
+    }
+
+    /// See [`Device::security_code`].
+    pub fn security_code(&mut self, remote: AccountId) -> Result<Option<SecurityCode>, StoreError> {
+        self.read(&Scope::accounts([remote]), |device| device.security_code(remote))
+    }
+
+    /// See [`Device::lists_to_fetch`]. Reads every held list.
+    pub fn lists_to_fetch(&mut self) -> Result<Vec<(AccountId, Option<u64>)>, StoreError> {
+        self.read(&Scope::every_list(), Device::lists_to_fetch)
+    }
+
+    /// See [`Device::account_status`]. Changes nothing.
+    pub fn account_status(&mut self, now: Timestamp) -> Result<AccountStatus, StoreError> {
+        self.read(&Scope::own(), |device| device.account_status(now))
+    }
+
+    /// See [`Device::clock`].
+    pub fn clock(&mut self) -> Result<Timestamp, StoreError> {
+        self.read(&Scope::own(), Device::clock)
+    }
+
+    /// See [`Device::session_info`].
+    pub fn session_info(
+        &mut self,
+        remote: DeviceAddress,
+    ) -> Result<Option<SessionInfo>, StoreError> {
+        self.read(&Scope::accounts([remote.account]), |device| device.session_info(remote))
+    }
+
+    /// Primary: see [`Device::approve_companion`].
+    pub fn approve_companion(
+        &mut self,
+        companion: &PublicIdentity,
+        now: Timestamp,
+    ) -> Result<CompanionApproval, DeviceListError> {
+        self.run(&Scope::own(), |device, _| device.approve_companion(companion, now))
+    }
+
+    /// Companion: see [`Device::countersign_approval`].
+    pub fn countersign_approval(
+        &mut self,
+        approval: &CompanionApproval,
+    ) -> Result<SignedDeviceIdentity, DeviceListError> {
+        let scope = Scope::accounts([approval.metadata.account]);
+        self.run(&scope, |device, _| device.countersign_approval(approval))
+    }
+
+    /// Primary: see [`Device::add_companion`].
+    pub fn add_companion(
+        &mut self,
+        signed: &SignedDeviceIdentity,
+        now: Timestamp,
+    ) -> Result<SignedDeviceList, DeviceListError> {
+        self.run(&Scope::own(), |device, _| device.add_companion(signed, now))
+    }
+
+    /// Primary: see [`Device::remove_companion`].
+    pub fn remove_companion(
+        &mut self,
+        device_id: DeviceId,
+        now: Timestamp,
+    ) -> Result<SignedDeviceList, DeviceListError> {
+        self.run(&Scope::own(), |device, _| device.remove_companion(device_id, now))
+    }
+
+    /// Primary: see [`Device::refresh_device_list`].
+    pub fn refresh_device_list(
+        &mut self,
+        now: Timestamp,
+    ) -> Result<SignedDeviceList, DeviceListError> {
+        self.run(&Scope::own(), |device, _| device.refresh_device_list(now))
+    }
+
+    /// Primary: see [`Device::process_logout`].
+    pub fn process_logout(
+        &mut self,
+        bytes: &[u8],
+        now: Timestamp,
+    ) -> Result<SignedDeviceList, DeviceListError> {
+        self.run(&Scope::own(), |device, _| device.process_logout(bytes, now))
+    }
+
+    /// Companion: see [`Device::logout_request`].
+    pub fn logout_request(&mut self, now: Timestamp) -> Result<LogoutRequest, DeviceListError> {
+        self.read(&Scope::own(), |device| device.logout_request(now))?
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Messages: the outbox and the inbox
+    // ---------------------------------------------------------------------------------------
+
+    /// Encrypts `payload` for every authorized device (see [`Device::encrypt_fanout`]) and
+    /// commits the ratchet steps together with the envelopes and body as one outbox item,
+    /// named in [`FanoutMessage::outbox`]. Send them, then [`StoredDevice::mark_sent`]; after a
+    /// crash, [`StoredDevice::outbox`] still holds them, so nothing is lost and nothing is
+    /// encrypted twice.
+    pub fn encrypt_fanout(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        to: &[AccountId],
+        bundles: &[PrekeyBundle],
+        payload: &[u8],
+        now: Timestamp,
+    ) -> Result<FanoutMessage, FanoutError> {
+        self.run(&Scope::accounts(to.iter().copied()), |device, txn| {
+            let mut message = device.encrypt_fanout(rng, to, bundles, payload, now)?;
+            if !message.envelopes.is_empty() {
+                let record =
+                    OutboxRecord::new(device.clock(), &message.envelopes, message.body.as_deref());
+                message.outbox = Some(add_to_outbox(txn, &record)?);
+            }
+            Ok(message)
+        })
+    }
+
+    /// Primary: encrypts a history descriptor for a newly linked companion (see
+    /// [`Device::encrypt_history`]) and commits it as an outbox item.
+    pub fn encrypt_history(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        companion: DeviceAddress,
+        descriptor: &BlobDescriptor,
+        bundles: &[PrekeyBundle],
+        now: Timestamp,
+    ) -> Result<OutboxItem, HistoryError> {
+        self.run(&Scope::own(), |device, txn| {
+            let envelope = device.encrypt_history(rng, companion, descriptor, bundles, now)?;
+            let record = OutboxRecord::new(device.clock(), core::slice::from_ref(&envelope), None);
+            let id = add_to_outbox(txn, &record)?;
+            Ok(record.into_item(id))
+        })
+    }
+
+    /// Everything committed for sending and not yet marked sent, oldest first: after a
+    /// restart, send these again (receivers recognize a copy they already processed).
+    pub fn outbox(&mut self) -> Result<Vec<OutboxItem>, StoreError> {
+        let mut txn = Sealed::new(self.store.transaction(Mode::Read)?, &mut self.keys);
+        let mut items = txn
+            .scan(Table::Outbox, &[])?
+            .into_iter()
+            .map(|(natural, _, bytes)| {
+                let id = OutboxId(sequence(Table::Outbox, &natural)?);
+                Ok(decode::<OutboxRecord>(Table::Outbox, &bytes)?.into_item(id))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        items.sort_by_key(|item| item.id);
+        Ok(items)
+    }
+
+    /// Forgets an outbox item once the server has it. Marking an item twice, or one that does
+    /// not exist, changes nothing.
+    pub fn mark_sent(&mut self, id: OutboxId) -> Result<(), StoreError> {
+        let mut txn = Sealed::new(self.store.transaction(Mode::Write)?, &mut self.keys);
+        txn.delete(Table::Outbox, &id.0.to_be_bytes())?;
+        txn.commit()
+    }
+
+    /// Accepts one message from a peer (see [`Device::receive`]) and commits the ratchet step
+    /// together with the message, as an inbox entry, and the envelope's digest. Keep the
+    /// message, then [`StoredDevice::acknowledge`] it; after a crash, [`StoredDevice::inbox`]
+    /// still holds it. An envelope received before (the server redelivers after a crash) is
+    /// recognized without touching the ratchet: it returns the same entry while it is
+    /// unacknowledged, and [`ReceiveError::AlreadyReceived`] after.
+    pub fn receive(
+        &mut self,
+        envelope: &[u8],
+        body: Option<&[u8]>,
+        now: Timestamp,
+    ) -> Result<Inbound, ReceiveError> {
+        let parsed = SessionMessage::try_from(envelope).ok();
+        let sender = parsed.as_ref().map(|m| m.sender);
+        let one_time = parsed
+            .as_ref()
+            .and_then(|m| m.prekey.as_ref())
+            .and_then(|p| p.one_time_prekey_id)
+            .map_or(OneTimeScope::None, OneTimeScope::One);
+        let digest: [u8; 32] = Sha256::digest(envelope).into();
+        let scope = Scope::accounts(sender.map(|s| s.account)).with_one_time(one_time);
+        self.run(&scope, |device, txn| {
+            let mut dedup = match sender {
+                Some(sender) => read_dedup(txn, sender)?,
+                None => DedupRecord::default(),
+            };
+            if let Some(id) = dedup.find(&digest) {
+                device.observe(now);
+                let Some(bytes) = txn.get(Table::Inbox, &id.0.to_be_bytes())? else {
+                    return Err(ReceiveError::AlreadyReceived);
+                };
+                let received = decode::<InboxRecord>(Table::Inbox, &bytes)?.to_received()?;
+                return Ok(Inbound { id, received });
+            }
+            let received = device.receive(envelope, body, now)?;
+            let sender = match &received {
+                Received::Message(message) => message.sender,
+                Received::History(history) => history.sender,
+            };
+            let id = add_to_inbox(txn, &InboxRecord::new(&received))?;
+            dedup.remember(digest, id);
+            txn.put(Table::Dedup, &sender.to_bytes(), &encode(&dedup))?;
+            Ok(Inbound { id, received })
+        })
+    }
+
+    /// Every received message not yet acknowledged, oldest first.
+    pub fn inbox(&mut self) -> Result<Vec<Inbound>, StoreError> {
+        let mut txn = Sealed::new(self.store.transaction(Mode::Read)?, &mut self.keys);
+        let mut items = txn
+            .scan(Table::Inbox, &[])?
+            .into_iter()
+            .map(|(natural, _, bytes)| {
+                let id = InboxId(sequence(Table::Inbox, &natural)?);
+                let received = decode::<InboxRecord>(Table::Inbox, &bytes)?.to_received()?;
+                Ok(Inbound { id, received })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        items.sort_by_key(|item| item.id);
+        Ok(items)
+    }
+
+    /// Forgets a received message once the app has kept it; a redelivery of its envelope is
+    /// then [`ReceiveError::AlreadyReceived`]. Acknowledging twice changes nothing.
+    pub fn acknowledge(&mut self, id: InboxId) -> Result<(), StoreError> {
+        let mut txn = Sealed::new(self.store.transaction(Mode::Write)?, &mut self.keys);
+        txn.delete(Table::Inbox, &id.0.to_be_bytes())?;
+        txn.commit()
+    }
+
+    /// The whole state in the [`Device::to_bytes`] form (a backup, or a move to another
+    /// store). Reads every record; wiped on drop.
+    pub fn export(&mut self) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        self.read(&Scope::everything(), Device::to_bytes)
+    }
+}
+
+fn read_dedup(txn: &mut Sealed<'_>, sender: DeviceAddress) -> Result<DedupRecord, StoreError> {
+    match txn.get(Table::Dedup, &sender.to_bytes())? {
+        Some(bytes) => decode(Table::Dedup, &bytes),
+        None => Ok(DedupRecord::default()),
+    }
+}
+
+fn counters(txn: &mut Sealed<'_>) -> Result<Counters, StoreError> {
+    match txn.get(Table::Meta, working::meta::COUNTERS)? {
+        Some(bytes) => decode(Table::Meta, &bytes),
+        None => Ok(Counters::default()),
+    }
+}
+
+fn add_to_outbox(txn: &mut Sealed<'_>, record: &OutboxRecord) -> Result<OutboxId, StoreError> {
+    append(txn, Table::Outbox, record, |c| &mut c.next_outbox).map(OutboxId)
+}
+
+fn add_to_inbox(txn: &mut Sealed<'_>, record: &InboxRecord) -> Result<InboxId, StoreError> {
+    append(txn, Table::Inbox, record, |c| &mut c.next_inbox).map(InboxId)
+}
+
+/// Stores `record` in `table` under the next number of the counter `next` picks.
+fn append<T: serde::Serialize>(
+    txn: &mut Sealed<'_>,
+    table: Table,
+    record: &T,
+    next: impl FnOnce(&mut Counters) -> &mut u64,
+) -> Result<u64, StoreError> {
+    let mut counters = counters(txn)?;
+    let counter = next(&mut counters);
+    let id = *counter;
+    *counter = id.checked_add(1).ok_or(StoreError::Corrupt(Table::Meta))?;
+    txn.put(Table::Meta, working::meta::COUNTERS, &encode(&counters))?;
+    txn.put(table, &id.to_be_bytes(), &encode(record))?;
+    Ok(id)
+}
+
+fn sequence(table: Table, natural: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = natural.try_into().map_err(|_| StoreError::Corrupt(table))?;
+    Ok(u64::from_be_bytes(bytes))
+}
