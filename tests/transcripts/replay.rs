@@ -115,7 +115,7 @@ pub(crate) fn device_list(file: &File) {
     let primary = PublicIdentity::try_from(&file.hex("primary.public_identity")[..]).unwrap();
     let iks: [u8; 32] = *primary.signing_key_bytes();
     let mut observer = Device::new(
-        &mut rand::rng(),
+        &mut crate::vector::Tape::new([0x0a; 32]),
         DeviceAddress::new(AccountId(1), DeviceId(0)),
         Timestamp(crate::common::T0),
     );
