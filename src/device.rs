@@ -604,6 +604,14 @@ impl Device {
     }
 }
 
+/// Read access to the prekey secrets, for `crate::test_support` only.
+#[cfg(feature = "test-support")]
+impl Device {
+    pub(crate) fn prekey_store(&self) -> &PrekeyStore {
+        &self.prekeys
+    }
+}
+
 /// The AEAD associated data of a message: the session's associated data, then every byte of the
 /// message before its ciphertext. Built in `buffer`; a prefix longer than any message can have
 /// is an error, never a shorter associated data.

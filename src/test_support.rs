@@ -57,3 +57,86 @@ pub fn account_sign(
 ) -> [u8; 64] {
     crate::SignedDeviceIdentity::account_sign(&primary.identity, metadata, companion)
 }
+
+// Secrets for the transcript vectors (tests/transcripts.rs). The vectors re-derive every
+// intermediate value from docs/PROTOCOL.md with the primitive crates alone, starting from the
+// secret keys the crate used; these read-only views hand those keys out. Each returns copies
+// in wiping buffers and changes nothing.
+
+/// The secret halves of a device identity (docs/PROTOCOL.md §2).
+pub struct IdentitySecrets {
+    /// The Ed25519 secret key seed (RFC 8032 §5.1.5) of `IKs`.
+    pub signing_seed: Zeroizing<[u8; 32]>,
+    /// The X25519 secret key of `IKa`, as drawn (RFC 7748 clamps it when used).
+    pub agreement_secret: Zeroizing<[u8; 32]>,
+}
+
+/// The identity secret keys of `device`.
+pub fn identity_secrets(device: &crate::Device) -> IdentitySecrets {
+    let agreement = Secret32::from(device.identity.agreement().clone());
+    IdentitySecrets {
+        signing_seed: Zeroizing::new(device.identity.signing_key().to_bytes()),
+        agreement_secret: Zeroizing::new(*agreement.as_bytes()),
+    }
+}
+
+/// The X25519 secret key of `device`'s signed prekey `id`, if it holds it (the current one, or
+/// the previous one within its grace period by the device's clock mark).
+pub fn signed_prekey_secret(device: &crate::Device, id: u32) -> Option<Zeroizing<[u8; 32]>> {
+    let pair = device.prekey_store().signed_secret(id, device.clock())?;
+    Some(Zeroizing::new(*Secret32::from(pair.clone()).as_bytes()))
+}
+
+/// The X25519 secret key of `device`'s one-time prekey `id`, if it still holds it.
+pub fn one_time_prekey_secret(device: &crate::Device, id: u32) -> Option<Zeroizing<[u8; 32]>> {
+    let pair = device.prekey_store().one_time_secret(id)?;
+    Some(Zeroizing::new(*Secret32::from(pair.clone()).as_bytes()))
+}
+
+/// The state of one Double Ratchet session (docs/PROTOCOL.md §4-§5), keys included.
+pub struct SessionSecrets {
+    /// The session identifier.
+    pub session_id: [u8; 16],
+    /// `AD`, which every message of the session authenticates first.
+    pub associated_data: [u8; 32],
+    /// The root key `RK`.
+    pub root_key: Zeroizing<[u8; 32]>,
+    /// The sending chain; `None` while the session needs a ratchet turn before sending.
+    pub sending: Option<SendingChainSecrets>,
+    /// The counter the next header carries as `previous_counter`.
+    pub previous_counter: u32,
+    /// The receiving chains, oldest first.
+    pub receiving: Vec<ReceivingChainSecrets>,
+    /// How many skipped message keys the session holds.
+    pub skipped_keys: usize,
+}
+
+/// A sending chain: our ratchet key pair, the chain key and the next counter.
+pub struct SendingChainSecrets {
+    /// Our ratchet public key (the base key `EK` on the initiator's first chain).
+    pub ratchet_public: [u8; 32],
+    /// Its X25519 secret key.
+    pub ratchet_secret: Zeroizing<[u8; 32]>,
+    /// The chain key the next message steps from.
+    pub chain_key: Zeroizing<[u8; 32]>,
+    /// The counter of the next message.
+    pub counter: u32,
+}
+
+/// A receiving chain: the peer's ratchet key, the chain key and the next expected counter.
+pub struct ReceivingChainSecrets {
+    /// The peer's ratchet public key.
+    pub ratchet_key: [u8; 32],
+    /// The chain key the next expected message steps from.
+    pub chain_key: Zeroizing<[u8; 32]>,
+    /// The counter of the next expected message.
+    pub counter: u32,
+}
+
+/// The state of `device`'s active session with `remote`, if it has one.
+pub fn active_session_secrets(
+    device: &crate::Device,
+    remote: crate::DeviceAddress,
+) -> Option<SessionSecrets> {
+    Some(device.sessions.get(&remote)?.active()?.secrets())
+}

@@ -358,6 +358,41 @@ impl Session {
     }
 }
 
+/// The keys of a session, for the transcript vectors' independent re-computation
+/// (`crate::test_support::active_session_secrets`).
+#[cfg(feature = "test-support")]
+impl Session {
+    pub(crate) fn secrets(&self) -> crate::test_support::SessionSecrets {
+        use crate::test_support::{ReceivingChainSecrets, SendingChainSecrets, SessionSecrets};
+        let sending = match &self.sending {
+            Sending::Active(chain) => Some(SendingChainSecrets {
+                ratchet_public: *chain.ratchet.public(),
+                ratchet_secret: Zeroizing::new(*Secret32::from(chain.ratchet.clone()).as_bytes()),
+                chain_key: Zeroizing::new(*chain.chain_key.as_bytes()),
+                counter: chain.counter,
+            }),
+            Sending::NeedsRatchet => None,
+        };
+        SessionSecrets {
+            session_id: self.id,
+            associated_data: self.associated_data,
+            root_key: Zeroizing::new(*self.root_key.as_bytes()),
+            sending,
+            previous_counter: self.previous_counter,
+            receiving: self
+                .receiving
+                .iter()
+                .map(|chain| ReceivingChainSecrets {
+                    ratchet_key: chain.ratchet_key,
+                    chain_key: Zeroizing::new(*chain.chain_key.as_bytes()),
+                    counter: chain.counter,
+                })
+                .collect(),
+            skipped_keys: self.skipped.len(),
+        }
+    }
+}
+
 /// Walks a chain from `from` to `to`, pushing the skipped keys, and returns the key for `to` and
 /// the chain key after it. Refuses jumps beyond `max_jump` before doing any work.
 fn advance(

@@ -1,0 +1,367 @@
+//! Replays each vector file through the public API alone: devices are rebuilt from the recorded
+//! randomness (`Device::new` fed the recorded draws), recorded bytes are parsed, verified and
+//! decrypted, and every output the scenario produced is produced again and compared.
+
+use std::io::Cursor;
+
+use multidevice::blob::{self, BlobDescriptor, MediaType};
+use multidevice::{
+    AccountId, CompanionPairing, Conversation, Device, DeviceAddress, DeviceId, PairingCode,
+    PrekeyBundle, PrekeyUpload, PrimaryPairing, PublicIdentity, QrLinkApproval, QrLinkOffer,
+    Received, SecurityCode, SignedDeviceIdentity, SignedDeviceList, Timestamp, build_history,
+    hazmat, import_history,
+};
+
+use crate::vector::{File, Replay};
+
+/// The device `p` of a file, rebuilt from its recorded draws: `Device::new`, then its one-time
+/// prekeys.
+fn device(file: &File, p: &str, otks: usize) -> Device {
+    let address = file.hex(&format!("{p}.address"));
+    let address = DeviceAddress::new(
+        AccountId(u64::from_be_bytes(address[..8].try_into().unwrap())),
+        DeviceId(u32::from_be_bytes(address[8..].try_into().unwrap())),
+    );
+    let mut rng = Replay::new(vec![
+        file.hex(&format!("{p}.identity.signing_seed")),
+        file.hex(&format!("{p}.identity.agreement_secret")),
+        file.hex(&format!("{p}.signed_prekey.1.secret")),
+    ]);
+    let time = Timestamp(crate::common::T0);
+    let mut device = Device::new(&mut rng, address, time);
+    rng.finish();
+    assert_eq!(device.public_identity().to_bytes()[..], file.hex(&format!("{p}.public_identity")));
+    if otks > 0 {
+        let mut rng = file.replay(&format!("{p}.one_time_prekey."));
+        device.generate_one_time_prekeys(&mut rng, otks).unwrap();
+        rng.finish();
+    }
+    device
+}
+
+fn named(file: &File, names: &[&str]) -> Replay {
+    Replay::new(names.iter().map(|n| file.hex(n)).collect())
+}
+
+fn time(file: &File, name: &str) -> Timestamp {
+    Timestamp(file.int(name))
+}
+
+pub(crate) fn identities(file: &File) {
+    for p in ["alice", "bob"] {
+        let device = device(file, p, 2);
+        let identity =
+            PublicIdentity::try_from(&file.hex(&format!("{p}.public_identity"))[..]).unwrap();
+        assert_eq!(identity.fingerprint().as_bytes()[..], file.hex(&format!("{p}.fingerprint")));
+        let iks = &identity.signing_key_bytes()[..];
+        let sig_a = &file.hex(&format!("{p}.public_identity"))[64..];
+        assert!(hazmat::verify_ed25519_strict(
+            iks.try_into().unwrap(),
+            &file.hex(&format!("{p}.identity.sig_a_message")),
+            sig_a
+        ));
+        let upload = device.prekey_upload();
+        for (name, index) in [("bundle_with_opk", Some(0)), ("bundle_without_opk", None)] {
+            let bytes = file.hex(&format!("{p}.{name}"));
+            assert_eq!(upload.bundle(index).to_bytes(), bytes);
+            let bundle = PrekeyBundle::try_from(&bytes[..]).unwrap();
+            assert_eq!(bundle.identity, identity);
+            bundle.verify().unwrap();
+        }
+        let bytes = file.hex(&format!("{p}.upload"));
+        assert_eq!(upload.to_bytes(), bytes);
+        assert_eq!(PrekeyUpload::try_from(&bytes[..]).unwrap(), upload);
+    }
+}
+
+pub(crate) fn session(file: &File) {
+    let now = time(file, "time");
+    let mut alice = device(file, "alice", 0);
+    let mut bob = device(file, "bob", 1);
+    let bundle = PrekeyBundle::try_from(&file.hex("bob.bundle")[..]).unwrap().verify().unwrap();
+    let mut rng = named(file, &["setup.base_key_secret"]);
+    hazmat::start_session(&mut alice, &mut rng, &bundle).unwrap();
+    rng.finish();
+    let send = |from: &mut Device, to: DeviceAddress, p: &str, draws: &[&str]| {
+        let mut rng = named(file, draws);
+        let bytes =
+            hazmat::encrypt(from, &mut rng, to, &file.hex(&format!("{p}.plaintext"))).unwrap();
+        rng.finish();
+        assert_eq!(bytes, file.hex(&format!("{p}.bytes")), "{p}");
+    };
+    let deliver = |to: &mut Device, p: &str| {
+        let got = hazmat::decrypt(to, &file.hex(&format!("{p}.bytes")), now).unwrap();
+        assert_eq!(got.plaintext.as_slice(), file.hex(&format!("{p}.plaintext")), "{p}");
+    };
+    for p in ["a1", "a2", "a3"] {
+        send(&mut alice, bob.address(), p, &[&format!("{p}.nonce")]);
+    }
+    for p in ["a1", "a2", "a3"] {
+        deliver(&mut bob, p);
+    }
+    send(&mut bob, alice.address(), "b1", &["b1.ratchet_secret", "b1.nonce"]);
+    send(&mut bob, alice.address(), "b2", &["b2.nonce"]);
+    send(&mut bob, alice.address(), "b3", &["b3.nonce"]);
+    for p in ["b1", "b2", "b3"] {
+        deliver(&mut alice, p);
+    }
+    send(&mut alice, bob.address(), "a4", &["a4.ratchet_secret", "a4.nonce"]);
+    deliver(&mut bob, "a4");
+    let info = alice.session_info(bob.address()).unwrap();
+    assert_eq!(info.active_session[..], file.hex("setup.session_id"));
+}
+
+pub(crate) fn device_list(file: &File) {
+    let primary = PublicIdentity::try_from(&file.hex("primary.public_identity")[..]).unwrap();
+    let iks: [u8; 32] = *primary.signing_key_bytes();
+    let mut observer = Device::new(
+        &mut crate::vector::Tape::new([0x0a; 32]),
+        DeviceAddress::new(AccountId(1), DeviceId(0)),
+        Timestamp(crate::common::T0),
+    );
+    for (version, p) in [(1, "list1"), (2, "list2"), (3, "list3")] {
+        let bytes = file.hex(&format!("{p}.bytes"));
+        let list = SignedDeviceList::try_from(&bytes[..]).unwrap();
+        assert_eq!(list.version(), version);
+        let verified = list.verify().unwrap();
+        assert_eq!(verified.digest()[..], file.hex(&format!("{p}.digest")));
+        assert_eq!(verified.account_identity(), &primary);
+        assert_eq!(verified.devices().len(), usize::try_from(version).unwrap());
+        assert!(hazmat::verify_ed25519_strict(
+            &iks,
+            &file.hex(&format!("{p}.sig_message")),
+            &file.hex(&format!("{p}.signature"))
+        ));
+        assert_eq!(bytes[..file.hex(&format!("{p}.body")).len()], file.hex(&format!("{p}.body")));
+        observer.process_device_list(&bytes, Timestamp(crate::common::T0 + 120)).unwrap();
+    }
+    for p in ["companion1", "companion2"] {
+        let signed =
+            SignedDeviceIdentity::try_from(&file.hex(&format!("{p}.signed_device_identity"))[..])
+                .unwrap();
+        signed.verify(&primary).unwrap();
+        assert!(hazmat::verify_ed25519_strict(
+            &iks,
+            &file.hex(&format!("{p}.account_sig_message")),
+            &file.hex(&format!("{p}.account_signature"))
+        ));
+        let companion: [u8; 32] = *signed.identity.signing_key_bytes();
+        assert!(hazmat::verify_ed25519_strict(
+            &companion,
+            &file.hex(&format!("{p}.device_sig_message")),
+            &file.hex(&format!("{p}.device_signature"))
+        ));
+        // A signature made for one purpose verifies for no other.
+        assert!(!hazmat::verify_ed25519_strict(
+            &companion,
+            &file.hex(&format!("{p}.account_sig_message")),
+            &file.hex(&format!("{p}.device_signature"))
+        ));
+    }
+    let list3 = observer.device_list(AccountId(5)).unwrap();
+    assert_eq!(list3.version(), 3);
+}
+
+pub(crate) fn qr_link(file: &File) {
+    let mut primary = device(file, "primary", 0);
+    let mut companion = device(file, "companion", 0);
+    let mut rng = named(file, &["offer.reference", "offer.link_secret"]);
+    let mut offer = QrLinkOffer::new(&mut rng, &companion, time(file, "offer.created_at"));
+    rng.finish();
+    let text = file.text("offer.qr_text");
+    assert_eq!(offer.qr_text().as_str(), text);
+    let (mut approval_state, approval) =
+        QrLinkApproval::approve(&mut primary, &text, time(file, "approval.time")).unwrap();
+    assert_eq!(approval, file.hex("approval.bytes"));
+    let confirmation = offer
+        .accept_approval(
+            &mut companion,
+            &file.hex("approval.bytes"),
+            time(file, "confirmation.time"),
+        )
+        .unwrap();
+    assert_eq!(confirmation, file.hex("confirmation.bytes"));
+    let list = approval_state
+        .finish(&mut primary, &file.hex("confirmation.bytes"), time(file, "list.time"))
+        .unwrap();
+    assert_eq!(list.to_bytes(), file.hex("list.bytes"));
+    companion.process_device_list(&file.hex("list.bytes"), time(file, "list.time")).unwrap();
+    assert_eq!(companion.address(), DeviceAddress::new(AccountId(7), DeviceId(1)));
+}
+
+pub(crate) fn pairing_code(file: &File) {
+    let mut primary = device(file, "primary", 0);
+    let mut companion = device(file, "companion", 0);
+    let mut rng = named(file, &["code.entropy", "hello.sid", "companion.cpace_scalar_bytes"]);
+    let (mut attempt, hello) =
+        CompanionPairing::start(&mut rng, &companion, time(file, "hello.time"));
+    rng.finish();
+    assert_eq!(hello, file.hex("hello.bytes"));
+    assert_eq!(attempt.code().to_string(), file.text("code.display"));
+    let typed = PairingCode::parse(&file.text("code.prs")).unwrap();
+    let mut rng = named(file, &["primary.cpace_scalar_bytes"]);
+    let (mut responder, response) = PrimaryPairing::respond(
+        &mut rng,
+        &mut primary,
+        &file.hex("hello.bytes"),
+        typed,
+        time(file, "response.time"),
+    )
+    .unwrap();
+    rng.finish();
+    assert_eq!(response, file.hex("response.bytes"));
+    let confirm =
+        attempt.handle_response(&file.hex("response.bytes"), time(file, "confirm.time")).unwrap();
+    assert_eq!(confirm, file.hex("confirm.bytes"));
+    let approval = responder
+        .handle_confirm(&mut primary, &file.hex("confirm.bytes"), time(file, "approval.time"))
+        .unwrap();
+    assert_eq!(approval, file.hex("approval.bytes"));
+    let confirmation = attempt
+        .accept_approval(
+            &mut companion,
+            &file.hex("approval.bytes"),
+            time(file, "confirmation.time"),
+        )
+        .unwrap();
+    assert_eq!(confirmation, file.hex("confirmation.bytes"));
+    let list = responder
+        .finish(&mut primary, &file.hex("confirmation.bytes"), time(file, "list.time"))
+        .unwrap();
+    assert_eq!(list.to_bytes(), file.hex("list.bytes"));
+}
+
+/// Links `companion` to `primary` with the direct API; returns the list's bytes.
+fn link(primary: &mut Device, companion: &mut Device, now: Timestamp) -> Vec<u8> {
+    let approval = primary.approve_companion(companion.public_identity(), now).unwrap();
+    let signed = companion.countersign_approval(&approval).unwrap();
+    let list = primary.add_companion(&signed, now).unwrap().to_bytes();
+    companion.process_device_list(&list, now).unwrap();
+    list
+}
+
+fn read(
+    device: &mut Device,
+    bytes: &[u8],
+    body: Option<&[u8]>,
+    now: Timestamp,
+) -> (Vec<u8>, Conversation) {
+    match device.receive(bytes, body, now).unwrap() {
+        Received::Message(message) => (message.payload.to_vec(), message.conversation),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+pub(crate) fn fanout(file: &File) {
+    let now = time(file, "time");
+    let mut a0 = device(file, "a0", 0);
+    let mut a1 = device(file, "a1", 1);
+    let mut b0 = device(file, "b0", 1);
+    let list_a = link(&mut a0, &mut a1, now);
+    assert_eq!(list_a, file.hex("lists.account10"));
+    let list_b = file.hex("lists.account20");
+    assert_eq!(b0.device_list(AccountId(20)).unwrap().signed_bytes(), list_b);
+    a0.process_device_list(&list_b, now).unwrap();
+    a1.process_device_list(&list_b, now).unwrap();
+    b0.process_device_list(&list_a, now).unwrap();
+    let bundles = [
+        PrekeyBundle::try_from(&file.hex("b0.bundle")[..]).unwrap(),
+        PrekeyBundle::try_from(&file.hex("a1.bundle")[..]).unwrap(),
+    ];
+    for (p, body) in [("inline", false), ("body", true)] {
+        let payload = file.hex(&format!("{p}.payload"));
+        let mut rng = file.replay(&format!("{p}."));
+        let sent = a0.encrypt_fanout(&mut rng, &[AccountId(20)], &bundles, &payload, now).unwrap();
+        rng.finish();
+        assert_eq!(sent.body.is_some(), body);
+        if body {
+            assert_eq!(sent.body.as_deref(), Some(&file.hex("body.bytes")[..]));
+        }
+        let body_bytes = body.then(|| file.hex("body.bytes"));
+        assert_eq!(sent.envelopes[0].bytes, file.hex(&format!("{p}.to_b0.bytes")));
+        assert_eq!(sent.envelopes[1].bytes, file.hex(&format!("{p}.to_a1.bytes")));
+        let got = read(&mut b0, &file.hex(&format!("{p}.to_b0.bytes")), body_bytes.as_deref(), now);
+        assert_eq!(got, (payload.clone(), Conversation::Direct));
+        let got = read(&mut a1, &file.hex(&format!("{p}.to_a1.bytes")), body_bytes.as_deref(), now);
+        assert_eq!(got, (payload, Conversation::OwnCopy { to: vec![AccountId(20)] }));
+    }
+}
+
+pub(crate) fn history(file: &File) {
+    let now = time(file, "time");
+    let mut primary = device(file, "primary", 0);
+    let mut companion = device(file, "companion", 1);
+    assert_eq!(link(&mut primary, &mut companion, now), file.hex("list"));
+    let records: Vec<Vec<u8>> = (0..3).map(|i| file.hex(&format!("record{i}"))).collect();
+    let mut rng = file.replay("blob.");
+    let mut blob_bytes = Vec::new();
+    let descriptor = build_history(&mut rng, &records, &mut blob_bytes).unwrap();
+    rng.finish();
+    assert_eq!(blob_bytes, file.hex("blob.bytes"));
+    assert_eq!(descriptor.to_bytes().as_slice(), file.hex("descriptor.bytes"));
+    let bundle = PrekeyBundle::try_from(&file.hex("companion.bundle")[..]).unwrap();
+    let mut rng = file.replay("history.");
+    let sent = primary
+        .encrypt_history(
+            &mut rng,
+            companion.address(),
+            &descriptor,
+            &[bundle],
+            time(file, "history.time"),
+        )
+        .unwrap();
+    rng.finish();
+    assert_eq!(sent.bytes, file.hex("history.bytes"));
+    let Received::History(received) =
+        companion.receive(&file.hex("history.bytes"), None, time(file, "history.time")).unwrap()
+    else {
+        panic!("expected history")
+    };
+    assert_eq!(received.descriptor.to_bytes().as_slice(), file.hex("descriptor.bytes"));
+    let mut imported = Vec::new();
+    import_history(received.descriptor, Cursor::new(file.hex("blob.bytes")), |r| {
+        imported.push(r.to_vec())
+    })
+    .unwrap();
+    assert_eq!(imported, records);
+}
+
+pub(crate) fn security_code(file: &File) {
+    let alice = device(file, "alice", 0);
+    let bob = device(file, "bob", 0);
+    let code = SecurityCode::new(
+        (AccountId(42), alice.public_identity()),
+        (AccountId(7), bob.public_identity()),
+    );
+    let other_side = SecurityCode::new(
+        (AccountId(7), bob.public_identity()),
+        (AccountId(42), alice.public_identity()),
+    );
+    assert!(code == other_side);
+    assert_eq!(code.digits(), file.text("code.digits"));
+    assert!(code.matches_digits(&file.text("code.digits")));
+    assert!(code.matches_scanned(&file.hex("code.scannable")));
+    assert_eq!(
+        format!("{}{}", file.text("half7.digits"), file.text("half42.digits")),
+        code.digits()
+    );
+}
+
+pub(crate) fn blob(file: &File) {
+    let plaintext = file.hex("plaintext");
+    let descriptor = BlobDescriptor::try_from(&file.hex("descriptor.bytes")[..]).unwrap();
+    let mut ciphertext = file.hex("blob.header");
+    let mut chunk = 0;
+    while file.entries.iter().any(|e| e.0 == format!("blob.chunk{chunk}.sealed")) {
+        ciphertext.extend_from_slice(&file.hex(&format!("blob.chunk{chunk}.sealed")));
+        chunk += 1;
+    }
+    assert_eq!(blob::decrypt_blob(&descriptor, &ciphertext).unwrap().as_slice(), plaintext);
+    let mut rng = file.replay("blob.");
+    let (again, descriptor) =
+        blob::encrypt_blob(&mut rng, &plaintext, MediaType::new(&file.text("media_type")).unwrap())
+            .unwrap();
+    rng.finish();
+    assert_eq!(again, ciphertext);
+    assert_eq!(descriptor.to_bytes().as_slice(), file.hex("descriptor.bytes"));
+}
