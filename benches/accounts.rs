@@ -56,7 +56,7 @@ fn linking(c: &mut Criterion) {
             fresh,
             |(mut primary, mut companion)| {
                 let mut rng = StdRng::seed_from_u64(3);
-                let mut offer = QrLinkOffer::new(&mut rng, &companion, NOW);
+                let mut offer = QrLinkOffer::new(&mut rng, &mut companion, NOW);
                 let (mut approval, message) =
                     QrLinkApproval::approve(&mut primary, &offer.qr_text(), NOW).unwrap();
                 let confirmation = offer.accept_approval(&mut companion, &message, NOW).unwrap();
@@ -72,7 +72,7 @@ fn linking(c: &mut Criterion) {
             fresh,
             |(mut primary, mut companion)| {
                 let mut rng = StdRng::seed_from_u64(4);
-                let (mut attempt, hello) = CompanionPairing::start(&mut rng, &companion, NOW);
+                let (mut attempt, hello) = CompanionPairing::start(&mut rng, &mut companion, NOW);
                 let typed = PairingCode::parse(&attempt.code().to_string()).unwrap();
                 let (mut pairing, response) =
                     PrimaryPairing::respond(&mut rng, &mut primary, &hello, typed, NOW).unwrap();

@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::consts::{
-    APPROVAL_LIFETIME_SECS, MAX_COMPANIONS, MAX_LIST_ISSUED_AHEAD_SECS, PRIMARY_INACTIVITY_SECS,
+    APPROVAL_LIFETIME_SECS, MAX_ANNOUNCEMENTS, MAX_ANSWERED_PAIRING_CODES, MAX_COMPANIONS,
+    MAX_LIST_ISSUED_AHEAD_SECS, MAX_REFUSED_IDENTITIES, PAIRING_CODE_LIFETIME_SECS,
+    PRIMARY_INACTIVITY_SECS, USED_LINK_REFERENCES,
 };
 use crate::device::Device;
 use crate::device_list::{
@@ -25,19 +27,6 @@ use crate::device_list::{
 use crate::error::{DeviceListError, SessionError};
 use crate::keys::{AccountId, DeviceAddress, DeviceId, Fingerprint, PublicIdentity, Timestamp};
 use crate::security_code::SecurityCode;
-
-/// Approved offer references a primary remembers; an offer older than this many approvals has
-/// long expired (offers live 60 s).
-const USED_LINK_REFERENCES: usize = 64;
-
-/// Announced list versions remembered per account above the held list; the lowest is forgotten
-/// first. Enough for every version an honest account can move ahead while a peer is behind on
-/// it, while a hostile companion cannot grow the record.
-const MAX_ANNOUNCEMENTS: usize = 8;
-
-/// Account identities remembered per account as refused: former ones after an accepted change,
-/// and ones the user rejected. The oldest is forgotten first.
-const MAX_REFUSED_IDENTITIES: usize = 8;
 
 /// What a device is within its account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +49,12 @@ pub(crate) struct PrimaryState {
     pending: Vec<PendingApproval>,
     /// References of link offers already approved, newest last; offers are single use.
     used_link_references: VecDeque<[u8; 16]>,
+    /// Device ids below `highest_device` that were reserved by approvals which expired
+    /// unanswered: never listed, so handed out again first. At most [`MAX_COMPANIONS`].
+    free_device_ids: Vec<u32>,
+    /// Digests of the pairing codes that answered a hello, with when they expire: a code
+    /// answers one hello only. At most [`MAX_ANSWERED_PAIRING_CODES`].
+    answered_pairing_codes: Vec<([u8; 32], Timestamp)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,9 +69,9 @@ struct PendingApproval {
 pub(crate) struct CompanionState {
     /// The approval this device countersigned, and the account identity it names.
     pub(crate) link: Option<Link>,
-    /// Set once a verified list of the account named this device with its identity: linking is
-    /// finished only then.
-    linked: bool,
+    /// The clock high-water mark when a verified list of the account first named this device
+    /// with its identity: linking is finished only then, and the history window runs from it.
+    linked_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +88,8 @@ impl Role {
                 highest_device: 0,
                 pending: Vec::new(),
                 used_link_references: VecDeque::new(),
+                free_device_ids: Vec::new(),
+                answered_pairing_codes: Vec::new(),
             })
         } else {
             Role::Companion(Box::default())
@@ -105,13 +102,15 @@ impl Role {
             Role::Primary(state) => {
                 state.pending.len() <= MAX_COMPANIONS
                     && state.used_link_references.len() <= USED_LINK_REFERENCES
+                    && state.free_device_ids.len() <= MAX_COMPANIONS
+                    && state.answered_pairing_codes.len() <= MAX_ANSWERED_PAIRING_CODES
             }
             Role::Companion(state) => {
                 state
                     .link
                     .as_ref()
                     .is_none_or(|link| link.signed.verify(&link.account_identity).is_ok())
-                    && (state.link.is_some() || !state.linked)
+                    && (state.link.is_some() || state.linked_at.is_none())
             }
         }
     }
@@ -122,11 +121,12 @@ impl Role {
 pub(crate) struct KnownAccount {
     #[serde(with = "crate::device_list::stored")]
     pub(crate) list: VerifiedDeviceList,
-    /// List versions above `list`'s, with their digests, that authorized devices of the
-    /// account announced in traffic; ascending, distinct versions, at most
+    /// List versions above `list`'s that devices of the account announced in traffic, with
+    /// their digests and who announced them; ascending, distinct versions, at most
     /// [`MAX_ANNOUNCEMENTS`]. Until a list of at least the highest is processed, the account's
-    /// companions are not trusted; a list at an announced version must carry its digest.
-    pub(crate) announced: Vec<(u64, [u8; 32])>,
+    /// companions are not trusted. An announcement counts only while the list held names one of
+    /// its announcers: a device the account removed no longer speaks for it.
+    pub(crate) announced: Vec<Announcement>,
     /// A verified list under another account identity, waiting for the user's decision.
     #[serde(with = "crate::device_list::stored::option")]
     pub(crate) pending_change: Option<VerifiedDeviceList>,
@@ -134,6 +134,15 @@ pub(crate) struct KnownAccount {
     /// change replaced, and the ones the user rejected. Oldest first, at most
     /// [`MAX_REFUSED_IDENTITIES`].
     pub(crate) refused_identities: Vec<Fingerprint>,
+}
+
+/// A list version and digest announced in traffic, and the devices that announced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Announcement {
+    pub(crate) version: u64,
+    pub(crate) digest: [u8; 32],
+    /// Distinct, at most `MAX_COMPANIONS + 1` (every device of one account).
+    pub(crate) by: Vec<DeviceId>,
 }
 
 /// Why a device may not be sent to or accepted from.
@@ -152,44 +161,66 @@ pub(crate) enum Refusal {
 }
 
 impl KnownAccount {
-    fn new(list: VerifiedDeviceList) -> Self {
+    pub(crate) fn new(list: VerifiedDeviceList) -> Self {
         Self { list, announced: Vec::new(), pending_change: None, refused_identities: Vec::new() }
     }
 
     /// The highest version announced above the held list.
     pub(crate) fn highest_announced(&self) -> Option<u64> {
-        self.announced.last().map(|(version, _)| *version)
+        self.announced.last().map(|a| a.version)
     }
 
-    /// The digest announced for `version`, if any.
-    fn announced_digest(&self, version: u64) -> Option<[u8; 32]> {
-        self.announced.iter().find(|(v, _)| *v == version).map(|(_, digest)| *digest)
+    /// The digest announced for `version` by a device `list` names, if any: an announcement
+    /// by a device the list removed does not count against it.
+    fn announced_digest(&self, version: u64, list: &VerifiedDeviceList) -> Option<[u8; 32]> {
+        let account = list.account();
+        self.announced
+            .iter()
+            .find(|a| {
+                a.version == version
+                    && a.by.iter().any(|d| list.device(DeviceAddress::new(account, *d)).is_some())
+            })
+            .map(|a| a.digest)
     }
 
-    /// Remembers that an authorized device announced `(version, digest)` above the held list.
-    /// Fails (changing nothing) if another digest was announced for that version. An
-    /// announcement by the account's primary, which signs every list, also forgets every
-    /// announcement above it.
+    /// Remembers that the device `by` of the account announced `(version, digest)` above the
+    /// held list. Fails (changing nothing) if another digest was announced for that version.
+    /// Announcements are forgotten only when a list of at least their version is processed, or
+    /// when no device that announced them is listed any more; never because another device
+    /// announced a lower version, which a server can always replay late.
     pub(crate) fn announce(
         &mut self,
         version: u64,
         digest: [u8; 32],
-        by_primary: bool,
+        by: DeviceId,
     ) -> Result<(), u64> {
-        if self.announced_digest(version).is_some_and(|known| known != digest) {
-            return Err(version);
-        }
-        if by_primary {
-            self.announced.retain(|(v, _)| *v <= version);
-        }
-        if self.announced_digest(version).is_none() {
-            self.announced.push((version, digest));
-            self.announced.sort_unstable_by_key(|(v, _)| *v);
-            if self.announced.len() > MAX_ANNOUNCEMENTS {
-                self.announced.remove(0);
+        match self.announced.iter_mut().find(|a| a.version == version) {
+            Some(known) if known.digest != digest => return Err(version),
+            Some(known) => {
+                if !known.by.contains(&by) {
+                    known.by.push(by);
+                    known.by.sort_unstable();
+                }
+            }
+            None => {
+                self.announced.push(Announcement { version, digest, by: vec![by] });
+                self.announced.sort_unstable_by_key(|a| a.version);
+                if self.announced.len() > MAX_ANNOUNCEMENTS {
+                    self.announced.remove(0);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Keeps the announcements that still count once `list` is held: above its version, by a
+    /// device it names.
+    fn keep_announcements_of(&mut self, list: &VerifiedDeviceList) {
+        let account = list.account();
+        for announcement in &mut self.announced {
+            announcement.by.retain(|d| list.device(DeviceAddress::new(account, *d)).is_some());
+        }
+        self.announced.retain(|a| a.version > list.version() && !a.by.is_empty());
     }
 
     /// Refuses `identity` for this account from now on.
@@ -205,8 +236,13 @@ impl KnownAccount {
     /// True if restored account state respects its bounds.
     pub(crate) fn within_limits(&self) -> bool {
         self.announced.len() <= MAX_ANNOUNCEMENTS
-            && self.announced.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0))
-            && self.announced.first().is_none_or(|(v, _)| *v > self.list.version())
+            && self.announced.windows(2).all(|w| matches!(w, [a, b] if a.version < b.version))
+            && self.announced.first().is_none_or(|a| a.version > self.list.version())
+            && self.announced.iter().all(|a| {
+                !a.by.is_empty()
+                    && a.by.len() <= MAX_COMPANIONS + 1
+                    && a.by.windows(2).all(|w| matches!(w, [x, y] if x < y))
+            })
             && self.refused_identities.len() <= MAX_REFUSED_IDENTITIES
     }
 }
@@ -289,7 +325,7 @@ impl Device {
             Role::Primary(_) => return AccountStatus::Primary,
             Role::Companion(state) => state,
         };
-        let Some(link) = state.link.as_ref().filter(|_| state.linked) else {
+        let Some(link) = state.link.as_ref().filter(|_| state.linked_at.is_some()) else {
             return AccountStatus::NotLinked;
         };
         // Freshness runs from the newest own list, or from the link while none is held.
@@ -391,14 +427,14 @@ impl Device {
 
     /// Accounts whose companions this device does not trust until it processes a newer list:
     /// each with the version announced in traffic, or `None` when the held list is more than
-    /// 14 days old. Fetch these lists from the server. The own account is never named: a
-    /// primary signs its own lists, and a companion whose own list is stale is signed out.
+    /// 14 days old. Fetch these lists from the server. The own account is named too: on a
+    /// companion whose own list is stale (it is signed out until a fresh one arrives) or was
+    /// announced newer, and on a primary whose companions announced an own list newer than the
+    /// one it holds (restored from a backup, it must fetch what it signed before it signs again).
     pub fn lists_to_fetch(&self) -> Vec<(AccountId, Option<u64>)> {
         self.accounts
             .iter()
-            .filter(|(account, known)| {
-                **account != self.address.account && !self.companions_current(known)
-            })
+            .filter(|(_, known)| !self.companions_current(known))
             .map(|(&account, known)| (account, known.highest_announced()))
             .collect()
     }
@@ -462,7 +498,8 @@ impl Device {
             if version == seen + 1 && list.previous_digest() != known.list.digest() {
                 return Err(DeviceListError::Equivocation { version });
             }
-            if known.announced_digest(version).is_some_and(|digest| digest != list.digest()) {
+            if known.announced_digest(version, &list).is_some_and(|digest| digest != list.digest())
+            {
                 return Err(DeviceListError::Equivocation { version });
             }
         }
@@ -481,6 +518,11 @@ impl Device {
         self.observe(now);
         let list = SignedDeviceList::try_from(bytes)?.verify()?;
         let account = list.account();
+        if account == self.address.account {
+            // A primary signs its own lists and a companion is bound to the identity it linked
+            // under: the own account never changes identity.
+            return Err(DeviceListError::ForeignOwnList { account });
+        }
         let pending = self.accounts.get(&account).and_then(|k| k.pending_change.as_ref());
         let is_pending = pending.is_some_and(|p| {
             p.digest() == list.digest() && p.account_identity() == list.account_identity()
@@ -580,7 +622,9 @@ impl Device {
         if account == self.address.account {
             let names_me = self.names_me(&list);
             match &mut self.role {
-                Role::Companion(state) if names_me => state.linked = true,
+                Role::Companion(state) if names_me => {
+                    state.linked_at.get_or_insert(self.clock);
+                }
                 Role::Companion(_) => {}
                 Role::Primary(state) => state.adopt(&list),
             }
@@ -588,7 +632,7 @@ impl Device {
         let mut known = KnownAccount::new(list.clone());
         if let Some(old) = old {
             known.announced = old.announced;
-            known.announced.retain(|(version, _)| *version > list.version());
+            known.keep_announcements_of(&list);
             known.pending_change = old.pending_change;
             known.refused_identities = old.refused_identities;
         }
@@ -622,11 +666,15 @@ impl Device {
         }
     }
 
-    /// Companion: when this device countersigned its approval.
-    pub(crate) fn own_link_time(&self) -> Option<Timestamp> {
+    /// Companion: when linking finished.
+    ///
+    /// `Ok(Some(t))`: linking finished at `t` (by the clock mark when a verified own list first
+    /// named this device). `Ok(None)`: countersigned, waiting for that list. `Err`: not a
+    /// companion in a link at all.
+    pub(crate) fn own_link_time(&self) -> Result<Option<Timestamp>, ()> {
         match &self.role {
-            Role::Companion(state) => state.link.as_ref().map(|l| l.signed.metadata.timestamp),
-            Role::Primary(_) => None,
+            Role::Companion(state) if state.link.is_some() => Ok(state.linked_at),
+            _ => Err(()),
         }
     }
 
@@ -636,6 +684,32 @@ impl Device {
             Role::Primary(state) => state.used_link_references.contains(reference),
             Role::Companion(_) => false,
         }
+    }
+
+    /// Primary: remembers that the pairing code `code` answered a hello, so it answers no other
+    /// until it expires. Refused ([`crate::LinkError::CodeAlreadyUsed`]) if it answered one
+    /// already, or if [`MAX_ANSWERED_PAIRING_CODES`] codes answered within one code lifetime.
+    pub(crate) fn answer_pairing_code(&mut self, code: &[u8]) -> Result<(), crate::LinkError> {
+        let clock = self.clock;
+        let Role::Primary(state) = &mut self.role else {
+            return Err(crate::LinkError::NotPrimary);
+        };
+        let digest = crate::crypto::hash(crate::crypto::label::HASH_ANSWERED_PAIRING_CODE, &[code]);
+        let live: Vec<([u8; 32], Timestamp)> = state
+            .answered_pairing_codes
+            .iter()
+            .filter(|(_, expires)| *expires >= clock)
+            .copied()
+            .collect();
+        if live.iter().any(|(known, _)| crate::crypto::ct_eq(known, &digest)) {
+            return Err(crate::LinkError::CodeAlreadyUsed);
+        }
+        if live.len() >= MAX_ANSWERED_PAIRING_CODES {
+            return Err(crate::LinkError::TooManyPairingAttempts);
+        }
+        state.answered_pairing_codes = live;
+        state.answered_pairing_codes.push((digest, clock.plus_secs(PAIRING_CODE_LIFETIME_SECS)));
+        Ok(())
     }
 
     /// Remembers an approved offer, keeping the newest [`USED_LINK_REFERENCES`].
@@ -675,17 +749,35 @@ impl Device {
         if in_list || live.iter().any(|p| p.identity == fingerprint) {
             return Err(DeviceListError::DuplicateIdentity);
         }
+        // Ids reserved by approvals that expired unanswered were never listed: they go out
+        // again, lowest first, before a new id is drawn.
+        let mut free: Vec<u32> = state
+            .pending
+            .iter()
+            .filter(|p| p.expires < clock)
+            .map(|p| p.metadata.device.0)
+            .chain(state.free_device_ids.iter().copied())
+            .filter(|id| !live.iter().any(|p| p.metadata.device.0 == *id))
+            .collect();
+        free.sort_unstable();
+        free.dedup();
         let reserved = live.iter().map(|p| p.metadata.device.0).max().unwrap_or(0);
-        let device = state
-            .highest_device
-            .max(reserved)
-            .checked_add(1)
-            .ok_or(DeviceListError::IdsExhausted)?;
+        let device = match free.first() {
+            Some(&id) => id,
+            None => state
+                .highest_device
+                .max(reserved)
+                .checked_add(1)
+                .ok_or(DeviceListError::IdsExhausted)?,
+        };
+        free.retain(|id| *id != device);
+        free.truncate(MAX_COMPANIONS);
         let key_index = state.next_key_index;
         let next_key_index = key_index.checked_add(1).ok_or(DeviceListError::IdsExhausted)?;
         let metadata =
             LinkingMetadata { account, device: DeviceId(device), key_index, timestamp: clock };
         state.next_key_index = next_key_index;
+        state.free_device_ids = free;
         state.pending = live;
         state.pending.push(PendingApproval {
             metadata,
@@ -711,7 +803,7 @@ impl Device {
         let Role::Companion(state) = &self.role else {
             return Err(DeviceListError::NotCompanion);
         };
-        if state.linked {
+        if state.linked_at.is_some() {
             return Err(DeviceListError::AlreadyLinked);
         }
         SignedDeviceIdentity::verify_account_signature(
@@ -742,6 +834,11 @@ impl Device {
         {
             self.accounts.remove(&account);
             self.delete_account_sessions(account);
+        }
+        // Nor was a pending change to another identity: the own account keeps the identity it
+        // links under.
+        if let Some(known) = self.accounts.get_mut(&account) {
+            known.pending_change = None;
         }
         if let Role::Companion(state) = &mut self.role {
             state.link = Some(Link {
@@ -788,9 +885,10 @@ impl Device {
         }
         state.pending.retain(|p| p.expires >= clock && !matching(p));
         state.highest_device = state.highest_device.max(signed.metadata.device.0);
+        state.free_device_ids.retain(|id| *id != signed.metadata.device.0);
         companions.push(signed.clone());
         companions.sort_by_key(|c| c.metadata.device);
-        Ok(self.sign_list(companions))
+        self.sign_list(companions)
     }
 
     /// Primary: removes a companion and signs the new list.
@@ -807,7 +905,7 @@ impl Device {
         if companions.len() == before {
             return Err(DeviceListError::UnknownCompanion(device));
         }
-        Ok(self.sign_list(companions))
+        self.sign_list(companions)
     }
 
     /// Primary: re-signs the current list with a new issued-at time. Call it whenever the primary
@@ -819,7 +917,7 @@ impl Device {
         self.observe(now);
         self.primary_state()?;
         let companions = self.own_list()?.signed_companions().to_vec();
-        Ok(self.sign_list(companions))
+        self.sign_list(companions)
     }
 
     /// Primary: honours a companion's signed logout request. The request must name a companion
@@ -852,15 +950,17 @@ impl Device {
         self.remove_companion(request.address.device, now)
     }
 
-    /// Companion: a signed request asking the primary to remove this device.
-    pub fn logout_request(&self, now: Timestamp) -> Result<LogoutRequest, DeviceListError> {
+    /// Companion: a signed request asking the primary to remove this device. Raises the clock
+    /// high-water mark to `now` and signs with the mark.
+    pub fn logout_request(&mut self, now: Timestamp) -> Result<LogoutRequest, DeviceListError> {
+        self.observe(now);
         match &self.role {
             Role::Companion(state) => match &state.link {
                 Some(link) => Ok(LogoutRequest::sign(
                     &self.identity,
                     self.address,
                     link.signed.metadata.key_index,
-                    now.max(self.clock),
+                    self.clock,
                 )),
                 None => Err(DeviceListError::NotLinked),
             },
@@ -870,8 +970,31 @@ impl Device {
 
     /// Primary: signs and keeps the next own list, naming `companions` (sorted, unique and at
     /// most [`MAX_COMPANIONS`], as every caller ensures).
-    pub(crate) fn sign_list(&mut self, companions: Vec<SignedDeviceIdentity>) -> SignedDeviceList {
+    ///
+    /// Refused with [`DeviceListError::OwnListBehind`] while a device the new list would still
+    /// name announced an own list newer than the one held: this primary was restored from a
+    /// backup, and signing now would fork the account's history and could name again a device
+    /// it removed since. Fetch the own list first. An announcement only by a device the new list
+    /// leaves out does not block it, so a lying companion can always be removed.
+    pub(crate) fn sign_list(
+        &mut self,
+        companions: Vec<SignedDeviceIdentity>,
+    ) -> Result<SignedDeviceList, DeviceListError> {
         let account = self.address.account;
+        if let Some(known) = self.accounts.get(&account) {
+            let named = |device: &DeviceId| {
+                device.is_primary() || companions.iter().any(|c| c.metadata.device == *device)
+            };
+            if let Some(ahead) =
+                known.announced.iter().rev().find(|a| a.by.iter().any(named)).map(|a| a.version)
+            {
+                return Err(DeviceListError::OwnListBehind {
+                    account,
+                    held: known.list.version(),
+                    announced: ahead,
+                });
+            }
+        }
         let (version, previous_digest) = self
             .device_list(account)
             .map_or((1, [0u8; 32]), |l| (l.version().saturating_add(1), l.digest()));
@@ -887,7 +1010,7 @@ impl Device {
         if let Ok(list) = signed.verify() {
             self.store_list(list);
         }
-        signed
+        Ok(signed)
     }
 }
 
@@ -898,6 +1021,94 @@ impl PrimaryState {
         for device in list.companion_devices() {
             self.highest_device = self.highest_device.max(device.address().device.0);
             self.next_key_index = self.next_key_index.max(device.key_index().saturating_add(1));
+        }
+    }
+}
+
+/// The role and held lists as persisted state format 2 kept them: read only to import that
+/// format ([`Device::from_bytes`]).
+pub(crate) mod legacy {
+    use std::collections::VecDeque;
+
+    use serde::Deserialize;
+
+    use super::{
+        Announcement, CompanionState, KnownAccount, Link, PendingApproval, PrimaryState, Role,
+    };
+    use crate::device_list::VerifiedDeviceList;
+    use crate::keys::{DeviceId, Fingerprint};
+
+    #[derive(Deserialize)]
+    pub(crate) enum LegacyRole {
+        Primary(LegacyPrimaryState),
+        Companion(Box<LegacyCompanionState>),
+    }
+
+    #[derive(Deserialize)]
+    pub(crate) struct LegacyPrimaryState {
+        next_key_index: u32,
+        highest_device: u32,
+        pending: Vec<PendingApproval>,
+        used_link_references: VecDeque<[u8; 16]>,
+    }
+
+    #[derive(Deserialize)]
+    pub(crate) struct LegacyCompanionState {
+        link: Option<Link>,
+        linked: bool,
+    }
+
+    #[derive(Deserialize)]
+    pub(crate) struct LegacyKnownAccount {
+        #[serde(with = "crate::device_list::stored")]
+        list: VerifiedDeviceList,
+        announced: Vec<(u64, [u8; 32])>,
+        #[serde(with = "crate::device_list::stored::option")]
+        pending_change: Option<VerifiedDeviceList>,
+        refused_identities: Vec<Fingerprint>,
+    }
+
+    impl LegacyRole {
+        /// The current form. A linked companion counts as linked when it countersigned.
+        pub(crate) fn upgrade(self) -> Role {
+            match self {
+                LegacyRole::Primary(state) => Role::Primary(PrimaryState {
+                    next_key_index: state.next_key_index,
+                    highest_device: state.highest_device,
+                    pending: state.pending,
+                    used_link_references: state.used_link_references,
+                    free_device_ids: Vec::new(),
+                    answered_pairing_codes: Vec::new(),
+                }),
+                LegacyRole::Companion(state) => {
+                    let linked_at = match (&state.link, state.linked) {
+                        (Some(link), true) => Some(link.signed.metadata.timestamp),
+                        _ => None,
+                    };
+                    Role::Companion(Box::new(CompanionState { link: state.link, linked_at }))
+                }
+            }
+        }
+    }
+
+    impl LegacyKnownAccount {
+        /// The current form. Format 2 did not record who announced a version; the primary is
+        /// named, so the announcement counts until a list of its version is processed.
+        pub(crate) fn upgrade(self) -> KnownAccount {
+            KnownAccount {
+                list: self.list,
+                announced: self
+                    .announced
+                    .into_iter()
+                    .map(|(version, digest)| Announcement {
+                        version,
+                        digest,
+                        by: vec![DeviceId::PRIMARY],
+                    })
+                    .collect(),
+                pending_change: self.pending_change,
+                refused_identities: self.refused_identities,
+            }
         }
     }
 }

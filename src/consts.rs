@@ -109,3 +109,49 @@ pub const APPROVAL_LIFETIME_SECS: u64 = PAIRING_CODE_LIFETIME_SECS;
 /// Large payloads travel as an encrypted body referenced from the message, so the per-device
 /// messages stay small; the bound stops a peer from making us allocate without limit.
 pub const MAX_MESSAGE_PLAINTEXT: usize = 256 * 1024;
+
+/// Payloads up to this size travel inside each envelope; larger ones in one shared body.
+///
+/// Below it, encrypting the payload per device costs less than the extra body digest and
+/// decryption on every receiver.
+pub const INLINE_THRESHOLD: usize = 512;
+
+/// Most recipient accounts one fan-out may address (a group conversation).
+pub const MAX_FANOUT_ACCOUNTS: usize = 64;
+
+/// Largest payload a fan-out accepts (bodies are held in memory; use blobs for more).
+pub const MAX_FANOUT_PAYLOAD: usize = 64 * 1024 * 1024;
+
+/// How long after its link finished (a verified own list first named it) a companion accepts
+/// history: long enough for a large history to upload over a slow network, short enough that a
+/// later compromise of the primary's session cannot push fabricated history into an established
+/// companion.
+pub const HISTORY_WINDOW_SECS: u64 = 24 * 60 * 60;
+
+/// Largest single history record.
+pub const MAX_HISTORY_RECORD: usize = 16 * 1024 * 1024;
+
+/// Tolerated clock difference when the primary checks a QR offer's expiry: an offer may claim
+/// to expire at most this much later than an offer made now would.
+pub const QR_CLOCK_SKEW_SECS: u64 = 30;
+
+/// List versions remembered per account as announced above the held list; the lowest is
+/// forgotten first.
+///
+/// Enough for every version an honest account can move ahead while a peer is behind on it,
+/// while a hostile companion cannot grow the record.
+pub const MAX_ANNOUNCEMENTS: usize = 8;
+
+/// Account identities remembered per account as refused (former ones after an accepted change,
+/// and ones the user rejected); the oldest is forgotten first.
+pub const MAX_REFUSED_IDENTITIES: usize = 8;
+
+/// Approved QR offer references a primary remembers, so an offer is used once; the oldest is
+/// forgotten first. An offer older than this many approvals has long expired (offers live
+/// [`QR_OFFER_LIFETIME_SECS`]).
+pub const USED_LINK_REFERENCES: usize = 64;
+
+/// Pairing codes a primary remembers as having answered a hello, each until it expires
+/// ([`PAIRING_CODE_LIFETIME_SECS`]), so a code answers one hello only. More codes than this
+/// in one lifetime are refused until the oldest expires.
+pub const MAX_ANSWERED_PAIRING_CODES: usize = 16;

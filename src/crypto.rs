@@ -37,6 +37,8 @@ pub(crate) mod label {
     pub(crate) const CPACE_CHANNEL: &[u8] = b"multidevice/v1/cpace/pairing";
     pub(crate) const HASH_QR_CHECKSUM: &[u8] = b"multidevice/v1/hash/qr-checksum";
     pub(crate) const HASH_PAIRING_TRANSCRIPT: &[u8] = b"multidevice/v1/hash/pairing-transcript";
+    pub(crate) const HASH_ANSWERED_PAIRING_CODE: &[u8] =
+        b"multidevice/v1/hash/answered-pairing-code";
     pub(crate) const KDF_BODY: &[u8] = b"multidevice/v1/kdf/body";
     // The blob format adopts it with the blob key commitment (issue 11), next.
     #[allow(dead_code)]

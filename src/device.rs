@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
+use crate::account::legacy::{LegacyKnownAccount, LegacyRole};
 use crate::account::{KnownAccounts, Role};
 use crate::consts::{DEFAULT_MAX_FORWARD_JUMP, MAX_FORWARD_JUMP_CEILING, MAX_MESSAGE_PLAINTEXT};
 use crate::crypto;
@@ -134,8 +135,8 @@ type LegacyState = (
     LegacyPrekeys,
     BTreeMap<DeviceAddress, SessionRecord>,
     u32,
-    Role,
-    KnownAccounts,
+    LegacyRole,
+    BTreeMap<crate::keys::AccountId, LegacyKnownAccount>,
     Timestamp,
 );
 
@@ -194,7 +195,8 @@ impl Device {
             clock: now,
         };
         if address.device.is_primary() {
-            device.sign_list(Vec::new());
+            // A new primary holds no list, so nothing was announced: signing cannot be refused.
+            let _first = device.sign_list(Vec::new());
         }
         device
     }
@@ -568,8 +570,8 @@ impl Device {
             prekeys: prekeys.upgrade(clock),
             sessions,
             max_forward_jump,
-            role,
-            accounts,
+            role: role.upgrade(),
+            accounts: accounts.into_iter().map(|(id, known)| (id, known.upgrade())).collect(),
             clock,
         };
         if !device.is_consistent() {

@@ -354,9 +354,17 @@ pub enum DeviceListError {
         /// The account found.
         got: AccountId,
     },
-    /// This companion is signed out.
-    #[error("this device is signed out")]
-    SignedOut,
+    /// This primary holds an older own list than one a device of the account announced: it
+    /// was restored from a backup. Fetch the own list and process it before signing again.
+    #[error("own list v{held} is behind the announced v{announced}: fetch it first")]
+    OwnListBehind {
+        /// The own account.
+        account: AccountId,
+        /// The version held.
+        held: u64,
+        /// The version announced.
+        announced: u64,
+    },
     /// The store failed; nothing was committed, so the call can be retried as
     /// [`StoreError::action`] says.
     #[error(transparent)]
@@ -370,7 +378,8 @@ impl DeviceListError {
         match self {
             Self::Store(error) => error.action(),
             Self::IdentityChanged { .. } | Self::Equivocation { .. } => Action::AskUser,
-            Self::SignedOut | Self::IssuedInFuture { .. } => Action::RetryLater,
+            Self::OwnListBehind { account, .. } => Action::FetchList(*account),
+            Self::IssuedInFuture { .. } => Action::RetryLater,
             _ => Action::Drop,
         }
     }
@@ -590,6 +599,17 @@ pub enum LinkError {
     /// A QR image at the requested scale would exceed `MAX_QR_PIXELS` pixels.
     #[error("the QR image would be too large")]
     ImageTooLarge,
+    /// This pairing code already answered a hello: a code answers one only, so a relay that
+    /// injects hellos gets no second guess at it. Ask the user for a new code.
+    #[error("this pairing code already answered a hello")]
+    CodeAlreadyUsed,
+    /// More pairing codes answered hellos within one code lifetime than a primary remembers:
+    /// wait for the oldest to expire.
+    #[error("too many pairing attempts at once")]
+    TooManyPairingAttempts,
+    /// Only a primary answers pairing hellos.
+    #[error("only a primary answers pairing hellos")]
+    NotPrimary,
     /// The store failed; nothing was committed, so the call can be retried as
     /// [`StoreError::action`] says.
     #[error(transparent)]
@@ -603,7 +623,8 @@ impl LinkError {
     pub fn action(&self) -> Action {
         match self {
             Self::Store(error) => error.action(),
-            Self::ConfirmationFailed => Action::AskUser,
+            Self::ConfirmationFailed | Self::CodeAlreadyUsed => Action::AskUser,
+            Self::TooManyPairingAttempts => Action::RetryLater,
             Self::DeviceList(error) => error.action(),
             _ => Action::Drop,
         }

@@ -23,17 +23,7 @@ use crate::prekeys::PrekeyBundle;
 use crate::session::message::MessageKind;
 use crate::wire::{Codec, Reader};
 
-/// Payloads up to this size travel inside each envelope; larger ones in one shared body.
-///
-/// Below it, encrypting the payload per device costs less than the extra body digest and
-/// decryption on every receiver.
-pub const INLINE_THRESHOLD: usize = 512;
-
-/// Most recipient accounts one fan-out may address (a group conversation).
-pub const MAX_FANOUT_ACCOUNTS: usize = 64;
-
-/// Largest payload a fan-out accepts (bodies are held in memory; use blobs for more).
-pub const MAX_FANOUT_PAYLOAD: usize = 64 * 1024 * 1024;
+use crate::consts::{INLINE_THRESHOLD, MAX_FANOUT_ACCOUNTS, MAX_FANOUT_PAYLOAD};
 
 const CONTENT_INLINE: u8 = 0x01;
 const CONTENT_BODY: u8 = 0x02;
@@ -353,9 +343,7 @@ impl Device {
         for account in accounts {
             let Some(known) = self.accounts.get(account) else { continue };
             let current = self.companions_current(known);
-            // The own list is never fetched: a primary signs it, and a companion whose own list
-            // is stale is signed out and sends nothing.
-            if !current && *account != self.address.account {
+            if !current {
                 lists_needed.push(*account);
             }
             for device in known.list.devices() {
@@ -380,10 +368,11 @@ impl Device {
     }
 
     /// Encrypts `plaintext` as a message of `kind` for the device at `address`, which
-    /// [`Device::authorize`] admitted, on a session under the identity its verified list names:
-    /// a held session under another identity is discarded first, and a missing one is set up from
-    /// a bundle in `bundles` that carries the listed identity and verifies. One lookup of the
-    /// list and one of the session per device: this is the fan-out's hot path.
+    /// [`Device::authorize`] admitted, on a session under the identity its verified list names.
+    /// A held session under another identity is never used: as when none is held, a new one is
+    /// set up from a bundle in `bundles` that carries the listed identity and verifies, and only
+    /// then replaces the held record. One lookup of the list and one of the session per device:
+    /// this is the fan-out's hot path.
     pub(crate) fn seal_authorized(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
@@ -399,15 +388,14 @@ impl Device {
             .map(AuthorizedDevice::identity)
             .ok_or(FanoutSkip::StaleList)?;
         let own = self.identity.public();
-        if let Some(record) = self.sessions.get_mut(&address) {
-            if &record.remote_identity == listed {
-                if let Some(session) = record.active_mut() {
-                    return seal_message(rng, session, kind, self.address, address, own, plaintext)
-                        .map_err(FanoutSkip::Session);
-                }
-            } else {
-                self.sessions.remove(&address);
-            }
+        // A session under another identity is never used; it is replaced only once a bundle
+        // under the listed identity has set up a new one, so a refusal changes nothing.
+        if let Some(record) = self.sessions.get_mut(&address)
+            && &record.remote_identity == listed
+            && let Some(session) = record.active_mut()
+        {
+            return seal_message(rng, session, kind, self.address, address, own, plaintext)
+                .map_err(FanoutSkip::Session);
         }
         let bundle =
             bundles.iter().find(|b| b.address == address).ok_or(FanoutSkip::MissingBundle)?;

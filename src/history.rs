@@ -24,13 +24,7 @@ use crate::prekeys::PrekeyBundle;
 use crate::session::message::MessageKind;
 use crate::wiping::reserve_wiping;
 
-/// How long after its link a companion accepts history: long enough for a large history to
-/// upload over a slow network, short enough that a later compromise of the primary's session
-/// cannot push fabricated history into an established companion.
-pub const HISTORY_WINDOW_SECS: u64 = 24 * 60 * 60;
-
-/// Largest single history record.
-pub const MAX_HISTORY_RECORD: usize = 16 * 1024 * 1024;
+use crate::consts::{HISTORY_WINDOW_SECS, MAX_HISTORY_RECORD};
 
 /// The media type of history blobs.
 pub const HISTORY_MEDIA_TYPE: &str = "application/x-multidevice-history";

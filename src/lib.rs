@@ -89,6 +89,8 @@ mod wiping;
 mod wire;
 
 pub use account::{AccountStatus, CompanionApproval, ListUpdate, PendingIdentityChange};
+pub use consts::{HISTORY_WINDOW_SECS, MAX_HISTORY_RECORD};
+pub use consts::{INLINE_THRESHOLD, MAX_FANOUT_ACCOUNTS, MAX_FANOUT_PAYLOAD};
 pub use device::{Device, SessionInfo};
 pub use device_list::{
     AuthorizedDevice, DeviceListEntry, LinkingMetadata, LogoutRequest, SignedDeviceIdentity,
@@ -98,13 +100,8 @@ pub use error::{
     Action, BlobError, DecodeError, DeviceListError, FanoutError, HistoryError, KeyError,
     LinkError, ReceiveError, SessionError, SignatureKind,
 };
-pub use fanout::{
-    Conversation, Envelope, FanoutMessage, FanoutSkip, INLINE_THRESHOLD, MAX_FANOUT_ACCOUNTS,
-    MAX_FANOUT_PAYLOAD,
-};
-pub use history::{
-    HISTORY_MEDIA_TYPE, HISTORY_WINDOW_SECS, MAX_HISTORY_RECORD, build_history, import_history,
-};
+pub use fanout::{Conversation, Envelope, FanoutMessage, FanoutSkip};
+pub use history::{HISTORY_MEDIA_TYPE, build_history, import_history};
 pub use keys::{AccountId, DeviceAddress, DeviceId, Fingerprint, PublicIdentity, Timestamp};
 pub use linking::pairing::{CompanionPairing, PrimaryPairing};
 pub use linking::pairing_code::{PAIRING_CODE_LEN, PairingCode, PairingCodeError};

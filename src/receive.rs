@@ -12,12 +12,12 @@ use core::fmt;
 
 use zeroize::Zeroizing;
 
-use crate::account::{Refusal, Role};
+use crate::account::Refusal;
 use crate::blob::BlobDescriptor;
+use crate::consts::HISTORY_WINDOW_SECS;
 use crate::device::Device;
 use crate::error::ReceiveError;
 use crate::fanout::{Content, Conversation, Inner, open_body};
-use crate::history::HISTORY_WINDOW_SECS;
 use crate::keys::{DeviceAddress, DeviceId, Timestamp};
 use crate::session::SessionMessage;
 use crate::session::message::MessageKind;
@@ -160,7 +160,12 @@ impl Device {
                 if sender != DeviceAddress::new(own, DeviceId::PRIMARY) {
                     return Err(ReceiveError::HistoryNotFromPrimary(sender));
                 }
-                let linked_at = self.own_link_time().ok_or(ReceiveError::NotLinkedCompanion)?;
+                // The window opens when linking finishes, so history that arrives before the
+                // list naming this companion waits (retry later) without losing time.
+                let linked_at = self
+                    .own_link_time()
+                    .map_err(|()| ReceiveError::NotLinkedCompanion)?
+                    .ok_or(ReceiveError::Session(crate::error::SessionError::NotLinked))?;
                 if self.clock.secs_since(linked_at) > HISTORY_WINDOW_SECS {
                     return Err(ReceiveError::HistoryWindowClosed);
                 }
@@ -175,9 +180,9 @@ impl Device {
     /// announced before at that version) is equivocation. A newer version is remembered (a
     /// latch, kept even when the message is refused): until a list of at least that version is
     /// processed, the account's companions are stale. A companion's message announcing it is
-    /// refused until then; the primary's is accepted, and since the primary signs every list,
-    /// its announcement also forgets any announced above it. A primary takes no announcement
-    /// about its own account but the equivocation check: it signs that list itself.
+    /// refused until then; the primary's is accepted. This holds for the own account too: a
+    /// primary told of a newer own list than it holds was restored from a backup and must
+    /// fetch it before it signs again.
     fn note_announcement(
         &mut self,
         sender: DeviceAddress,
@@ -185,7 +190,6 @@ impl Device {
         digest: [u8; 32],
     ) -> Result<(), ReceiveError> {
         let account = sender.account;
-        let own_signed = matches!(self.role, Role::Primary(_)) && account == self.address.account;
         let Some(known) = self.accounts.get_mut(&account) else {
             return Ok(());
         };
@@ -200,14 +204,10 @@ impl Device {
                 Err(ReceiveError::Equivocation { account, version })
             };
         }
-        if own_signed {
-            return Ok(());
-        }
-        let by_primary = sender.device.is_primary();
         known
-            .announce(version, digest, by_primary)
+            .announce(version, digest, sender.device)
             .map_err(|version| ReceiveError::Equivocation { account, version })?;
-        if by_primary {
+        if sender.device.is_primary() {
             Ok(())
         } else {
             Err(ReceiveError::StaleList { account, announced: known.highest_announced() })

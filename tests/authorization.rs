@@ -414,7 +414,7 @@ fn a_companion_that_never_gets_a_list_is_not_linked_and_does_nothing() {
     let mut server = Server::default();
     let (mut carol, bob) = carol_and_bob(&mut rng, &mut server);
     let mut companion = Device::new(&mut rng, addr(1, 99), T0);
-    let mut offer = QrLinkOffer::new(&mut rng, &companion, T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut companion, T0);
     let (mut approval, message) =
         QrLinkApproval::approve(&mut carol.devices[0], &offer.qr_text(), T0).unwrap();
     let confirmation = offer.accept_approval(&mut companion, &message, T0).unwrap();
@@ -618,11 +618,11 @@ fn a_pairing_code_answers_one_hello_so_injected_hellos_get_no_extra_guesses() {
     let mut rng = rng(15);
     let mut server = Server::default();
     let mut carol = account(&mut rng, &mut server, 1, 0, T0);
-    let tablet = Device::new(&mut rng, addr(1, 99), T0);
-    let (mut attempt, genuine_hello) = CompanionPairing::start(&mut rng, &tablet, T0);
+    let mut tablet = Device::new(&mut rng, addr(1, 99), T0);
+    let (mut attempt, genuine_hello) = CompanionPairing::start(&mut rng, &mut tablet, T0);
     // The relay injects its own hello first; the user's typed code answers that one only.
-    let relay = Device::new(&mut rng, addr(1, 98), T0);
-    let (_relay_attempt, injected) = CompanionPairing::start(&mut rng, &relay, T0);
+    let mut relay = Device::new(&mut rng, addr(1, 98), T0);
+    let (_relay_attempt, injected) = CompanionPairing::start(&mut rng, &mut relay, T0);
     let typed = PairingCode::parse(&attempt.code().to_string()).unwrap();
     let (_wasted, _response) =
         PrimaryPairing::respond(&mut rng, &mut carol.devices[0], &injected, typed, T0).unwrap();
@@ -644,14 +644,14 @@ fn abandoned_approvals_consume_no_device_ids() {
     let mut now = T0;
     // Ten offers approved and abandoned, each left to expire.
     for _ in 0..10 {
-        let stranger = Device::new(&mut rng, addr(1, 99), now);
-        let offer = QrLinkOffer::new(&mut rng, &stranger, now);
+        let mut stranger = Device::new(&mut rng, addr(1, 99), now);
+        let offer = QrLinkOffer::new(&mut rng, &mut stranger, now);
         let (_approval, _message) =
             QrLinkApproval::approve(&mut carol.devices[0], &offer.qr_text(), now).unwrap();
         now = now.plus_secs(APPROVAL_LIFETIME_SECS + 1);
     }
     let mut companion = Device::new(&mut rng, addr(1, 99), now);
-    let mut offer = QrLinkOffer::new(&mut rng, &companion, now);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut companion, now);
     let (mut approval, message) =
         QrLinkApproval::approve(&mut carol.devices[0], &offer.qr_text(), now).unwrap();
     let confirmation = offer.accept_approval(&mut companion, &message, now).unwrap();
@@ -781,7 +781,7 @@ fn a_forged_list_fed_to_a_companion_before_it_links_does_not_wedge_the_link() {
     let forger = Device::new(&mut rng, addr(1, 0), T0);
     let forged = forger.device_list(AccountId(1)).unwrap().signed_bytes().to_vec();
     companion.process_device_list(&forged, T0).unwrap();
-    let mut offer = QrLinkOffer::new(&mut rng, &companion, T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut companion, T0);
     let (mut approval, message) =
         QrLinkApproval::approve(&mut carol.devices[0], &offer.qr_text(), T0).unwrap();
     let confirmation = offer.accept_approval(&mut companion, &message, T0).unwrap();

@@ -257,7 +257,7 @@ fn every_call_taking_now_raises_the_clock_even_when_it_fails() {
     }
     // A finished QR approval, finished again later.
     let mut companion = Device::new(&mut rng, addr(1, 99), day(3));
-    let mut offer = QrLinkOffer::new(&mut rng, &companion, day(3));
+    let mut offer = QrLinkOffer::new(&mut rng, &mut companion, day(3));
     let (mut approval, msg) =
         QrLinkApproval::approve(&mut carol.devices[0], &offer.qr_text(), day(3)).unwrap();
     let confirmation = offer.accept_approval(&mut companion, &msg, day(3)).unwrap();
@@ -269,13 +269,14 @@ fn every_call_taking_now_raises_the_clock_even_when_it_fails() {
     assert!(lagging.is_empty(), "clock mark not raised on failure by: {lagging:?}");
 }
 
-/// A primary restored from a backup (own list v2) hears from its companion, which holds v3. A
-/// primary signs every list of its own account, so it takes no announcement about it (a lying
-/// companion could otherwise latch it stale for good): it keeps reading and reaching its
-/// companion, and it recovers its newest own list by processing it from the server, after which
-/// it signs v4, not a second v3.
+/// A primary restored from a backup (own list v2) hears from its companion, which holds v3.
+/// It takes the announcement like any peer: the companion's message waits until it holds v3,
+/// the app is told to fetch the own list, and nothing is signed meanwhile (a second v3 would
+/// fork the account). A lying companion cannot lock it out for good: removing the announcer is
+/// never blocked (tests/attack_review.rs). Once it processes v3 from the server, it reads the
+/// message and signs v4.
 #[test]
-fn a_restored_primary_is_not_latched_by_its_companions_and_recovers_its_own_list() {
+fn a_restored_primary_is_latched_by_its_companions_and_recovers_its_own_list() {
     let mut rng = rng(108);
     let mut server = Server::default();
     let mut carol = account(&mut rng, &mut server, 1, 1, T0);
@@ -290,13 +291,19 @@ fn a_restored_primary_is_not_latched_by_its_companions_and_recovers_its_own_list
         .encrypt_fanout(&mut rng, &[AccountId(1)], &server.bundles(&[AccountId(1)]), b"own", T0)
         .unwrap();
     let wire = envelope_for(&sent, carol.devices[0].address()).unwrap();
+    assert_eq!(
+        read(&mut carol.devices[0], &wire, T0).unwrap_err(),
+        ReceiveError::StaleList { account: AccountId(1), announced: Some(3) }
+    );
+    assert_eq!(carol.devices[0].lists_to_fetch(), vec![(AccountId(1), Some(3))]);
+    assert!(carol.devices[0].refresh_device_list(T0.plus_secs(6)).is_err());
+    carol.devices[0].process_device_list(&server.newest(AccountId(1)), T0).unwrap();
     assert_eq!(read(&mut carol.devices[0], &wire, T0).unwrap(), b"own");
     let out = carol.devices[0]
         .encrypt_fanout(&mut rng, &[AccountId(1)], &server.bundles(&[AccountId(1)]), b"x", T0)
         .unwrap();
     assert_eq!(recipients(&out), vec![companion]);
     assert!(carol.devices[0].lists_to_fetch().is_empty());
-    carol.devices[0].process_device_list(&server.newest(AccountId(1)), T0).unwrap();
     assert_eq!(carol.devices[0].refresh_device_list(T0.plus_secs(9)).unwrap().version(), 4);
 }
 
@@ -748,7 +755,7 @@ fn a_companion_is_not_linked_by_a_list_naming_another_identity_at_its_address() 
     let mut server = Server::default();
     let mut carol = account(&mut rng, &mut server, 1, 0, T0);
     let mut companion = Device::new(&mut rng, addr(1, 99), T0);
-    let mut offer = QrLinkOffer::new(&mut rng, &companion, T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut companion, T0);
     let (_approval, message_bytes) =
         QrLinkApproval::approve(&mut carol.devices[0], &offer.qr_text(), T0).unwrap();
     offer.accept_approval(&mut companion, &message_bytes, T0).unwrap();

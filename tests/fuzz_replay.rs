@@ -444,7 +444,7 @@ fn generate_account_corpus() {
     let mut primary = Device::new(&mut rng, fuzzing::address(1, 0), fuzzing::NOW);
     primary.refresh_device_list(fuzzing::NOW).unwrap();
     let mut companion = Device::new(&mut rng, fuzzing::address(1, 99), fuzzing::NOW);
-    let mut offer = QrLinkOffer::new(&mut rng, &companion, fuzzing::NOW);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut companion, fuzzing::NOW);
     write_seed("qr_text", "genuine", offer.qr_text().as_bytes());
     write_seed("qr_text", "wrong-prefix", b"MULTIDEVICE://LINK/2/AAAA");
     let (mut approval, message) =
@@ -459,8 +459,8 @@ fn generate_account_corpus() {
         &companion.logout_request(fuzzing::NOW).unwrap().to_bytes(),
     );
 
-    let tablet = Device::new(&mut rng, fuzzing::address(1, 98), fuzzing::NOW);
-    let (attempt, hello) = CompanionPairing::start(&mut rng, &tablet, fuzzing::NOW);
+    let mut tablet = Device::new(&mut rng, fuzzing::address(1, 98), fuzzing::NOW);
+    let (attempt, hello) = CompanionPairing::start(&mut rng, &mut tablet, fuzzing::NOW);
     write_seed("pairing_messages", "hello", &hello);
     let code = PairingCode::parse(std::str::from_utf8(attempt.code().as_password_bytes()).unwrap())
         .unwrap();

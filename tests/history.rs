@@ -19,7 +19,7 @@ fn linked(rng: &mut StdRng) -> (Device, Device) {
     let mut primary = Device::new(rng, addr(1, 0), T0);
     primary.refresh_device_list(T0).unwrap();
     let mut companion = Device::new(rng, addr(1, 99), T0);
-    let mut offer = QrLinkOffer::new(rng, &companion, T0);
+    let mut offer = QrLinkOffer::new(rng, &mut companion, T0);
     let (mut approval, message) =
         QrLinkApproval::approve(&mut primary, &offer.qr_text(), T0).unwrap();
     let confirmation = offer.accept_approval(&mut companion, &message, T0).unwrap();
@@ -106,7 +106,7 @@ fn history_from_a_companion_of_the_own_account_is_rejected() {
     let (mut primary, mut new_companion) = linked(&mut rng);
     // A second companion, listed and then removed, tries to push history to the new one.
     let mut other = Device::new(&mut rng, addr(1, 99), T0);
-    let mut offer = QrLinkOffer::new(&mut rng, &other, T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut other, T0);
     let (mut approval, message) =
         QrLinkApproval::approve(&mut primary, &offer.qr_text(), T0).unwrap();
     let confirmation = offer.accept_approval(&mut other, &message, T0).unwrap();

@@ -36,7 +36,7 @@ fn qr_flow_links_a_companion_that_then_works_with_the_primary_offline() {
     let mut rng = rng(1);
     let mut primary = primary(&mut rng);
     let mut phone = companion(&mut rng);
-    let text = QrLinkOffer::new(&mut rng, &phone, T0).qr_text();
+    let text = QrLinkOffer::new(&mut rng, &mut phone, T0).qr_text();
     assert!(text.starts_with(QR_PREFIX));
     let list = link_by_qr(&mut rng, &mut primary, &mut phone);
     assert_eq!(phone.account_status(T0), AccountStatus::Active);
@@ -61,7 +61,7 @@ fn pairing_code_flow_links_a_companion() {
     let mut rng = rng(2);
     let mut primary = primary(&mut rng);
     let mut tablet = companion(&mut rng);
-    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
+    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &mut tablet, T0);
     let typed = PairingCode::parse(&attempt.code().to_string().to_lowercase()).unwrap();
     let (mut pairing, response) =
         PrimaryPairing::respond(&mut rng, &mut primary, &hello, typed, T0).unwrap();
@@ -80,7 +80,7 @@ fn expired_offer_is_rejected_on_both_sides() {
     let mut rng = rng(3);
     let mut primary = primary(&mut rng);
     let mut phone = companion(&mut rng);
-    let mut offer = QrLinkOffer::new(&mut rng, &phone, T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut phone, T0);
     let late = T0.plus_secs(QR_OFFER_LIFETIME_SECS + 1);
     // At the limit it still works (on a copy of the primary).
     let at_limit = T0.plus_secs(QR_OFFER_LIFETIME_SECS);
@@ -117,7 +117,7 @@ fn replayed_offer_and_second_approval_are_rejected() {
     let mut rng = rng(4);
     let mut primary = primary(&mut rng);
     let mut phone = companion(&mut rng);
-    let mut offer = QrLinkOffer::new(&mut rng, &phone, T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut phone, T0);
     let text = offer.qr_text();
     let (mut approval, message) = QrLinkApproval::approve(&mut primary, &text, T0).unwrap();
     let before = snapshot(&primary);
@@ -138,8 +138,8 @@ fn replayed_offer_and_second_approval_are_rejected() {
 fn any_modified_character_of_the_qr_text_is_rejected() {
     let mut rng = rng(5);
     let mut primary = primary(&mut rng);
-    let phone = companion(&mut rng);
-    let text = QrLinkOffer::new(&mut rng, &phone, T0).qr_text().to_string();
+    let mut phone = companion(&mut rng);
+    let text = QrLinkOffer::new(&mut rng, &mut phone, T0).qr_text().to_string();
     let before = snapshot(&primary);
     for i in 0..text.len() {
         let mut bytes = text.clone().into_bytes();
@@ -157,7 +157,7 @@ fn any_modified_byte_of_an_approval_or_confirmation_is_rejected() {
     let mut rng = rng(6);
     let mut primary = primary(&mut rng);
     let mut phone = companion(&mut rng);
-    let mut offer = QrLinkOffer::new(&mut rng, &phone, T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut phone, T0);
     let (mut approval, message) =
         QrLinkApproval::approve(&mut primary, &offer.qr_text(), T0).unwrap();
     let before = snapshot(&phone);
@@ -186,10 +186,10 @@ fn wrong_link_mac_and_substituted_keys_are_rejected() {
     let mut rng = rng(7);
     let mut primary = primary(&mut rng);
     let mut phone = companion(&mut rng);
-    let mut offer = QrLinkOffer::new(&mut rng, &phone, T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut phone, T0);
     // The relay's own primary approves a different offer and forwards that approval: wrong MAC.
     let mut relay_primary = Device::new(&mut rng, addr(1, 0), T0);
-    let relay_offer = QrLinkOffer::new(&mut rng, &phone, T0);
+    let relay_offer = QrLinkOffer::new(&mut rng, &mut phone, T0);
     let (_r, forged) =
         QrLinkApproval::approve(&mut relay_primary, &relay_offer.qr_text(), T0).unwrap();
     let before = snapshot(&phone);
@@ -199,7 +199,7 @@ fn wrong_link_mac_and_substituted_keys_are_rejected() {
     let (mut approval, message) =
         QrLinkApproval::approve(&mut primary, &offer.qr_text(), T0).unwrap();
     let mut relay_companion = companion(&mut rng);
-    let mut relay_side_offer = QrLinkOffer::new(&mut rng, &relay_companion, T0);
+    let mut relay_side_offer = QrLinkOffer::new(&mut rng, &mut relay_companion, T0);
     let (_x, relay_message) =
         QrLinkApproval::approve(&mut relay_primary, &relay_side_offer.qr_text(), T0).unwrap();
     let relay_confirmation =
@@ -218,8 +218,8 @@ fn wrong_link_mac_and_substituted_keys_are_rejected() {
 fn wrong_pairing_code_aborts_the_attempt() {
     let mut rng = rng(8);
     let mut primary = primary(&mut rng);
-    let tablet = companion(&mut rng);
-    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
+    let mut tablet = companion(&mut rng);
+    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &mut tablet, T0);
     let mut wrong = PairingCode::generate(&mut rng);
     while wrong == *attempt.code() {
         wrong = PairingCode::generate(&mut rng);
@@ -247,8 +247,8 @@ fn wrong_pairing_code_aborts_the_attempt() {
 fn expired_pairing_code_is_refused() {
     let mut rng = rng(9);
     let mut primary = primary(&mut rng);
-    let tablet = companion(&mut rng);
-    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
+    let mut tablet = companion(&mut rng);
+    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &mut tablet, T0);
     let code = PairingCode::parse(&attempt.code().to_string()).unwrap();
     let (_pairing, response) =
         PrimaryPairing::respond(&mut rng, &mut primary, &hello, code, T0).unwrap();
@@ -262,7 +262,7 @@ fn reused_pairing_code_does_not_link_again() {
     let mut rng = rng(10);
     let mut primary = primary(&mut rng);
     let mut tablet = companion(&mut rng);
-    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
+    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &mut tablet, T0);
     let code = PairingCode::parse(&attempt.code().to_string()).unwrap();
     let (mut pairing, response) =
         PrimaryPairing::respond(&mut rng, &mut primary, &hello, code, T0).unwrap();
@@ -270,12 +270,15 @@ fn reused_pairing_code_does_not_link_again() {
     let approval = pairing.handle_confirm(&mut primary, &confirm, T0).unwrap();
     let confirmation = attempt.accept_approval(&mut tablet, &approval, T0).unwrap();
     pairing.finish(&mut primary, &confirmation, T0).unwrap();
-    // The relay replays the hello and the user types the code again: the companion's attempt is
-    // finished.
+    // The relay replays the hello and the user types the code again: the primary answers no
+    // second hello with a code, and the companion's attempt is finished.
     let again = PairingCode::parse(&attempt.code().to_string()).unwrap();
-    let (_again, response2) =
-        PrimaryPairing::respond(&mut rng, &mut primary, &hello, again, T0).unwrap();
-    assert_eq!(attempt.handle_response(&response2, T0).unwrap_err(), LinkError::NotActive);
+    let before = snapshot(&primary);
+    let refused = PrimaryPairing::respond(&mut rng, &mut primary, &hello, again, T0).unwrap_err();
+    assert_eq!(refused, LinkError::CodeAlreadyUsed);
+    assert_eq!(refused.action(), multidevice::Action::AskUser);
+    assert_eq!(snapshot(&primary), before);
+    assert_eq!(attempt.handle_response(&response, T0).unwrap_err(), LinkError::NotActive);
     assert_eq!(
         attempt.accept_approval(&mut tablet, &approval, T0).unwrap_err(),
         LinkError::NotActive
@@ -286,19 +289,20 @@ fn reused_pairing_code_does_not_link_again() {
 fn man_in_the_middle_on_the_pake_is_detected() {
     let mut rng = rng(11);
     let mut primary = primary(&mut rng);
-    let tablet = companion(&mut rng);
+    let mut tablet = companion(&mut rng);
     let mut relay = companion(&mut rng);
-    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
+    let mut relay_primary = self::primary(&mut rng);
+    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &mut tablet, T0);
     // The relay answers the companion itself, guessing a code.
     let guess = PairingCode::generate(&mut rng);
     let (_relay_side, relay_response) =
-        PrimaryPairing::respond(&mut rng, &mut relay, &hello, guess, T0).unwrap();
+        PrimaryPairing::respond(&mut rng, &mut relay_primary, &hello, guess, T0).unwrap();
     assert_eq!(
         attempt.handle_response(&relay_response, T0).unwrap_err(),
         LinkError::ConfirmationFailed
     );
     // The relay starts its own attempt towards the primary, which the user's code does not fit.
-    let (mut relay_attempt, relay_hello) = CompanionPairing::start(&mut rng, &relay, T0);
+    let (mut relay_attempt, relay_hello) = CompanionPairing::start(&mut rng, &mut relay, T0);
     let typed = PairingCode::parse(&attempt.code().to_string()).unwrap();
     let (_p, response) =
         PrimaryPairing::respond(&mut rng, &mut primary, &relay_hello, typed, T0).unwrap();
@@ -307,7 +311,7 @@ fn man_in_the_middle_on_the_pake_is_detected() {
         LinkError::ConfirmationFailed
     );
     // Swapping the share inside a genuine response breaks the confirmation too.
-    let (mut attempt2, hello2) = CompanionPairing::start(&mut rng, &tablet, T0);
+    let (mut attempt2, hello2) = CompanionPairing::start(&mut rng, &mut tablet, T0);
     let code2 = PairingCode::parse(&attempt2.code().to_string()).unwrap();
     let (_p2, mut response2) =
         PrimaryPairing::respond(&mut rng, &mut primary, &hello2, code2, T0).unwrap();
@@ -323,9 +327,9 @@ fn fifth_companion_is_refused_before_anything_is_signed() {
         let mut c = companion(&mut rng);
         link_by_qr(&mut rng, &mut primary, &mut c);
     }
-    let fifth = companion(&mut rng);
+    let mut fifth = companion(&mut rng);
     let before = snapshot(&primary);
-    let offer = QrLinkOffer::new(&mut rng, &fifth, T0);
+    let offer = QrLinkOffer::new(&mut rng, &mut fifth, T0);
     assert_eq!(
         QrLinkApproval::approve(&mut primary, &offer.qr_text(), T0).unwrap_err(),
         LinkError::DeviceList(DeviceListError::CompanionLimit { limit: MAX_COMPANIONS })
@@ -339,8 +343,8 @@ fn simultaneous_second_link_attempt() {
     let mut primary = primary(&mut rng);
     let mut a = companion(&mut rng);
     let mut b = companion(&mut rng);
-    let mut offer_a = QrLinkOffer::new(&mut rng, &a, T0);
-    let mut offer_b = QrLinkOffer::new(&mut rng, &b, T0);
+    let mut offer_a = QrLinkOffer::new(&mut rng, &mut a, T0);
+    let mut offer_b = QrLinkOffer::new(&mut rng, &mut b, T0);
     let (mut approval_a, message_a) =
         QrLinkApproval::approve(&mut primary, &offer_a.qr_text(), T0).unwrap();
     let (mut approval_b, message_b) =
@@ -366,7 +370,7 @@ fn simultaneous_second_link_attempt() {
     assert_eq!(a.account_status(T0), AccountStatus::Active);
     // A second primary approving an already linked companion's new offer cannot link it twice.
     let mut other_primary = Device::new(&mut rng, addr(5, 0), T0);
-    let mut offer = QrLinkOffer::new(&mut rng, &a, T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut a, T0);
     let (_o, message) = QrLinkApproval::approve(&mut other_primary, &offer.qr_text(), T0).unwrap();
     let error = offer.accept_approval(&mut a, &message, T0).unwrap_err();
     assert_eq!(error, LinkError::DeviceList(DeviceListError::AlreadyLinked));
@@ -378,7 +382,7 @@ fn qr_flow_completes_from_real_qr_pixels() {
     let mut rng = rng(14);
     let mut primary = primary(&mut rng);
     let mut phone = companion(&mut rng);
-    let mut offer = QrLinkOffer::new(&mut rng, &phone, T0);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut phone, T0);
     let image = multidevice::render_pixels(&offer.qr_text(), 4).unwrap();
     assert!(!multidevice::render_terminal(&offer.qr_text()).unwrap().is_empty());
     let mut prepared =
@@ -399,7 +403,7 @@ fn pairing_code_works_at_its_lifetime_limit() {
     let mut rng = rng(15);
     let mut primary = primary(&mut rng);
     let mut tablet = companion(&mut rng);
-    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &tablet, T0);
+    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &mut tablet, T0);
     let code = PairingCode::parse(&attempt.code().to_string()).unwrap();
     let at_limit = T0.plus_secs(PAIRING_CODE_LIFETIME_SECS);
     let (mut pairing, response) =

@@ -170,14 +170,15 @@ impl core::fmt::Debug for CompanionPairing {
 }
 
 impl CompanionPairing {
-    /// Starts an attempt: a fresh code to display (valid for 180 s from `now`, or from the
-    /// companion's clock high-water mark if later) and the hello to send.
+    /// Starts an attempt: a fresh code to display (valid for 180 s from the companion's clock
+    /// high-water mark, which `now` raises first) and the hello to send.
     pub fn start(
         rng: &mut (impl CryptoRng + ?Sized),
-        companion: &Device,
+        companion: &mut Device,
         now: Timestamp,
     ) -> (Self, Vec<u8>) {
-        let now = now.max(companion.clock());
+        companion.observe(now);
+        let now = companion.clock();
         let code = PairingCode::generate(rng);
         let mut sid = [0u8; 16];
         rng.fill_bytes(&mut sid);
@@ -332,10 +333,13 @@ impl PrimaryPairing {
         primary.observe(now);
         let now = primary.clock();
         let Hello { sid, share, identity: companion } = Hello::decode(hello)?;
+        // A refused hello (malformed above, or a bad share below) spends no code; one that
+        // gets an answer spends it for good, whether or not the attempt then succeeds.
         let own = primary.public_identity().to_bytes();
         let (step, own_share) =
             CpaceStep::start(rng, code.as_password_bytes(), label::CPACE_CHANNEL, &sid, &own);
         let isk = step.finish_responder(&share, &companion.to_bytes()).map_err(share_error)?;
+        primary.answer_pairing_code(code.as_password_bytes())?;
         let keys = derive(isk.as_bytes(), &sid);
         let mut response = Response {
             sid,

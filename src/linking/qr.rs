@@ -22,8 +22,6 @@ use crate::wire::{Codec, Reader};
 /// The URI prefix of every link QR code, with the format version.
 pub const QR_PREFIX: &str = "MULTIDEVICE://LINK/1/";
 const CHECKSUM_LEN: usize = 4;
-/// Tolerated clock difference when the primary checks an offer's expiry.
-const CLOCK_SKEW_SECS: u64 = 30;
 
 /// Companion side of a QR link: the offer it displays and what it needs to finish.
 pub struct QrLinkOffer {
@@ -42,10 +40,15 @@ impl core::fmt::Debug for QrLinkOffer {
 }
 
 impl QrLinkOffer {
-    /// A fresh offer for `companion`, valid for [`QR_OFFER_LIFETIME_SECS`] from `now` (or from
-    /// the companion's clock high-water mark, if later).
-    pub fn new(rng: &mut (impl CryptoRng + ?Sized), companion: &Device, now: Timestamp) -> Self {
-        Self::fresh(rng, companion.public_identity().clone(), now.max(companion.clock()))
+    /// A fresh offer for `companion`, valid for [`QR_OFFER_LIFETIME_SECS`] from its clock
+    /// high-water mark, which `now` raises first.
+    pub fn new(
+        rng: &mut (impl CryptoRng + ?Sized),
+        companion: &mut Device,
+        now: Timestamp,
+    ) -> Self {
+        companion.observe(now);
+        Self::fresh(rng, companion.public_identity().clone(), companion.clock())
     }
 
     fn fresh(
@@ -198,7 +201,8 @@ impl QrLinkApproval {
         let now = primary.clock();
         let offer = parse_qr(qr_text)?;
         if now > offer.expires
-            || offer.expires > now.plus_secs(QR_OFFER_LIFETIME_SECS + CLOCK_SKEW_SECS)
+            || offer.expires
+                > now.plus_secs(QR_OFFER_LIFETIME_SECS + crate::consts::QR_CLOCK_SKEW_SECS)
         {
             return Err(LinkError::Expired);
         }

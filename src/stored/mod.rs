@@ -368,7 +368,7 @@ impl<S: Store> StoredDevice<S> {
 
     /// Companion: see [`Device::logout_request`].
     pub fn logout_request(&mut self, now: Timestamp) -> Result<LogoutRequest, DeviceListError> {
-        self.read(&Scope::own(), |device| device.logout_request(now))?
+        self.run(&Scope::own(), |device, _| device.logout_request(now))
     }
 
     // ---------------------------------------------------------------------------------------

@@ -1007,7 +1007,7 @@ pub(crate) fn link_messages(data: &[u8]) {
     let waiting = Device::new(&mut rng, address(1, 98), NOW);
     let waiting_bytes = waiting.to_bytes().to_vec();
     let mut waiting = restore(&waiting_bytes);
-    let mut offer = QrLinkOffer::new(&mut rng, &waiting, NOW);
+    let mut offer = QrLinkOffer::new(&mut rng, &mut waiting, NOW);
     if offer.accept_approval(&mut waiting, data, NOW).is_err() {
         assert_eq!(waiting.to_bytes().as_slice(), waiting_bytes.as_slice());
     }
@@ -1025,25 +1025,30 @@ fn copy_code(code: &PairingCode) -> PairingCode {
     PairingCode::parse(text).expect("a code's canonical form parses")
 }
 
-/// Arbitrary bytes as every pairing-code message, to both sides. Answering a hello never
-/// changes the primary's state, and a rejected confirmation leaves it unchanged.
+/// Arbitrary bytes as every pairing-code message, to both sides. A refused hello leaves the
+/// primary's state unchanged; an answered one changes it only by spending the code; a rejected
+/// confirmation leaves it unchanged.
 pub(crate) fn pairing_messages(data: &[u8]) {
     let mut rng = seeded(0x9a1);
     let fixture = account_fixture();
     let mut primary = restore(&fixture.primary);
-    let companion = Device::new(&mut rng, address(1, 97), NOW);
+    let mut companion = Device::new(&mut rng, address(1, 97), NOW);
     let code = PairingCode::generate(&mut rng);
-    let _ = PrimaryPairing::respond(&mut rng, &mut primary, data, code, NOW);
-    assert_eq!(primary.to_bytes().as_slice(), fixture.primary.as_slice(), "changed by respond");
-    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &companion, NOW);
+    if PrimaryPairing::respond(&mut rng, &mut primary, data, code, NOW).is_err() {
+        assert_eq!(primary.to_bytes().as_slice(), fixture.primary.as_slice(), "changed by respond");
+    }
+    let primary_before = primary.to_bytes();
+    let (mut attempt, hello) = CompanionPairing::start(&mut rng, &mut companion, NOW);
     let _ = attempt.handle_response(data, NOW);
     let code = copy_code(attempt.code());
-    if let Ok((mut pairing, _)) = PrimaryPairing::respond(&mut rng, &mut primary, &hello, code, NOW)
-    {
-        assert_eq!(primary.to_bytes().as_slice(), fixture.primary.as_slice());
-        if pairing.handle_confirm(&mut primary, data, NOW).is_err() {
-            assert_eq!(primary.to_bytes().as_slice(), fixture.primary.as_slice());
+    match PrimaryPairing::respond(&mut rng, &mut primary, &hello, code, NOW) {
+        Ok((mut pairing, _)) => {
+            let answered = primary.to_bytes();
+            if pairing.handle_confirm(&mut primary, data, NOW).is_err() {
+                assert_eq!(primary.to_bytes(), answered, "changed by a refused confirmation");
+            }
         }
+        Err(_) => assert_eq!(primary.to_bytes(), primary_before, "changed by a refused hello"),
     }
 }
 
@@ -1175,7 +1180,7 @@ pub(crate) fn account_events(data: &[u8]) {
                 let mut companion = Device::new(&mut rng, address(1, 99), now);
                 // It learns the peer's list at once; it is not linked before a list names it.
                 let _ = companion.process_device_list(&fixture.peer_list, now);
-                let mut offer = QrLinkOffer::new(&mut rng, &companion, now);
+                let mut offer = QrLinkOffer::new(&mut rng, &mut companion, now);
                 if let Ok((mut approval, message)) =
                     QrLinkApproval::approve(&mut primary, &offer.qr_text(), now)
                     && let Ok(confirmation) = offer.accept_approval(&mut companion, &message, now)
@@ -1216,7 +1221,8 @@ pub(crate) fn account_events(data: &[u8]) {
                 peer_sends(&mut rng, &mut peer, &mut primary, &mut companions, now)
             }
             AccountEvent::Logout(i) if !companions.is_empty() => {
-                let companion = &companions[usize::from(i) % companions.len()];
+                let count = companions.len();
+                let companion = &mut companions[usize::from(i) % count];
                 if let Ok(request) = companion.logout_request(now)
                     && let Ok(list) = primary.process_logout(&request.to_bytes(), now)
                 {

@@ -142,7 +142,7 @@ pub(crate) fn link(
     now: Timestamp,
 ) -> DeviceAddress {
     let mut companion = Device::new(rng, DeviceAddress::new(account.id(), DeviceId(99)), now);
-    let mut offer = QrLinkOffer::new(rng, &companion, now);
+    let mut offer = QrLinkOffer::new(rng, &mut companion, now);
     let (mut approval, message) =
         QrLinkApproval::approve(account.primary(), &offer.qr_text(), now).unwrap();
     let confirmation = offer.accept_approval(&mut companion, &message, now).unwrap();

@@ -272,7 +272,7 @@ pub(crate) fn qr_link() -> Vector {
     let mut primary = new_device(&mut v, &mut tape, "primary", addr(account, 0), T0, 0, false);
     let mut companion = new_device(&mut v, &mut tape, "companion", addr(account, 99), T0, 0, false);
     v.int(Kind::Input, "offer.created_at", T0, "the time the companion creates the offer");
-    let mut offer = QrLinkOffer::new(&mut tape, &companion.device, Timestamp(T0));
+    let mut offer = QrLinkOffer::new(&mut tape, &mut companion.device, Timestamp(T0));
     let draws = v.draws(
         &mut tape,
         &[
@@ -406,7 +406,8 @@ pub(crate) fn pairing_code() -> Vector {
     let mut primary = new_device(&mut v, &mut tape, "primary", addr(account, 0), T0, 0, false);
     let mut companion = new_device(&mut v, &mut tape, "companion", addr(account, 99), T0, 0, false);
     v.int(Kind::Input, "hello.time", T0, "the time the companion starts the attempt");
-    let (mut attempt, hello) = CompanionPairing::start(&mut tape, &companion.device, Timestamp(T0));
+    let (mut attempt, hello) =
+        CompanionPairing::start(&mut tape, &mut companion.device, Timestamp(T0));
     let draws = v.draws(&mut tape, &[
         ("code.entropy", 5, "40 bits the code is drawn from (big-endian, 5 bits per symbol, first symbol highest)"),
         ("hello.sid", 16, "CPace session identifier sid, also the attempt's reference"),

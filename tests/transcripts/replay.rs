@@ -166,7 +166,7 @@ pub(crate) fn qr_link(file: &File) {
     let mut primary = device(file, "primary", 0);
     let mut companion = device(file, "companion", 0);
     let mut rng = named(file, &["offer.reference", "offer.link_secret"]);
-    let mut offer = QrLinkOffer::new(&mut rng, &companion, time(file, "offer.created_at"));
+    let mut offer = QrLinkOffer::new(&mut rng, &mut companion, time(file, "offer.created_at"));
     rng.finish();
     let text = file.text("offer.qr_text");
     assert_eq!(offer.qr_text().as_str(), text);
@@ -194,7 +194,7 @@ pub(crate) fn pairing_code(file: &File) {
     let mut companion = device(file, "companion", 0);
     let mut rng = named(file, &["code.entropy", "hello.sid", "companion.cpace_scalar_bytes"]);
     let (mut attempt, hello) =
-        CompanionPairing::start(&mut rng, &companion, time(file, "hello.time"));
+        CompanionPairing::start(&mut rng, &mut companion, time(file, "hello.time"));
     rng.finish();
     assert_eq!(hello, file.hex("hello.bytes"));
     assert_eq!(attempt.code().to_string(), file.text("code.display"));
