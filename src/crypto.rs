@@ -16,8 +16,12 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{KeyError, SignatureKind};
 
-/// Signature labels. Each signed message is `label || 0x00 || body`; labels contain no zero byte,
-/// so no signature made under one label verifies under another.
+/// Every label of the protocol (docs/PROTOCOL.md section 1). Each signed, hashed or MAC'ed
+/// message is `label || 0x00 || body`; labels contain no zero byte, so no such message under one
+/// label is also one under another. The other uses take the label without a separator, each in
+/// a context of its own: HKDF infos (the label alone, or the X3DH label followed by the 32-byte
+/// associated data), the CPace channel identifier, and the fan-out body's AES-GCM associated
+/// data.
 pub(crate) mod label {
     pub(crate) const SIG_IDENTITY_AGREEMENT: &[u8] = b"multidevice/v1/sig/identity-agreement-key";
     pub(crate) const SIG_SIGNED_PREKEY: &[u8] = b"multidevice/v1/sig/signed-prekey";
@@ -38,6 +42,8 @@ pub(crate) mod label {
     pub(crate) const HASH_QR_CHECKSUM: &[u8] = b"multidevice/v1/hash/qr-checksum";
     pub(crate) const HASH_PAIRING_TRANSCRIPT: &[u8] = b"multidevice/v1/hash/pairing-transcript";
     pub(crate) const KDF_BODY: &[u8] = b"multidevice/v1/kdf/body";
+    /// The whole AES-GCM associated data of a fan-out body.
+    pub(crate) const FANOUT_BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
     // The blob format adopts it with the blob key commitment (issue 11), next.
     #[allow(dead_code)]
     pub(crate) const KDF_BLOB: &[u8] = b"multidevice/v1/kdf/blob";

@@ -37,8 +37,6 @@ pub const MAX_FANOUT_PAYLOAD: usize = 64 * 1024 * 1024;
 
 const CONTENT_INLINE: u8 = 0x01;
 const CONTENT_BODY: u8 = 0x02;
-/// The associated data of a shared body's AES-GCM: the only label used without a separator.
-const BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
 
 /// Which conversation a message belongs to, as the sender stated inside the ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,7 +227,7 @@ pub(crate) fn seal_body(key: &Secret32, payload: &[u8]) -> Vec<u8> {
     crypto::seal_append(
         cipher_key.as_bytes(),
         &[0u8; crypto::NONCE_LEN],
-        BODY_AAD,
+        label::FANOUT_BODY_AAD,
         &mut body,
         payload,
     );
@@ -253,8 +251,13 @@ pub(crate) fn open_body(
     if !crypto::ct_eq(&commitment, &parsed.commitment) {
         return Err(ReceiveError::BodyKeyCommitment);
     }
-    crypto::open(cipher_key.as_bytes(), &[0u8; crypto::NONCE_LEN], BODY_AAD, parsed.sealed)
-        .map_err(|_| ReceiveError::BodyAuthentication)
+    crypto::open(
+        cipher_key.as_bytes(),
+        &[0u8; crypto::NONCE_LEN],
+        label::FANOUT_BODY_AAD,
+        parsed.sealed,
+    )
+    .map_err(|_| ReceiveError::BodyAuthentication)
 }
 
 impl Device {
