@@ -53,6 +53,9 @@ pub enum DecodeError {
     /// A field holds a value outside its allowed range.
     #[error("field out of range")]
     OutOfRange,
+    /// A list of values that must be strictly increasing (sorted, no value twice) is not.
+    #[error("values are not strictly increasing")]
+    NotStrictlyIncreasing,
     /// A prekey message's ratchet key differs from its base key: the initiator never ratchets
     /// before it hears back, so such a message is not canonical.
     #[error("prekey message ratchet key differs from its base key")]
@@ -277,6 +280,10 @@ pub enum DeviceListError {
         /// Companions named.
         got: usize,
     },
+    /// The list has version 0: lists start at version 1, and version 0 is what a device
+    /// announces when it holds no list of its own account.
+    #[error("a device list has version 0")]
+    ZeroVersion,
     /// The first entry is not the primary with the account identity.
     #[error("the list does not start with the account's primary")]
     MissingPrimary,

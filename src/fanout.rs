@@ -98,7 +98,7 @@ pub struct FanoutMessage {
 /// ```text
 /// Inner          = sender list version (u64) || sender list digest (32) || rest
 /// rest (Direct)  = Content
-/// rest (OwnCopy) = n (u8, 1..=64) || n x account id (u64) || Content
+/// rest (OwnCopy) = n (u8, 1..=64) || n x account id (u64, strictly increasing) || Content
 /// rest (History) = BlobDescriptor
 /// Content        = 0x01 || payload  |  0x02 || content key (32) || SHA-256(Body) (32)
 /// ```
@@ -161,10 +161,19 @@ impl Inner<'_> {
         let to = match kind {
             MessageKind::OwnCopy => {
                 let count = usize::from(reader.u8()?);
-                if count == 0 || count > MAX_FANOUT_ACCOUNTS {
+                if count == 0 {
+                    return Err(DecodeError::OutOfRange);
+                }
+                if count > MAX_FANOUT_ACCOUNTS {
                     return Err(DecodeError::TooLong { limit: MAX_FANOUT_ACCOUNTS, got: count });
                 }
-                (0..count).map(|_| reader.u64().map(AccountId)).collect::<Result<_, _>>()?
+                let to: Vec<AccountId> =
+                    (0..count).map(|_| reader.u64().map(AccountId)).collect::<Result<_, _>>()?;
+                // One list of accounts, one encoding: sorted, without repeats.
+                if !to.windows(2).all(|pair| matches!(pair, [a, b] if a < b)) {
+                    return Err(DecodeError::NotStrictlyIncreasing);
+                }
+                to
             }
             _ => Vec::new(),
         };
