@@ -5,6 +5,8 @@
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use curve25519_dalek::edwards::CompressedEdwardsY;
+use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use hmac::digest::FixedOutput;
 use hmac::{Hmac, Mac};
@@ -14,10 +16,14 @@ use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey as XPublicKey, StaticSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::error::{KeyError, SignatureKind};
+use crate::error::{Ed25519Rejection, KeyError, SignatureKind};
 
-/// Signature labels. Each signed message is `label || 0x00 || body`; labels contain no zero byte,
-/// so no signature made under one label verifies under another.
+/// Every label of the protocol (docs/PROTOCOL.md section 1). Each signed, hashed or MAC'ed
+/// message is `label || 0x00 || body`; labels contain no zero byte, so no such message under one
+/// label is also one under another. The other uses take the label without a separator, each in
+/// a context of its own: HKDF infos (the label alone, or the X3DH label followed by the 32-byte
+/// associated data), the CPace channel identifier, and the fan-out body's AES-GCM associated
+/// data.
 pub(crate) mod label {
     pub(crate) const SIG_IDENTITY_AGREEMENT: &[u8] = b"multidevice/v1/sig/identity-agreement-key";
     pub(crate) const SIG_SIGNED_PREKEY: &[u8] = b"multidevice/v1/sig/signed-prekey";
@@ -37,9 +43,18 @@ pub(crate) mod label {
     pub(crate) const CPACE_CHANNEL: &[u8] = b"multidevice/v1/cpace/pairing";
     pub(crate) const HASH_QR_CHECKSUM: &[u8] = b"multidevice/v1/hash/qr-checksum";
     pub(crate) const HASH_PAIRING_TRANSCRIPT: &[u8] = b"multidevice/v1/hash/pairing-transcript";
+    pub(crate) const STORE_RECORD_KEY: &[u8] = b"multidevice/v1/store/kdf/record";
+    pub(crate) const STORE_LOOKUP_KEY: &[u8] = b"multidevice/v1/store/kdf/lookup";
+    pub(crate) const STORE_LOOKUP: &[u8] = b"multidevice/v1/store/mac/lookup";
+    pub(crate) const STORE_GROUP: &[u8] = b"multidevice/v1/store/mac/group";
+    pub(crate) const STORE_NONCE: &[u8] = b"multidevice/v1/store/mac/nonce";
+    pub(crate) const STORE_KEY_CHECK: &[u8] = b"multidevice/v1/store/mac/key-check";
+    pub(crate) const STORE_RECORD_AAD: &[u8] = b"multidevice/v1/store/aad/record";
     pub(crate) const HASH_ANSWERED_PAIRING_CODE: &[u8] =
         b"multidevice/v1/hash/answered-pairing-code";
     pub(crate) const KDF_BODY: &[u8] = b"multidevice/v1/kdf/body";
+    /// The whole AES-GCM associated data of a fan-out body.
+    pub(crate) const FANOUT_BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
     // The blob format adopts it with the blob key commitment (issue 11), next.
     #[allow(dead_code)]
     pub(crate) const KDF_BLOB: &[u8] = b"multidevice/v1/kdf/blob";
@@ -160,7 +175,7 @@ pub(crate) fn sign(key: &SigningKey, label: &[u8], parts: &[&[u8]]) -> [u8; 64] 
     key.sign(&signed_message(label, parts)).to_bytes()
 }
 
-/// Verifies a signature made by [`sign`] with `verify_strict`.
+/// Verifies a signature made by [`sign`] under the strict rules of [`verify_strict_raw`].
 pub(crate) fn verify(
     key: &VerifyingKey,
     label: &[u8],
@@ -172,16 +187,117 @@ pub(crate) fn verify(
     if crate::serde_util::authenticated::active() {
         return Ok(());
     }
-    if verify_strict_raw(key, &signed_message(label, parts), signature) {
-        Ok(())
-    } else {
-        Err(KeyError::BadSignature(kind))
-    }
+    verify_strict_raw(key, &signed_message(label, parts), signature)
+        .map_err(|_| KeyError::BadSignature(kind))
 }
 
-/// Ed25519 `verify_strict` over a raw message: the single place signatures are checked.
-pub(crate) fn verify_strict_raw(key: &VerifyingKey, message: &[u8], signature: &[u8; 64]) -> bool {
-    key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
+/// The canonical encodings of the eight points of small order (the 8-torsion subgroup): the
+/// identity, the point of order 2, the two of order 4 and the four of order 8. A canonical
+/// encoding names a small-order point exactly when it is one of these.
+const SMALL_ORDER_ENCODINGS: [[u8; 32]; 8] = {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut order_two = [0xff; 32];
+    order_two[0] = 0xec;
+    order_two[31] = 0x7f;
+    let order_four = [0u8; 32];
+    let mut order_four_negative = [0u8; 32];
+    order_four_negative[31] = 0x80;
+    let order_eight_a = [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ];
+    let mut order_eight_a_negative = order_eight_a;
+    order_eight_a_negative[31] = 0x85;
+    let order_eight_b = [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ];
+    let mut order_eight_b_negative = order_eight_b;
+    order_eight_b_negative[31] = 0xfa;
+    [
+        identity,
+        order_two,
+        order_four,
+        order_four_negative,
+        order_eight_a,
+        order_eight_a_negative,
+        order_eight_b,
+        order_eight_b_negative,
+    ]
+};
+
+/// True if `encoding` is the one encoding RFC 8032 decoding gives its point: the
+/// y-coordinate (the low 255 bits) is below p = 2^255 - 19, and the sign bit is clear when
+/// x = 0 (y = 1 or y = p - 1). Checked on the bytes alone.
+fn is_canonical_ed25519(encoding: &[u8; 32]) -> bool {
+    let [low, middle @ .., high] = encoding;
+    let sign = *high & 0x80 != 0;
+    let high = *high & 0x7f;
+    let all_ff = middle.iter().all(|&b| b == 0xff);
+    let all_zero = middle.iter().all(|&b| b == 0);
+    // y >= p: every byte at its maximum and the lowest at least 0xed.
+    let y_too_large = high == 0x7f && all_ff && *low >= 0xed;
+    // x = 0 exactly for y = 1 and y = p - 1; their sign bit must be clear.
+    let signed_zero_x =
+        sign && ((high == 0 && all_zero && *low == 1) || (high == 0x7f && all_ff && *low == 0xec));
+    !y_too_large && !signed_zero_x
+}
+
+/// Decodes an Ed25519 public key `A` under rule 1 of strict verification (docs/PROTOCOL.md,
+/// Notation): the canonical encoding of a curve point. Small order (rule 2) is a signature
+/// rule, checked by [`verify_strict_raw`].
+pub(crate) fn ed25519_public_key(encoding: &[u8; 32]) -> Result<VerifyingKey, Ed25519Rejection> {
+    if !is_canonical_ed25519(encoding) {
+        return Err(Ed25519Rejection::NonCanonicalKey);
+    }
+    VerifyingKey::from_bytes(encoding).map_err(|_| Ed25519Rejection::KeyNotOnCurve)
+}
+
+/// Strict Ed25519 verification over a raw message: the single place signatures are checked.
+///
+/// The rules, in this order (docs/PROTOCOL.md, Notation): `A` canonical (every key reaching
+/// here was decoded by [`ed25519_public_key`] or derived from our own secret, so this re-check
+/// costs a byte comparison), `A` not of small order, `R` canonical, `R` not of small order,
+/// `S < L`, then the cofactorless equation, which ed25519-dalek's `verify_strict` computes (it
+/// also repeats the small-order and `S` checks). Only the failure path decodes `R` again, to
+/// name why the equation failed.
+pub(crate) fn verify_strict_raw(
+    key: &VerifyingKey,
+    message: &[u8],
+    signature: &[u8; 64],
+) -> Result<(), Ed25519Rejection> {
+    let public = key.as_bytes();
+    let (r, s) = signature.split_at(32);
+    let mut r_bytes = [0u8; 32];
+    r_bytes.copy_from_slice(r);
+    let mut s_bytes = [0u8; 32];
+    s_bytes.copy_from_slice(s);
+    if !is_canonical_ed25519(public) {
+        return Err(Ed25519Rejection::NonCanonicalKey);
+    }
+    if SMALL_ORDER_ENCODINGS.contains(public) {
+        return Err(Ed25519Rejection::SmallOrderKey);
+    }
+    if !is_canonical_ed25519(&r_bytes) {
+        return Err(Ed25519Rejection::NonCanonicalR);
+    }
+    if SMALL_ORDER_ENCODINGS.contains(&r_bytes) {
+        return Err(Ed25519Rejection::SmallOrderR);
+    }
+    if Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)).is_none() {
+        return Err(Ed25519Rejection::ScalarNotReduced);
+    }
+    if key.verify_strict(message, &Signature::from_bytes(signature)).is_ok() {
+        return Ok(());
+    }
+    if CompressedEdwardsY(r_bytes).decompress().is_none() {
+        Err(Ed25519Rejection::RNotOnCurve)
+    } else {
+        Err(Ed25519Rejection::EquationFails)
+    }
 }
 
 fn signed_message(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -328,4 +444,63 @@ pub(crate) fn open(
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.ct_eq(b).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use curve25519_dalek::constants::EIGHT_TORSION;
+
+    use super::*;
+
+    /// The small-order list is exactly the canonical encodings of the 8-torsion subgroup, and
+    /// each of them is canonical.
+    #[test]
+    fn small_order_encodings_are_the_eight_torsion_points() {
+        let mut computed: Vec<[u8; 32]> =
+            EIGHT_TORSION.iter().map(|point| point.compress().to_bytes()).collect();
+        let mut listed = SMALL_ORDER_ENCODINGS.to_vec();
+        computed.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(computed, listed);
+        assert!(listed.iter().all(is_canonical_ed25519));
+    }
+
+    /// Canonical means RFC 8032 decoding gives back the same bytes: y below p, and no sign bit
+    /// on x = 0.
+    #[test]
+    fn canonical_ed25519_encodings_are_exactly_those_that_round_trip() {
+        let p_minus_one = {
+            let mut e = [0xff; 32];
+            e[0] = 0xec;
+            e[31] = 0x7f;
+            e
+        };
+        let mut cases = vec![p_minus_one, [0u8; 32], [0xff; 32]];
+        // y = p + k for k in 0..=18, with and without the sign bit, and y = 1 with the sign bit.
+        for k in 0u8..=18 {
+            let mut e = [0xff; 32];
+            e[0] = 0xed + k;
+            e[31] = 0x7f;
+            cases.push(e);
+            e[31] = 0xff;
+            cases.push(e);
+        }
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        cases.push(one);
+        one[31] = 0x80;
+        cases.push(one);
+        let mut minus_one_signed = p_minus_one;
+        minus_one_signed[31] = 0xff;
+        cases.push(minus_one_signed);
+        for e in cases {
+            // Encodings of no point at all fail decoding whatever the rule says; skip them.
+            if let Some(point) = CompressedEdwardsY(e).decompress() {
+                let round_trips = point.compress().to_bytes() == e;
+                assert_eq!(is_canonical_ed25519(&e), round_trips, "{e:02x?}");
+            }
+        }
+        assert!(!is_canonical_ed25519(&one));
+        assert!(!is_canonical_ed25519(&minus_one_signed));
+    }
 }

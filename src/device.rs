@@ -4,8 +4,9 @@
 //! [`Device`] is the one stateful object an app holds per local device. Every method that changes
 //! it takes `&mut self` and either succeeds completely or leaves it as it was (but for the
 //! documented latches: the clock high-water mark, announced list versions, a pending identity
-//! change), so an app persists it ([`Device::to_bytes`]) after each successful call and before
-//! sending what the call produced. It never performs I/O and never reads a clock.
+//! change), so an app persists it ([`Device::to_bytes`]) after every call, successful or not,
+//! and before sending what the call produced; or keeps it in a store ([`crate::StoredDevice`]),
+//! which does both per call. It never performs I/O and never reads a clock.
 //!
 //! This module owns the session core every path goes through: [`Device::open`] computes a
 //! decryption without changing anything and [`Device::commit`] applies it, so a caller can run

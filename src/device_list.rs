@@ -327,6 +327,10 @@ impl SignedDeviceList {
             &self.signature,
             SignatureKind::DeviceList,
         )?;
+        // Version 0 is never signed: it is what a device announces when it holds no own list.
+        if body.version == 0 {
+            return Err(DeviceListError::ZeroVersion);
+        }
         let companions = body.entries.len().saturating_sub(1);
         if companions > MAX_COMPANIONS {
             return Err(DeviceListError::TooManyCompanions { got: companions });

@@ -54,11 +54,14 @@ pub enum DecodeError {
     /// A field holds a value outside its allowed range.
     #[error("field out of range")]
     OutOfRange,
+    /// A list of values that must be strictly increasing (sorted, no value twice) is not.
+    #[error("values are not strictly increasing")]
+    NotStrictlyIncreasing,
     /// A prekey message's ratchet key differs from its base key: the initiator never ratchets
     /// before it hears back, so such a message is not canonical.
     #[error("prekey message ratchet key differs from its base key")]
     BaseKeyMismatch,
-    /// An Ed25519 public key is not a valid point encoding.
+    /// An Ed25519 public key is not the canonical encoding of a curve point.
     #[error("invalid Ed25519 public key encoding")]
     InvalidSigningKey,
     /// An identity's signature over its X25519 agreement key fails `verify_strict`.
@@ -100,6 +103,44 @@ pub enum SignatureKind {
     DeviceList,
     /// A companion's signed request to be removed.
     LogoutRequest,
+}
+
+/// The rule of strict Ed25519 verification a signature broke (docs/PROTOCOL.md, Notation).
+///
+/// Every signature in the crate is checked against all of these rules; only
+/// [`crate::hazmat::check_ed25519_strict`] reports which one failed. The rules are checked in
+/// the order of the variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Ed25519Rejection {
+    /// The signature is not 64 bytes long.
+    #[error("an Ed25519 signature is 64 bytes")]
+    SignatureLength,
+    /// The public key `A` is not a canonical encoding: its y-coordinate is p = 2^255 - 19 or
+    /// more, or its sign bit is set although x = 0.
+    #[error("non-canonical Ed25519 public key")]
+    NonCanonicalKey,
+    /// The public key `A` is canonical but no curve point has it.
+    #[error("Ed25519 public key is not a curve point")]
+    KeyNotOnCurve,
+    /// The public key `A` is one of the eight points of small order.
+    #[error("Ed25519 public key of small order")]
+    SmallOrderKey,
+    /// The signature's `R` is not a canonical encoding.
+    #[error("non-canonical Ed25519 R")]
+    NonCanonicalR,
+    /// The signature's `R` is one of the eight points of small order.
+    #[error("Ed25519 R of small order")]
+    SmallOrderR,
+    /// The signature's `S` is not below the group order L.
+    #[error("Ed25519 S is not below the group order")]
+    ScalarNotReduced,
+    /// The signature's `R` is canonical but no curve point has it.
+    #[error("Ed25519 R is not a curve point")]
+    RNotOnCurve,
+    /// The cofactorless equation `[S]B = R + [k]A` does not hold.
+    #[error("Ed25519 verification equation fails")]
+    EquationFails,
 }
 
 /// A cryptographic check on a key or signature failed.
@@ -245,6 +286,10 @@ pub enum DeviceListError {
         /// Companions named.
         got: usize,
     },
+    /// The list has version 0: lists start at version 1, and version 0 is what a device
+    /// announces when it holds no list of its own account.
+    #[error("a device list has version 0")]
+    ZeroVersion,
     /// The first entry is not the primary with the account identity.
     #[error("the list does not start with the account's primary")]
     MissingPrimary,

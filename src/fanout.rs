@@ -27,8 +27,6 @@ use crate::consts::{INLINE_THRESHOLD, MAX_FANOUT_ACCOUNTS, MAX_FANOUT_PAYLOAD};
 
 const CONTENT_INLINE: u8 = 0x01;
 const CONTENT_BODY: u8 = 0x02;
-/// The associated data of a shared body's AES-GCM: the only label used without a separator.
-const BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
 
 /// Which conversation a message belongs to, as the sender stated inside the ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +91,7 @@ pub struct FanoutMessage {
 /// ```text
 /// Inner          = sender list version (u64) || sender list digest (32) || rest
 /// rest (Direct)  = Content
-/// rest (OwnCopy) = n (u8, 1..=64) || n x account id (u64) || Content
+/// rest (OwnCopy) = n (u8, 1..=64) || n x account id (u64, strictly increasing) || Content
 /// rest (History) = BlobDescriptor
 /// Content        = 0x01 || payload  |  0x02 || content key (32) || SHA-256(Body) (32)
 /// ```
@@ -156,10 +154,19 @@ impl Inner<'_> {
         let to = match kind {
             MessageKind::OwnCopy => {
                 let count = usize::from(reader.u8()?);
-                if count == 0 || count > MAX_FANOUT_ACCOUNTS {
+                if count == 0 {
+                    return Err(DecodeError::OutOfRange);
+                }
+                if count > MAX_FANOUT_ACCOUNTS {
                     return Err(DecodeError::TooLong { limit: MAX_FANOUT_ACCOUNTS, got: count });
                 }
-                (0..count).map(|_| reader.u64().map(AccountId)).collect::<Result<_, _>>()?
+                let to: Vec<AccountId> =
+                    (0..count).map(|_| reader.u64().map(AccountId)).collect::<Result<_, _>>()?;
+                // One list of accounts, one encoding: sorted, without repeats.
+                if !to.windows(2).all(|pair| matches!(pair, [a, b] if a < b)) {
+                    return Err(DecodeError::NotStrictlyIncreasing);
+                }
+                to
             }
             _ => Vec::new(),
         };
@@ -222,7 +229,7 @@ pub(crate) fn seal_body(key: &Secret32, payload: &[u8]) -> Vec<u8> {
     crypto::seal_append(
         cipher_key.as_bytes(),
         &[0u8; crypto::NONCE_LEN],
-        BODY_AAD,
+        label::FANOUT_BODY_AAD,
         &mut body,
         payload,
     );
@@ -246,8 +253,13 @@ pub(crate) fn open_body(
     if !crypto::ct_eq(&commitment, &parsed.commitment) {
         return Err(ReceiveError::BodyKeyCommitment);
     }
-    crypto::open(cipher_key.as_bytes(), &[0u8; crypto::NONCE_LEN], BODY_AAD, parsed.sealed)
-        .map_err(|_| ReceiveError::BodyAuthentication)
+    crypto::open(
+        cipher_key.as_bytes(),
+        &[0u8; crypto::NONCE_LEN],
+        label::FANOUT_BODY_AAD,
+        parsed.sealed,
+    )
+    .map_err(|_| ReceiveError::BodyAuthentication)
 }
 
 impl Device {

@@ -13,11 +13,11 @@
 
 use core::fmt;
 
-use ed25519_dalek::VerifyingKey;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
 use crate::device::Device;
+pub use crate::error::Ed25519Rejection;
 use crate::error::SessionError;
 use crate::keys::{DeviceAddress, Fingerprint, Timestamp};
 use crate::prekeys::VerifiedPrekeyBundle;
@@ -28,17 +28,42 @@ use crate::session::message::MessageKind;
 pub use crate::linking::cpace;
 
 /// Checks a raw Ed25519 signature with the same strict verification every signature in the crate
-/// goes through (`verify_strict`: canonical encodings, no small-order keys, no malleability).
+/// goes through (docs/PROTOCOL.md, Notation: canonical `A` and `R`, neither of small order,
+/// `S < L`, and the cofactorless equation of `verify_strict`).
 ///
 /// ```
 /// assert!(!multidevice::hazmat::verify_ed25519_strict(&[0u8; 32], b"msg", &[0u8; 64]));
 /// ```
 pub fn verify_ed25519_strict(public: &[u8; 32], message: &[u8], signature: &[u8]) -> bool {
-    let Ok(signature) = <&[u8; 64]>::try_from(signature) else {
-        return false;
-    };
-    VerifyingKey::from_bytes(public)
-        .is_ok_and(|key| crate::crypto::verify_strict_raw(&key, message, signature))
+    check_ed25519_strict(public, message, signature).is_ok()
+}
+
+/// [`verify_ed25519_strict`], naming the first rule a rejected signature breaks, for
+/// known-answer tests and audits of the rules.
+///
+/// ```
+/// use multidevice::hazmat::{Ed25519Rejection, check_ed25519_strict};
+///
+/// // The identity point as key and as R, with S = 0: the plain equation holds for every
+/// // message, and a verifier without the small-order rule accepts it.
+/// let mut identity = [0u8; 32];
+/// identity[0] = 1;
+/// let mut signature = [0u8; 64];
+/// signature[0] = 1;
+/// assert_eq!(
+///     check_ed25519_strict(&identity, b"any message", &signature),
+///     Err(Ed25519Rejection::SmallOrderKey)
+/// );
+/// ```
+pub fn check_ed25519_strict(
+    public: &[u8; 32],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), Ed25519Rejection> {
+    let signature =
+        <&[u8; 64]>::try_from(signature).map_err(|_| Ed25519Rejection::SignatureLength)?;
+    let key = crate::crypto::ed25519_public_key(public)?;
+    crate::crypto::verify_strict_raw(&key, message, signature)
 }
 
 /// A raw session message decrypted by [`decrypt`], and the device that sent it.

@@ -198,7 +198,7 @@ impl PublicIdentity {
         let agreement: [u8; 32] = reader.array()?;
         let agreement_signature: [u8; 64] = reader.array()?;
         let signing =
-            VerifyingKey::from_bytes(&signing).map_err(|_| DecodeError::InvalidSigningKey)?;
+            crypto::ed25519_public_key(&signing).map_err(|_| DecodeError::InvalidSigningKey)?;
         crypto::verify(
             &signing,
             label::SIG_IDENTITY_AGREEMENT,
@@ -211,8 +211,9 @@ impl PublicIdentity {
     }
 }
 
-/// Parses and verifies an identity: the signing key must be a valid point and the signature over
-/// the agreement key must pass `verify_strict`.
+/// Parses and verifies an identity: the signing key must be the canonical encoding of a curve
+/// point, and the signature over the agreement key must pass strict verification (which also
+/// refuses a signing key of small order).
 impl TryFrom<&[u8]> for PublicIdentity {
     type Error = DecodeError;
 

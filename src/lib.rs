@@ -9,9 +9,12 @@
 //!
 //! ## A guided tour
 //!
-//! - [`Device`] is the one stateful object per local device: identity, prekeys, sessions and
-//!   the device lists it holds. Persist it with [`Device::to_bytes`] after every successful
-//!   `&mut` call, before sending what the call produced.
+//! - [`Device`] is a local device's protocol state: identity, prekeys, sessions and the device
+//!   lists it holds. [`StoredDevice`] keeps it in a [`store::Store`] (SQLite by default),
+//!   encrypted at rest, one record per concern, each call one transaction that commits what it
+//!   sends as an outbox item and what it receives as an inbox entry. An app that keeps a
+//!   `Device` in memory instead persists [`Device::to_bytes`] after every `&mut` call,
+//!   successful or not (refusals move documented latches), before sending what it produced.
 //! - Accounts: a primary signs its companions into a [`SignedDeviceList`] (it holds version 1
 //!   from creation; [`Device::approve_companion`], [`Device::add_companion`],
 //!   [`Device::remove_companion`], [`Device::refresh_device_list`]). Every device verifies the

@@ -140,3 +140,31 @@ pub fn active_session_secrets(
 ) -> Option<SessionSecrets> {
     Some(device.sessions.get(&remote)?.active()?.secrets())
 }
+
+/// The companion-side device signature of `device` over `metadata`, its own identity and
+/// `account_identity`, whatever its role: with [`account_sign`], a signed identity the API never
+/// builds (the primary's own identity as a companion, say), to test what verification refuses.
+pub fn device_sign(
+    device: &crate::Device,
+    metadata: crate::LinkingMetadata,
+    account_identity: &crate::PublicIdentity,
+) -> [u8; 64] {
+    crate::SignedDeviceIdentity::device_sign(&device.identity, metadata, account_identity)
+}
+
+/// Seals `plaintext` as the whole session plaintext (the `Inner` of docs/PROTOCOL.md section
+/// 10) of a message of `kind` from `device` to `to`, exactly as `encrypt_fanout` seals each
+/// device's copy: on the session under the identity `device`'s list names for `to`, set up from
+/// `bundles` if needed. `to` must be named by a list `device` holds. Lets tests send `Inner`
+/// encodings the API never produces (another content form than the inline threshold picks, no
+/// announced list, unsorted accounts, ...).
+pub fn seal_inner(
+    device: &mut crate::Device,
+    rng: &mut (impl rand_core::CryptoRng + ?Sized),
+    to: crate::DeviceAddress,
+    kind: crate::MessageKind,
+    plaintext: &[u8],
+    bundles: &[crate::PrekeyBundle],
+) -> Result<Vec<u8>, crate::FanoutSkip> {
+    device.seal_authorized(rng, to, kind, plaintext, bundles)
+}

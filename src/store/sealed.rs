@@ -19,13 +19,11 @@ use crate::crypto::{self, Secret32};
 /// The version of the record format, bound into every row's associated data.
 pub(crate) const RECORD_SCHEMA: u32 = 1;
 
-const LABEL_RECORD_KEY: &[u8] = b"multidevice/v1/store/record-key";
-const LABEL_LOOKUP_KEY: &[u8] = b"multidevice/v1/store/lookup-key";
-const LABEL_LOOKUP: &[u8] = b"multidevice/v1/store/lookup";
-const LABEL_GROUP: &[u8] = b"multidevice/v1/store/group";
-const LABEL_NONCE: &[u8] = b"multidevice/v1/store/nonce";
-const LABEL_RECORD_AAD: &[u8] = b"multidevice/v1/store/record";
-const LABEL_KEY_CHECK: &[u8] = b"multidevice/v1/store/key-check";
+use crate::crypto::label::{
+    STORE_GROUP as LABEL_GROUP, STORE_KEY_CHECK as LABEL_KEY_CHECK, STORE_LOOKUP as LABEL_LOOKUP,
+    STORE_LOOKUP_KEY as LABEL_LOOKUP_KEY, STORE_NONCE as LABEL_NONCE,
+    STORE_RECORD_AAD as LABEL_RECORD_AAD, STORE_RECORD_KEY as LABEL_RECORD_KEY,
+};
 /// The stored key of the row holding the store's identifier and key check.
 const KEY_CHECK: &[u8] = b"key-check";
 
