@@ -570,3 +570,65 @@ fn one_time_prekeys_are_records() {
     assert_eq!(replenished.len(), multidevice::consts::ONE_TIME_PREKEY_TARGET);
     assert_eq!(count(&store), multidevice::consts::ONE_TIME_PREKEY_TARGET);
 }
+
+/// Both link flows between a stored primary and a stored companion, each device dropped and
+/// opened again from its store between every step: pending link state persists.
+#[test]
+fn linking_survives_restarts_at_every_step() {
+    let mut r = rng(121);
+    let key = key();
+    let primary_store = MemoryStore::new();
+    let primary_address = DeviceAddress::new(AccountId(1), DeviceId::PRIMARY);
+    StoredDevice::create(primary_store.clone(), &key, &mut r, primary_address, T0).unwrap();
+    let reopen =
+        |store: &MemoryStore, r: &mut StdRng| StoredDevice::open(store.clone(), &key, r).unwrap();
+
+    // QR.
+    let phone_store = MemoryStore::new();
+    StoredDevice::create(
+        phone_store.clone(),
+        &key,
+        &mut r,
+        DeviceAddress::new(AccountId(1), DeviceId(99)),
+        T0,
+    )
+    .unwrap();
+    let text = reopen(&phone_store, &mut r).start_qr_link(&mut r, T0).unwrap();
+    let approval = reopen(&primary_store, &mut r).approve_qr_link(&text, T0).unwrap();
+    let confirmation = reopen(&phone_store, &mut r).accept_qr_approval(&approval, T0).unwrap();
+    // The same approval again: the offer is used up, also after a restart.
+    assert!(reopen(&phone_store, &mut r).accept_qr_approval(&approval, T0).is_err());
+    let list = reopen(&primary_store, &mut r).finish_qr_link(&confirmation, T0).unwrap();
+    assert!(reopen(&primary_store, &mut r).finish_qr_link(&confirmation, T0).is_err());
+    let mut phone = reopen(&phone_store, &mut r);
+    phone.process_device_list(&list.to_bytes(), T0).unwrap();
+    assert_eq!(phone.account_status(T0).unwrap(), multidevice::AccountStatus::Active);
+    assert_eq!(phone.address(), DeviceAddress::new(AccountId(1), DeviceId(1)));
+
+    // Pairing code.
+    let tablet_store = MemoryStore::new();
+    StoredDevice::create(
+        tablet_store.clone(),
+        &key,
+        &mut r,
+        DeviceAddress::new(AccountId(1), DeviceId(98)),
+        T0,
+    )
+    .unwrap();
+    let (code, hello) = reopen(&tablet_store, &mut r).start_pairing(&mut r, T0).unwrap();
+    let typed = multidevice::PairingCode::parse(&code).unwrap();
+    let response =
+        reopen(&primary_store, &mut r).respond_to_pairing(&mut r, &hello, typed, T0).unwrap();
+    let confirm = reopen(&tablet_store, &mut r).handle_pairing_response(&response, T0).unwrap();
+    let approval = reopen(&primary_store, &mut r).handle_pairing_confirm(&confirm, T0).unwrap();
+    let confirmation =
+        reopen(&tablet_store, &mut r).accept_pairing_approval(&approval, T0).unwrap();
+    let list = reopen(&primary_store, &mut r).finish_pairing(&confirmation, T0).unwrap();
+    let mut tablet = reopen(&tablet_store, &mut r);
+    tablet.process_device_list(&list.to_bytes(), T0).unwrap();
+    assert_eq!(tablet.account_status(T0).unwrap(), multidevice::AccountStatus::Active);
+    let held = reopen(&primary_store, &mut r).device_list(AccountId(1)).unwrap().unwrap();
+    assert_eq!(held.companion_devices().len(), 2);
+    // Nothing is left pending on the primary.
+    assert!(primary_store.rows().iter().all(|(t, _, _)| *t != Table::Link));
+}

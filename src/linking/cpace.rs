@@ -215,6 +215,23 @@ impl CpaceStep {
         (step, share)
     }
 
+    /// The secret state, to keep a pending attempt in a store: the scalar (wiped on drop), the
+    /// session id and the own transcript half.
+    pub(crate) fn to_parts(&self) -> (Zeroizing<[u8; 32]>, &[u8], &[u8]) {
+        (Zeroizing::new(self.scalar.to_bytes()), &self.sid, &self.own_transcript_half)
+    }
+
+    /// The state [`CpaceStep::to_parts`] gave, or `None` if the scalar is not canonical and
+    /// non-zero.
+    pub(crate) fn from_parts(
+        scalar: [u8; 32],
+        sid: Vec<u8>,
+        own_transcript_half: Vec<u8>,
+    ) -> Option<Self> {
+        let scalar = canonical_nonzero_scalar(scalar).ok()?;
+        Some(Self { scalar, sid, own_transcript_half })
+    }
+
     /// Finishes the run as the initiator (party A, whose share was sent
     /// first): `transcript = lv_cat(Y_own, AD_own) || lv_cat(Y_peer, AD_peer)`.
     ///
@@ -361,7 +378,6 @@ fn shared_point(
     Ok(Zeroizing::new(k.compress().to_bytes()))
 }
 
-#[cfg(any(test, feature = "test-support"))]
 fn canonical_nonzero_scalar(scalar_le: [u8; 32]) -> Result<Zeroizing<Scalar>, CpaceError> {
     let scalar: Option<Scalar> = Scalar::from_canonical_bytes(scalar_le).into();
     let scalar = Zeroizing::new(scalar.ok_or(CpaceError::InvalidScalar)?);

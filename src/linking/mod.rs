@@ -11,6 +11,7 @@
 pub mod cpace;
 pub(crate) mod pairing;
 pub(crate) mod pairing_code;
+pub(crate) mod persist;
 pub(crate) mod qr;
 #[cfg(feature = "qr")]
 pub(crate) mod render;

@@ -30,10 +30,10 @@ use crate::error::{DecodeError, LinkError};
 use crate::keys::{PublicIdentity, Timestamp};
 use crate::wire::{Codec, Reader};
 
-struct Keys {
-    initiator: Secret32,
-    responder: Secret32,
-    link: Secret32,
+pub(super) struct Keys {
+    pub(super) initiator: Secret32,
+    pub(super) responder: Secret32,
+    pub(super) link: Secret32,
 }
 
 fn derive(isk: &[u8; 64], sid: &Reference) -> Keys {
@@ -145,7 +145,7 @@ fn share_error(_: CpaceError) -> LinkError {
 
 // One value per linking attempt: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
-enum CompanionPhase {
+pub(super) enum CompanionPhase {
     AwaitingResponse(CpaceStep),
     Confirmed { secret: LinkSecret, primary: PublicIdentity },
     Finished,
@@ -153,14 +153,14 @@ enum CompanionPhase {
 
 /// Companion side of a pairing-code link.
 pub struct CompanionPairing {
-    sid: Reference,
-    code: PairingCode,
-    expires: Timestamp,
-    hello: Vec<u8>,
-    identity: PublicIdentity,
-    phase: CompanionPhase,
+    pub(super) sid: Reference,
+    pub(super) code: PairingCode,
+    pub(super) expires: Timestamp,
+    pub(super) hello: Vec<u8>,
+    pub(super) identity: PublicIdentity,
+    pub(super) phase: CompanionPhase,
     /// The highest time this attempt was used at.
-    clock: Timestamp,
+    pub(super) clock: Timestamp,
 }
 
 impl core::fmt::Debug for CompanionPairing {
@@ -286,7 +286,7 @@ impl CompanionPairing {
 
 // One value per linking attempt: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
-enum PrimaryPhase {
+pub(super) enum PrimaryPhase {
     AwaitingConfirm { keys: Keys, transcript: [u8; 32] },
     AwaitingCompanion { secret: LinkSecret, approved: CompanionApproval },
     Finished,
@@ -294,12 +294,12 @@ enum PrimaryPhase {
 
 /// Primary side of a pairing-code link.
 pub struct PrimaryPairing {
-    sid: Reference,
-    companion: PublicIdentity,
-    expires: Timestamp,
-    phase: PrimaryPhase,
+    pub(super) sid: Reference,
+    pub(super) companion: PublicIdentity,
+    pub(super) expires: Timestamp,
+    pub(super) phase: PrimaryPhase,
     /// The highest time this attempt was used at.
-    clock: Timestamp,
+    pub(super) clock: Timestamp,
 }
 
 impl core::fmt::Debug for PrimaryPairing {

@@ -25,12 +25,12 @@ const CHECKSUM_LEN: usize = 4;
 
 /// Companion side of a QR link: the offer it displays and what it needs to finish.
 pub struct QrLinkOffer {
-    secret: LinkSecret,
-    expires: Timestamp,
-    identity: PublicIdentity,
-    done: bool,
+    pub(super) secret: LinkSecret,
+    pub(super) expires: Timestamp,
+    pub(super) identity: PublicIdentity,
+    pub(super) done: bool,
     /// The highest time this offer was used at.
-    clock: Timestamp,
+    pub(super) clock: Timestamp,
 }
 
 impl core::fmt::Debug for QrLinkOffer {
@@ -126,10 +126,10 @@ impl QrLinkOffer {
 
 /// Primary side of a QR link, between approval and the companion's confirmation.
 pub struct QrLinkApproval {
-    secret: LinkSecret,
-    approved: CompanionApproval,
-    companion: PublicIdentity,
-    done: bool,
+    pub(super) secret: LinkSecret,
+    pub(super) approved: CompanionApproval,
+    pub(super) companion: PublicIdentity,
+    pub(super) done: bool,
 }
 
 impl core::fmt::Debug for QrLinkApproval {

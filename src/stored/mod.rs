@@ -28,10 +28,15 @@ use crate::device_list::{
     LogoutRequest, SignedDeviceIdentity, SignedDeviceList, VerifiedDeviceList,
 };
 use crate::error::{
-    DeviceListError, FanoutError, HistoryError, ReceiveError, SessionError, StoreError,
+    DecodeError, DeviceListError, FanoutError, HistoryError, LinkError, ReceiveError, SessionError,
+    StoreError,
 };
 use crate::fanout::FanoutMessage;
 use crate::keys::{AccountId, DeviceAddress, DeviceId, PublicIdentity, Timestamp};
+use crate::linking::pairing::{CompanionPairing, PrimaryPairing};
+use crate::linking::pairing_code::PairingCode;
+use crate::linking::persist;
+use crate::linking::qr::{QrLinkApproval, QrLinkOffer};
 use crate::prekeys::{OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic};
 use crate::receive::Received;
 use crate::security_code::SecurityCode;
@@ -372,6 +377,168 @@ impl<S: Store> StoredDevice<S> {
     }
 
     // ---------------------------------------------------------------------------------------
+    // Linking, with the pending attempt kept in the store
+    // ---------------------------------------------------------------------------------------
+
+    /// Companion: starts a QR link (see [`QrLinkOffer::new`]) and keeps the offer in the store,
+    /// replacing any earlier one. Returns the text to show as a QR code.
+    pub fn start_qr_link(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        now: Timestamp,
+    ) -> Result<Zeroizing<String>, LinkError> {
+        self.run(&Scope::own(), |device, txn| {
+            let offer = QrLinkOffer::new(rng, device, now);
+            txn.put(Table::Link, link::COMPANION_QR, &offer.to_record())?;
+            Ok(offer.qr_text())
+        })
+    }
+
+    /// Companion: checks the primary's approval of the pending QR offer, countersigns and
+    /// links (see [`QrLinkOffer::accept_approval`]). Returns the confirmation to send.
+    pub fn accept_qr_approval(
+        &mut self,
+        approval: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, LinkError> {
+        let scope = Scope::accounts(persist::approval_account(approval));
+        self.run(&scope, |device, txn| {
+            let mut offer = QrLinkOffer::from_record(&pending(txn, link::COMPANION_QR)?)?;
+            let result = offer.accept_approval(device, approval, now);
+            txn.put(Table::Link, link::COMPANION_QR, &offer.to_record())?;
+            result
+        })
+    }
+
+    /// Primary: approves a scanned QR offer (see [`QrLinkApproval::approve`]) and keeps the
+    /// approval in the store until the companion confirms. Returns the approval to send.
+    pub fn approve_qr_link(&mut self, qr_text: &str, now: Timestamp) -> Result<Vec<u8>, LinkError> {
+        self.run(&Scope::own(), |device, txn| {
+            let (approval, message) = QrLinkApproval::approve(device, qr_text, now)?;
+            let reference = persist::message_reference(&message).ok_or(LinkError::NotActive)?;
+            txn.put(Table::Link, &link::primary_qr(&reference), &approval.to_record())?;
+            Ok(message)
+        })
+    }
+
+    /// Primary: verifies a companion's confirmation of a pending QR approval and adds it (see
+    /// [`QrLinkApproval::finish`]). Returns the new device list to publish.
+    pub fn finish_qr_link(
+        &mut self,
+        confirmation: &[u8],
+        now: Timestamp,
+    ) -> Result<SignedDeviceList, LinkError> {
+        let reference = persist::message_reference(confirmation);
+        self.run(&Scope::own(), |device, txn| {
+            let key = link::primary_qr(&reference.ok_or(DecodeError::Truncated { needed: 18 })?);
+            let mut approval = QrLinkApproval::from_record(&pending(txn, &key)?)?;
+            let list = approval.finish(device, confirmation, now)?;
+            txn.delete(Table::Link, &key)?;
+            Ok(list)
+        })
+    }
+
+    /// Companion: starts a pairing-code link (see [`CompanionPairing::start`]) and keeps the
+    /// attempt in the store, replacing any earlier one. Returns the code to show and the hello
+    /// to send.
+    pub fn start_pairing(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        now: Timestamp,
+    ) -> Result<(Zeroizing<String>, Vec<u8>), LinkError> {
+        self.run(&Scope::own(), |device, txn| {
+            let (attempt, hello) = CompanionPairing::start(rng, device, now);
+            txn.put(Table::Link, link::COMPANION_PAIRING, &attempt.to_record())?;
+            Ok((Zeroizing::new(attempt.code().to_string()), hello))
+        })
+    }
+
+    /// Companion: handles the primary's response to the pending pairing attempt (see
+    /// [`CompanionPairing::handle_response`]). Returns the key confirmation to send.
+    pub fn handle_pairing_response(
+        &mut self,
+        response: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, LinkError> {
+        self.run(&Scope::own(), |device, txn| {
+            let mut attempt =
+                CompanionPairing::from_record(&pending(txn, link::COMPANION_PAIRING)?)?;
+            device.observe(now);
+            let result = attempt.handle_response(response, now);
+            txn.put(Table::Link, link::COMPANION_PAIRING, &attempt.to_record())?;
+            result
+        })
+    }
+
+    /// Companion: handles the primary's approval of the pending pairing attempt, countersigns
+    /// and links (see [`CompanionPairing::accept_approval`]). Returns the confirmation to send.
+    pub fn accept_pairing_approval(
+        &mut self,
+        approval: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, LinkError> {
+        let scope = Scope::accounts(persist::approval_account(approval));
+        self.run(&scope, |device, txn| {
+            let mut attempt =
+                CompanionPairing::from_record(&pending(txn, link::COMPANION_PAIRING)?)?;
+            let result = attempt.accept_approval(device, approval, now);
+            txn.put(Table::Link, link::COMPANION_PAIRING, &attempt.to_record())?;
+            result
+        })
+    }
+
+    /// Primary: answers a companion's hello with the code the user typed (see
+    /// [`PrimaryPairing::respond`]) and keeps the attempt in the store. Returns the response.
+    pub fn respond_to_pairing(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        hello: &[u8],
+        code: PairingCode,
+        now: Timestamp,
+    ) -> Result<Vec<u8>, LinkError> {
+        self.run(&Scope::own(), |device, txn| {
+            let (attempt, response) = PrimaryPairing::respond(rng, device, hello, code, now)?;
+            let sid = persist::message_reference(&response).ok_or(LinkError::NotActive)?;
+            txn.put(Table::Link, &link::primary_pairing(&sid), &attempt.to_record())?;
+            Ok(response)
+        })
+    }
+
+    /// Primary: checks the companion's key confirmation for a pending pairing attempt and
+    /// approves the companion (see [`PrimaryPairing::handle_confirm`]). Returns the approval.
+    pub fn handle_pairing_confirm(
+        &mut self,
+        confirm: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, LinkError> {
+        let sid = persist::message_reference(confirm);
+        self.run(&Scope::own(), |device, txn| {
+            let key = link::primary_pairing(&sid.ok_or(DecodeError::Truncated { needed: 18 })?);
+            let mut attempt = PrimaryPairing::from_record(&pending(txn, &key)?)?;
+            let result = attempt.handle_confirm(device, confirm, now);
+            txn.put(Table::Link, &key, &attempt.to_record())?;
+            result
+        })
+    }
+
+    /// Primary: verifies the companion's confirmation of a pending pairing attempt and adds it
+    /// (see [`PrimaryPairing::finish`]). Returns the new device list to publish.
+    pub fn finish_pairing(
+        &mut self,
+        confirmation: &[u8],
+        now: Timestamp,
+    ) -> Result<SignedDeviceList, LinkError> {
+        let sid = persist::message_reference(confirmation);
+        self.run(&Scope::own(), |device, txn| {
+            let key = link::primary_pairing(&sid.ok_or(DecodeError::Truncated { needed: 18 })?);
+            let mut attempt = PrimaryPairing::from_record(&pending(txn, &key)?)?;
+            let list = attempt.finish(device, confirmation, now)?;
+            txn.delete(Table::Link, &key)?;
+            Ok(list)
+        })
+    }
+
+    // ---------------------------------------------------------------------------------------
     // Messages: the outbox and the inbox
     // ---------------------------------------------------------------------------------------
 
@@ -516,6 +683,29 @@ impl<S: Store> StoredDevice<S> {
     pub fn export(&mut self) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         self.read(&Scope::everything(), Device::to_bytes)
     }
+}
+
+/// Natural keys of pending link attempts in [`Table::Link`].
+mod link {
+    /// A companion's QR offer (one at a time).
+    pub(super) const COMPANION_QR: &[u8] = b"companion/qr";
+    /// A companion's pairing-code attempt (one at a time).
+    pub(super) const COMPANION_PAIRING: &[u8] = b"companion/pairing";
+
+    /// A primary's QR approval, by offer reference.
+    pub(super) fn primary_qr(reference: &[u8; 16]) -> Vec<u8> {
+        [b"primary/qr/".as_slice(), reference].concat()
+    }
+
+    /// A primary's pairing attempt, by session id.
+    pub(super) fn primary_pairing(sid: &[u8; 16]) -> Vec<u8> {
+        [b"primary/pairing/".as_slice(), sid].concat()
+    }
+}
+
+/// The pending attempt at `natural`: [`LinkError::NotActive`] if there is none.
+fn pending(txn: &mut Sealed<'_>, natural: &[u8]) -> Result<Zeroizing<Vec<u8>>, LinkError> {
+    txn.get(Table::Link, natural)?.ok_or(LinkError::NotActive)
 }
 
 fn read_dedup(txn: &mut Sealed<'_>, sender: DeviceAddress) -> Result<DedupRecord, StoreError> {
