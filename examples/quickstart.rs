@@ -1,4 +1,5 @@
-//! A tour of multidevice: two devices set up a session and exchange messages out of order; then
+//! A tour of multidevice: two devices set up a session and exchange messages out of order, and
+//! one moves into the encrypted store, crashes before sending and recovers from its outbox; then
 //! an account with a primary and four companions, a refused fifth, a removal, a fan-out that
 //! reaches every device while the primary is offline, a companion signed out after 15 days, and
 //! a newly linked companion reading history and a photo with the primary offline.
@@ -7,10 +8,11 @@
 
 use multidevice::blob::{BlobDescriptor, MediaType, decrypt_blob, encrypt_blob};
 use multidevice::consts::DAY_SECS;
+use multidevice::store::{SqliteOptions, SqliteStore, StoreKey};
 use multidevice::{
     AccountId, AccountStatus, CompanionPairing, Device, DeviceAddress, DeviceId, PairingCode,
-    PrimaryPairing, QrLinkApproval, QrLinkOffer, Received, SignedDeviceList, Timestamp,
-    build_history, hazmat, import_history,
+    PrimaryPairing, QrLinkApproval, QrLinkOffer, Received, SignedDeviceList, StoredDevice,
+    Timestamp, build_history, hazmat, import_history,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -100,20 +102,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("Alice got: {:?}", String::from_utf8_lossy(&received.payload));
     }
 
-    println!("\n== Both devices persist and restore their state");
-    let saved = alice.to_bytes();
-    println!("Alice's state is {} bytes.", saved.len());
-    let mut alice = Device::from_bytes(&saved)?;
-    let message = alice_only(alice.encrypt_fanout(
-        &mut rng,
-        &[bob.account()],
-        &[],
-        b"still here after a restart",
-        now,
-    )?)?;
-    if let Received::Message(received) = bob.receive(&message, None, now)? {
-        println!("Bob got: {:?}", String::from_utf8_lossy(&received.payload));
+    println!("\n== Alice moves into the embedded store and restarts from it");
+    let dir = std::env::temp_dir().join(format!("multidevice-quickstart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("alice.db");
+    // The store key lives in the platform keychain; a passphrase (Argon2id) works too.
+    let key = StoreKey::generate(&mut rng);
+    let store = SqliteStore::open(&path, &SqliteOptions::default())?;
+    let mut stored = StoredDevice::import(store, &key, &mut rng, &alice.to_bytes())?;
+    drop(alice);
+    let sent =
+        stored.encrypt_fanout(&mut rng, &[bob.account()], &[], b"kept in the outbox", now)?;
+    println!(
+        "Alice encrypted a message; the ratchet step and {} envelope(s) committed together.",
+        sent.envelopes.len()
+    );
+    println!("Alice's app crashes before anything reaches the network.");
+    drop(stored);
+    let store = SqliteStore::open(&path, &SqliteOptions::default())?;
+    let mut alice = StoredDevice::open(store, &key, &mut rng)?;
+    for item in alice.outbox()? {
+        for envelope in &item.envelopes {
+            if let Received::Message(received) = bob.receive(&envelope.bytes, None, now)? {
+                println!(
+                    "After the restart the outbox still held it; Bob got: {:?}",
+                    String::from_utf8_lossy(&received.payload)
+                );
+            }
+        }
+        alice.mark_sent(item.id)?;
     }
+    let reply =
+        alice_only(bob.encrypt_fanout(&mut rng, &[alice.account()], &[], b"got it", now)?)?;
+    let inbound = alice.receive(&reply, None, now)?;
+    println!("Alice received Bob's reply into her inbox (entry {:?}).", inbound.id);
+    println!("The server delivers it again: {:?}", alice.receive(&reply, None, now).map(|i| i.id));
+    alice.acknowledge(inbound.id)?;
+    println!(
+        "Once acknowledged, a third delivery is refused: {:?}",
+        alice.receive(&reply, None, now).err()
+    );
+    let file = std::fs::metadata(&path)?.len();
+    println!("Alice's store: {file} bytes on disk, every row sealed; no contact named in it.");
+    drop(alice);
+    std::fs::remove_dir_all(&dir)?;
 
     accounts_tour(&mut rng, now)
 }

@@ -632,3 +632,40 @@ fn linking_survives_restarts_at_every_step() {
     // Nothing is left pending on the primary.
     assert!(primary_store.rows().iter().all(|(t, _, _)| *t != Table::Link));
 }
+
+/// State persisted by the previous format (2) imports, into a device and into a store, and the
+/// conversation goes on: a reply Bob made before the upgrade decrypts, and both sides keep
+/// talking.
+#[test]
+fn format_two_state_imports_and_continues() {
+    let legacy = |name: &str| {
+        std::fs::read(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/legacy/").to_owned() + name,
+        )
+        .unwrap()
+    };
+    let mut r = rng(131);
+    let now = Timestamp(1_700_000_100);
+    let reply = legacy("reply-to-0.bin");
+    for into_store in [false, true] {
+        let mut bob = Device::from_bytes(&legacy("bob.bin")).unwrap();
+        let companion = Device::from_bytes(&legacy("companion.bin")).unwrap();
+        assert_eq!(companion.account_status(now), multidevice::AccountStatus::Active);
+        let primary_state = legacy("primary.bin");
+        let (got, sent) = if into_store {
+            let mut alice =
+                StoredDevice::import(MemoryStore::new(), &key(), &mut r, &primary_state).unwrap();
+            let got = payload(&alice.receive(&reply, None, now).unwrap());
+            let sent = alice.encrypt_fanout(&mut r, &[AccountId(2)], &[], b"after", now).unwrap();
+            (got, sent)
+        } else {
+            let mut alice = Device::from_bytes(&primary_state).unwrap();
+            let Received::Message(m) = alice.receive(&reply, None, now).unwrap() else { panic!() };
+            let sent = alice.encrypt_fanout(&mut r, &[AccountId(2)], &[], b"after", now).unwrap();
+            (m.payload.to_vec(), sent)
+        };
+        assert_eq!(got, b"reply");
+        let envelope = envelope_for(&sent, bob.address()).unwrap();
+        assert_eq!(support::world::read(&mut bob, &envelope, now).unwrap(), b"after");
+    }
+}

@@ -197,7 +197,9 @@ pub(crate) fn public_identity(data: &[u8]) {
 }
 
 /// Version of the persisted device format this crate reads and writes.
-pub(crate) const STATE_FORMAT: u8 = 2;
+pub(crate) const STATE_FORMAT: u8 = 3;
+/// The previous format, which `Device::from_bytes` still imports.
+pub(crate) const LEGACY_STATE_FORMAT: u8 = 2;
 
 /// `Device::from_bytes`: only the current format loads, only in its canonical encoding; a loaded
 /// device serializes stably and exposes consistent public data.
@@ -205,10 +207,15 @@ pub(crate) fn device_state(data: &[u8]) {
     let Ok(device) = Device::from_bytes(data) else {
         return;
     };
-    // The format version leads the state as a postcard varint: one byte below 128.
-    assert_eq!(data.first(), Some(&STATE_FORMAT), "loaded a state of another format");
+    // The format version leads the state as a postcard varint: one byte below 128. The current
+    // format loads only in its canonical encoding; the previous one is imported, and re-encodes
+    // in the current format.
     let first = device.to_bytes();
-    assert_eq!(first.as_slice(), data, "loaded a non-canonical state");
+    match data.first() {
+        Some(&STATE_FORMAT) => assert_eq!(first.as_slice(), data, "loaded a non-canonical state"),
+        Some(&LEGACY_STATE_FORMAT) => assert_eq!(first.first(), Some(&STATE_FORMAT)),
+        other => panic!("loaded a state of format {other:?}"),
+    }
     let reloaded = Device::from_bytes(&first).expect("a device's own bytes load");
     assert_eq!(reloaded.to_bytes(), first, "persisted state is not stable");
     let identity = device.public_identity().to_bytes();
