@@ -16,12 +16,12 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use faults::{Fault, FaultStore, Faults};
+use faults::{Fault, FaultStore, Faults, StoreFailure};
 use multidevice::store::{MemoryStore, StoreError, StoreKey};
 use multidevice::{
     AccountId, Action, DeviceAddress, DeviceListError, Envelope, FanoutError, Inbound, InboxId,
-    OutboxId, OutboxItem, PrekeyBundle, PrekeyUpload, ReceiveError, Received, SessionError,
-    SignedDeviceList, StoredDevice, Timestamp,
+    OutboxId, OutboxItem, PrekeyBundle, PrekeyUpload, ReceiveError, Received, SignedDeviceList,
+    StoredDevice, Timestamp,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -37,45 +37,19 @@ fn key() -> StoreKey {
     StoreKey::from_bytes(&[0x42; 32])
 }
 
-/// A store error the app answers by restarting and retrying.
-trait Retry: core::fmt::Debug {
-    fn store(&self) -> Option<StoreError>;
-    fn action(&self) -> Action;
-
+/// A store error the app answers by restarting and retrying: `Injected`, whose action must be
+/// `RetryLater`.
+trait Retry: StoreFailure {
     fn injected(&self) -> bool {
-        let injected = self.store() == Some(StoreError::Injected);
+        let injected = self.store_error() == Some(StoreError::Injected);
         if injected {
-            assert_eq!(self.action(), Action::RetryLater, "{self:?}");
+            assert_eq!(self.what_to_do(), Action::RetryLater, "{self:?}");
         }
         injected
     }
 }
 
-macro_rules! retry_via_store {
-    ($($error:ty),*) => {$(
-        impl Retry for $error {
-            fn store(&self) -> Option<StoreError> {
-                match self {
-                    Self::Store(error) => Some(*error),
-                    _ => None,
-                }
-            }
-            fn action(&self) -> Action {
-                <$error>::action(self)
-            }
-        }
-    )*};
-}
-retry_via_store!(FanoutError, ReceiveError, DeviceListError, SessionError);
-
-impl Retry for StoreError {
-    fn store(&self) -> Option<StoreError> {
-        Some(*self)
-    }
-    fn action(&self) -> Action {
-        StoreError::action(self)
-    }
-}
+impl<E: StoreFailure> Retry for E {}
 
 /// One stored device of Alice's and what its app keeps outside the store.
 struct App {

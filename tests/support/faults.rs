@@ -9,6 +9,41 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use multidevice::store::{MemoryStore, Mode, Rows, Store, StoreError, Table, Transaction};
+use multidevice::{Action, DeviceListError, FanoutError, ReceiveError, SessionError};
+
+/// An error that may carry a store failure.
+pub(crate) trait StoreFailure: fmt::Debug {
+    /// The store failure, if that is what the error is.
+    fn store_error(&self) -> Option<StoreError>;
+    /// What the app should do about it.
+    fn what_to_do(&self) -> Action;
+}
+
+macro_rules! store_failure_via_variant {
+    ($($error:ty),*) => {$(
+        impl StoreFailure for $error {
+            fn store_error(&self) -> Option<StoreError> {
+                match self {
+                    Self::Store(error) => Some(*error),
+                    _ => None,
+                }
+            }
+            fn what_to_do(&self) -> Action {
+                self.action()
+            }
+        }
+    )*};
+}
+store_failure_via_variant!(FanoutError, ReceiveError, DeviceListError, SessionError);
+
+impl StoreFailure for StoreError {
+    fn store_error(&self) -> Option<StoreError> {
+        Some(*self)
+    }
+    fn what_to_do(&self) -> Action {
+        self.action()
+    }
+}
 
 /// Where to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
