@@ -617,28 +617,43 @@ fn run(faults: &[Fault]) -> (Outcome, Stats) {
     (outcome, Stats { writes, commits, restarts, fired: plan.fired().len() })
 }
 
-/// Runs each fault set; every failure names the faults that replay it.
+/// Runs each fault set, on as many threads as there are cores (each run is independent);
+/// every failure names the faults that replay it.
 fn run_all(reference: &Outcome, runs: Vec<Vec<Fault>>, label: &str) -> Vec<String> {
-    let mut failures = Vec::new();
-    for faults in runs {
-        let name = faults.iter().map(Fault::to_string).collect::<Vec<_>>().join(",");
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let (outcome, stats) = run(&faults);
-            assert!(stats.fired > 0 && stats.restarts > 0, "no fault fired");
-            assert_eq!(&outcome, reference, "the outcome differs from the run without faults");
-        }));
-        if let Err(panic) = result {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            failures.push(format!(
-                "{label} {name}: {message}\n    replay: MULTIDEVICE_FAULTS={name} cargo test --test store_crash"
-            ));
-        }
-    }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = runs.len().div_ceil(threads).max(1);
+    let mut failures: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = runs
+            .chunks(chunk)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk.iter().filter_map(|f| one(reference, f, label)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|worker| worker.join().unwrap()).collect()
+    });
+    failures.sort();
     failures
+}
+
+/// One run with `faults`: `None` if it ended where the run without faults ends.
+fn one(reference: &Outcome, faults: &[Fault], label: &str) -> Option<String> {
+    let name = faults.iter().map(Fault::to_string).collect::<Vec<_>>().join(",");
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let (outcome, stats) = run(faults);
+        assert!(stats.fired > 0 && stats.restarts > 0, "no fault fired");
+        assert_eq!(&outcome, reference, "the outcome differs from the run without faults");
+    }));
+    let panic = result.err()?;
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default();
+    Some(format!(
+        "{label} {name}: {message}\n    replay: MULTIDEVICE_FAULTS={name} cargo test --test store_crash"
+    ))
 }
 
 fn replay_from_env() -> Option<Vec<Fault>> {
