@@ -497,6 +497,25 @@ impl World {
         self.process_list(1, &list);
     }
 
+    /// Bob's primary removes his first companion; Alice's devices process the list and drop
+    /// their sessions with it.
+    fn bob_removes_companion(&mut self) {
+        let now = self.now;
+        let removed = self.bob.devices[1].address();
+        let list = self.bob.devices[0].remove_companion(removed.device, now).unwrap();
+        self.server.publish(&list);
+        for device in &mut self.bob.devices {
+            device.process_device_list(&list.to_bytes(), now).unwrap();
+        }
+        let bytes = list.to_bytes();
+        self.process_list(0, &bytes);
+        self.process_list(1, &bytes);
+        for i in 0..self.apps.len() {
+            let session = self.retrying(i, "session_info", |d, _, _| d.session_info(removed));
+            assert!(session.is_none(), "{}: a session with a removed device", self.step);
+        }
+    }
+
     /// After the scenario: every store opens, holds no unsent or unkept item, and the outcome
     /// is complete: each committed message reached each of its recipients exactly once.
     fn finish(mut self) -> Outcome {
@@ -577,6 +596,9 @@ fn scenario(w: &mut World) {
     w.alice_sends(1, b"m7 from Alice's companion");
     w.alice_sends(0, b"m8 from Alice's primary");
     w.deliver_all();
+
+    w.step("Bob removes his first companion");
+    w.bob_removes_companion();
 
     w.step("the primary removes the companion");
     w.remove_companion();
