@@ -177,14 +177,27 @@ fn aad(table: Table, lookup: &[u8; 32]) -> [u8; AAD_LEN] {
 }
 
 /// A transaction of a store seen through its keys: plaintext records in and out.
+///
+/// Once the store fails a call, the transaction can no longer commit: a protocol step whose
+/// inbox entry or outbox item failed to be written must not commit its ratchet step without it,
+/// even when the caller treats the step's error as a failure to commit latches for.
 pub(crate) struct Sealed<'t> {
     txn: Box<dyn Transaction + 't>,
     keys: &'t mut Keys,
+    failed: Option<StoreError>,
 }
 
 impl<'t> Sealed<'t> {
     pub(crate) fn new(txn: Box<dyn Transaction + 't>, keys: &'t mut Keys) -> Self {
-        Self { txn, keys }
+        Self { txn, keys, failed: None }
+    }
+
+    /// Passes a store result on, remembering a failure so that [`Sealed::commit`] refuses.
+    fn note<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(error) = &result {
+            self.failed.get_or_insert(*error);
+        }
+        result
     }
 
     pub(crate) fn keys(&self) -> &Keys {
@@ -247,7 +260,8 @@ impl<'t> Sealed<'t> {
         lookup: &[u8; 32],
         natural: &[u8],
     ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let Some(row) = self.txn.get(table, lookup)? else {
+        let row = self.txn.get(table, lookup);
+        let Some(row) = self.note(row)? else {
             return Ok(None);
         };
         let (found, record) = self.open(table, lookup, &row)?;
@@ -277,18 +291,21 @@ impl<'t> Sealed<'t> {
         record: &[u8],
     ) -> Result<(), StoreError> {
         let row = self.seal(table, lookup, natural, record);
-        self.txn.put(table, lookup, &row)
+        let result = self.txn.put(table, lookup, &row);
+        self.note(result)
     }
 
     /// Deletes the record at `natural`.
     pub(crate) fn delete(&mut self, table: Table, natural: &[u8]) -> Result<(), StoreError> {
         let lookup = self.keys.lookup(table, natural);
-        self.txn.delete(table, &lookup)
+        let result = self.txn.delete(table, &lookup);
+        self.note(result)
     }
 
     /// Deletes the row at an explicit stored key.
     pub(crate) fn delete_at(&mut self, table: Table, lookup: &[u8; 32]) -> Result<(), StoreError> {
-        self.txn.delete(table, lookup)
+        let result = self.txn.delete(table, lookup);
+        self.note(result)
     }
 
     /// Every record of `table` whose stored key starts with `prefix`: natural key, stored key
@@ -299,7 +316,8 @@ impl<'t> Sealed<'t> {
         table: Table,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, [u8; 32], Zeroizing<Vec<u8>>)>, StoreError> {
-        let rows = self.txn.scan(table, prefix)?;
+        let rows = self.txn.scan(table, prefix);
+        let rows = self.note(rows)?;
         rows.into_iter()
             .map(|(key, row)| {
                 let lookup: [u8; 32] =
@@ -310,9 +328,13 @@ impl<'t> Sealed<'t> {
             .collect()
     }
 
-    /// Commits every change.
+    /// Commits every change, unless a store call of the transaction failed: then it rolls back
+    /// and returns that failure.
     pub(crate) fn commit(self) -> Result<(), StoreError> {
-        self.txn.commit()
+        match self.failed {
+            Some(error) => Err(error),
+            None => self.txn.commit(),
+        }
     }
 }
 
