@@ -724,9 +724,10 @@ impl Device {
 
     /// Primary: approves a companion identity, assigning it a device id and key index, and holds
     /// the id for [`APPROVAL_LIFETIME_SECS`] until [`Device::add_companion`]. An approval that is
-    /// never completed consumes no device id. Refused before anything is signed: a fifth
-    /// companion (approvals still pending count), and an identity already in the list or
-    /// pending (the primary's own included).
+    /// never completed consumes no device id. An identity whose approval is still pending gets
+    /// that same approval again (a retry after a crash). Refused before anything is signed: a
+    /// fifth companion (approvals still pending count), and an identity already in the list
+    /// (the primary's own included).
     pub fn approve_companion(
         &mut self,
         companion: &PublicIdentity,
@@ -743,11 +744,23 @@ impl Device {
         // Expired approvals are dropped only when this call succeeds: a refusal changes nothing.
         let live: Vec<PendingApproval> =
             state.pending.iter().filter(|p| p.expires >= clock).cloned().collect();
+        if in_list {
+            return Err(DeviceListError::DuplicateIdentity);
+        }
+        // The same identity approved again while its approval is pending gets that approval
+        // again (same metadata, same signature): a retry after a crash, not a second device.
+        if let Some(pending) = live.iter().find(|p| p.identity == fingerprint) {
+            let metadata = pending.metadata;
+            let account_signature =
+                SignedDeviceIdentity::account_sign(&self.identity, metadata, companion);
+            return Ok(CompanionApproval {
+                metadata,
+                account_identity: self.identity.public().clone(),
+                account_signature,
+            });
+        }
         if listed + live.len() >= MAX_COMPANIONS {
             return Err(DeviceListError::CompanionLimit { limit: MAX_COMPANIONS });
-        }
-        if in_list || live.iter().any(|p| p.identity == fingerprint) {
-            return Err(DeviceListError::DuplicateIdentity);
         }
         // Ids reserved by approvals that expired unanswered were never listed: they go out
         // again, lowest first, before a new id is drawn.
@@ -850,7 +863,8 @@ impl Device {
     }
 
     /// Primary: adds a countersigned companion that matches a pending approval and signs the
-    /// new device list.
+    /// new device list. A companion the newest own list already names with exactly this signed
+    /// identity returns that list again (a retry after a crash).
     pub fn add_companion(
         &mut self,
         signed: &SignedDeviceIdentity,
@@ -868,6 +882,12 @@ impl Device {
         self.primary_state()?;
         signed.verify(self.identity.public())?;
         let own_list = self.own_list()?;
+        // Adding a companion the newest own list already names, exactly so, returns that list:
+        // a retry after a crash that landed the first call.
+        if own_list.signed_companions().iter().any(|c| c == signed) {
+            return SignedDeviceList::try_from(own_list.signed_bytes())
+                .map_err(DeviceListError::Decode);
+        }
         if own_list.device(signed.metadata.address()).is_some() {
             return Err(DeviceListError::DeviceIdInUse(signed.metadata.device));
         }

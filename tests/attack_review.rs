@@ -621,8 +621,27 @@ fn duplicate_companions_and_role_errors_have_their_own_variants() {
     let signed = tablet.countersign_approval(&approval).unwrap();
     carol.devices[0].add_companion(&signed, T0).unwrap();
     let before = snapshot(&carol.devices[0]);
+    // The same signed companion again is a retry: the list naming it, nothing signed anew.
+    let again = carol.devices[0].add_companion(&signed, T0).unwrap();
     assert_eq!(
-        carol.devices[0].add_companion(&signed, T0).unwrap_err(),
+        again.to_bytes(),
+        carol.devices[0].device_list(AccountId(1)).unwrap().signed_bytes()
+    );
+    assert_eq!(snapshot(&carol.devices[0]), before);
+    // Another identity at the same device id is refused.
+    let mut other = Device::new(&mut rng, addr(1, 98), T0);
+    let forged_metadata = signed.metadata;
+    let account_signature =
+        test_support::account_sign(&carol.devices[0], forged_metadata, other.public_identity());
+    let other_signed = other
+        .countersign_approval(&CompanionApproval {
+            metadata: forged_metadata,
+            account_identity: carol.devices[0].public_identity().clone(),
+            account_signature,
+        })
+        .unwrap();
+    assert_eq!(
+        carol.devices[0].add_companion(&other_signed, T0).unwrap_err(),
         DeviceListError::DeviceIdInUse(DeviceId(1))
     );
     assert_eq!(snapshot(&carol.devices[0]), before);

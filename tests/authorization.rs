@@ -680,11 +680,9 @@ fn abandoned_approvals_consume_no_device_ids() {
     );
     let next = carol.devices[0].approve_companion(extra.public_identity(), later).unwrap();
     assert_eq!(next.metadata.device, DeviceId(2));
-    // The same identity cannot be approved twice, nor the primary's own.
-    assert_eq!(
-        carol.devices[0].approve_companion(extra.public_identity(), later).unwrap_err(),
-        DeviceListError::DuplicateIdentity
-    );
+    // The same identity approved again while pending gets the same approval (a retry, not a
+    // second device id); the primary's own identity is refused.
+    assert_eq!(carol.devices[0].approve_companion(extra.public_identity(), later).unwrap(), next);
     let own = carol.devices[0].public_identity().clone();
     assert_eq!(
         carol.devices[0].approve_companion(&own, later).unwrap_err(),

@@ -175,8 +175,26 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// Brings the file to [`SCHEMA_VERSION`], one migration at a time, in one transaction.
+    /// Brings the file to [`SCHEMA_VERSION`], one migration at a time, in one transaction. A file
+    /// already current is only read, so opening it never waits for another process's writer.
     fn migrate(&mut self) -> Result<(), StoreError> {
+        let current: Option<u32> = self
+            .connection
+            .query_row("SELECT version FROM schema_version", [], |row| row.get(0))
+            .optional()
+            .ok()
+            .flatten();
+        if let Some(found) = current {
+            return match found.cmp(&SCHEMA_VERSION) {
+                core::cmp::Ordering::Greater => Err(StoreError::SchemaTooNew { found }),
+                core::cmp::Ordering::Equal => Ok(()),
+                core::cmp::Ordering::Less => self.migrate_in_transaction(),
+            };
+        }
+        self.migrate_in_transaction()
+    }
+
+    fn migrate_in_transaction(&mut self) -> Result<(), StoreError> {
         let txn = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
