@@ -184,7 +184,8 @@ impl KnownAccount {
     }
 
     /// Remembers that the device `by` of the account announced `(version, digest)` above the
-    /// held list. Fails (changing nothing) if another digest was announced for that version.
+    /// held list; true if that changed what is remembered. Fails (changing nothing) if another
+    /// digest was announced for that version.
     /// Announcements are forgotten only when a list of at least their version is processed, or
     /// when no device that announced them is listed any more; never because another device
     /// announced a lower version, which a server can always replay late.
@@ -193,14 +194,14 @@ impl KnownAccount {
         version: u64,
         digest: [u8; 32],
         by: DeviceId,
-    ) -> Result<(), u64> {
+    ) -> Result<bool, u64> {
         match self.announced.iter_mut().find(|a| a.version == version) {
-            Some(known) if known.digest != digest => return Err(version),
+            Some(known) if known.digest != digest => Err(version),
+            Some(known) if known.by.contains(&by) => Ok(false),
             Some(known) => {
-                if !known.by.contains(&by) {
-                    known.by.push(by);
-                    known.by.sort_unstable();
-                }
+                known.by.push(by);
+                known.by.sort_unstable();
+                Ok(true)
             }
             None => {
                 self.announced.push(Announcement { version, digest, by: vec![by] });
@@ -208,9 +209,9 @@ impl KnownAccount {
                 if self.announced.len() > MAX_ANNOUNCEMENTS {
                     self.announced.remove(0);
                 }
+                Ok(true)
             }
         }
-        Ok(())
     }
 
     /// Keeps the announcements that still count once `list` is held: above its version, by a
@@ -339,6 +340,17 @@ impl Device {
         } else {
             AccountStatus::Active
         }
+    }
+
+    /// Records that a held list, or what makes it trusted, changed: group sends recompute the
+    /// devices they reach.
+    pub(crate) fn lists_changed(&mut self) {
+        self.list_epoch = self.list_epoch.wrapping_add(1);
+    }
+
+    /// True on the account's primary.
+    pub(crate) fn is_primary(&self) -> bool {
+        matches!(self.role, Role::Primary(_))
     }
 
     fn names_me(&self, list: &VerifiedDeviceList) -> bool {
@@ -480,6 +492,7 @@ impl Device {
                 });
                 if replaces {
                     known.pending_change = Some(list);
+                    self.lists_changed();
                 }
                 return Err(DeviceListError::IdentityChanged { account });
             }
@@ -531,6 +544,8 @@ impl Device {
             return Err(DeviceListError::NotPendingChange { account });
         }
         let removed = self.delete_account_sessions(account);
+        self.group_keys.retain(|(sender, _), _| sender.account != account);
+        self.lists_changed();
         let mut known = KnownAccount::new(list.clone());
         if let Some(old) = self.accounts.remove(&account) {
             known.refused_identities = old.refused_identities;
@@ -559,6 +574,7 @@ impl Device {
             return Err(DeviceListError::NotPendingChange { account });
         };
         known.refuse_identity(pending.account_identity().fingerprint());
+        self.lists_changed();
         Ok(())
     }
 
@@ -619,6 +635,18 @@ impl Device {
         for address in &unbound {
             self.sessions.remove(address);
         }
+        // A device that left the list, or is listed under another identity now, no longer
+        // speaks in any group: its sender keys go.
+        let gone = |sender: &DeviceAddress| {
+            sender.account == account
+                && list.device(*sender).is_none_or(|d| {
+                    old.as_ref()
+                        .and_then(|o| o.list.device(*sender))
+                        .is_some_and(|before| before.identity() != d.identity())
+                })
+        };
+        self.group_keys.retain(|(sender, _), _| !gone(sender));
+        self.lists_changed();
         if account == self.address.account {
             let names_me = self.names_me(&list);
             match &mut self.role {
@@ -847,11 +875,15 @@ impl Device {
         {
             self.accounts.remove(&account);
             self.delete_account_sessions(account);
+            self.group_keys.retain(|(sender, _), _| sender.account != account);
+            self.lists_changed();
         }
         // Nor was a pending change to another identity: the own account keeps the identity it
         // links under.
-        if let Some(known) = self.accounts.get_mut(&account) {
-            known.pending_change = None;
+        if let Some(known) = self.accounts.get_mut(&account)
+            && known.pending_change.take().is_some()
+        {
+            self.lists_changed();
         }
         if let Role::Companion(state) = &mut self.role {
             state.link = Some(Link {

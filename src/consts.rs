@@ -155,3 +155,8 @@ pub const USED_LINK_REFERENCES: usize = 64;
 /// ([`PAIRING_CODE_LIFETIME_SECS`]), so a code answers one hello only. More codes than this
 /// in one lifetime are refused until the oldest expires.
 pub const MAX_ANSWERED_PAIRING_CODES: usize = 16;
+
+/// Member accounts of one group, besides the sender's own.
+///
+/// WhatsApp's group size; with five devices each, about 5,000 devices hold a sender key.
+pub const MAX_GROUP_MEMBERS: usize = 1024;

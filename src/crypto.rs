@@ -50,6 +50,8 @@ pub(crate) mod label {
     pub(crate) const STORE_NONCE: &[u8] = b"multidevice/v1/store/mac/nonce";
     pub(crate) const STORE_KEY_CHECK: &[u8] = b"multidevice/v1/store/mac/key-check";
     pub(crate) const STORE_RECORD_AAD: &[u8] = b"multidevice/v1/store/aad/record";
+    pub(crate) const HASH_GROUP_MEMBERSHIP: &[u8] = b"multidevice/v1/hash/group-membership";
+    pub(crate) const SIG_GROUP_MESSAGE: &[u8] = b"multidevice/v1/sig/group-message";
     pub(crate) const HASH_ANSWERED_PAIRING_CODE: &[u8] =
         b"multidevice/v1/hash/answered-pairing-code";
     pub(crate) const KDF_BODY: &[u8] = b"multidevice/v1/kdf/body";

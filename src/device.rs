@@ -23,6 +23,8 @@ use crate::account::{KnownAccounts, Role};
 use crate::consts::{DEFAULT_MAX_FORWARD_JUMP, MAX_FORWARD_JUMP_CEILING, MAX_MESSAGE_PLAINTEXT};
 use crate::crypto;
 use crate::error::{DecodeError, SessionError};
+use crate::group::receiver::GroupReceiver;
+use crate::group::{GroupId, GroupSender};
 use crate::keys::{DeviceAddress, Fingerprint, IdentityKeyPair, PublicIdentity, Timestamp};
 use crate::prekeys::{
     LegacyPrekeys, OneTimePrekey, OneTimePrekeyPublic, PrekeyStore, PrekeyUpload,
@@ -103,14 +105,26 @@ pub struct Device {
     /// The highest time the app has passed in: every time rule reads it, so winding the clock
     /// back cannot extend a deadline.
     pub(crate) clock: Timestamp,
+    /// Moves whenever a held list, or what makes it trusted (announcements, a pending identity
+    /// change), changes: a group send that found its devices unchanged since skips the work.
+    pub(crate) list_epoch: u64,
+    /// The groups this device sends to.
+    pub(crate) groups: Groups,
+    /// The sender keys other devices distributed, per sending device and group.
+    pub(crate) group_keys: GroupKeys,
 }
 
 /// The device's own record: every field of [`Device`] but its one-time prekeys, sessions and
 /// held lists, which are records of their own.
 pub(crate) type MetaRef<'a> =
-    (&'a DeviceAddress, &'a IdentityKeyPair, &'a SignedPrekeys, u32, &'a Role, Timestamp);
+    (&'a DeviceAddress, &'a IdentityKeyPair, &'a SignedPrekeys, u32, &'a Role, (Timestamp, u64));
 /// The owned form of [`MetaRef`].
-pub(crate) type MetaOwned = (DeviceAddress, IdentityKeyPair, SignedPrekeys, u32, Role, Timestamp);
+pub(crate) type MetaOwned =
+    (DeviceAddress, IdentityKeyPair, SignedPrekeys, u32, Role, (Timestamp, u64));
+/// Sender states by group.
+pub(crate) type Groups = BTreeMap<GroupId, GroupSender>;
+/// Received sender keys, by sending device and group.
+pub(crate) type GroupKeys = BTreeMap<(DeviceAddress, GroupId), GroupReceiver>;
 
 /// The persisted form: the format version, the device's own record, then every other record.
 /// Only [`Device::from_bytes`] reads it, and it validates what it read.
@@ -120,6 +134,8 @@ type StateRef<'a> = (
     &'a BTreeMap<u32, OneTimePrekey>,
     &'a BTreeMap<DeviceAddress, SessionRecord>,
     &'a KnownAccounts,
+    &'a Groups,
+    &'a GroupKeys,
 );
 type StateOwned = (
     u16,
@@ -127,6 +143,8 @@ type StateOwned = (
     BTreeMap<u32, OneTimePrekey>,
     BTreeMap<DeviceAddress, SessionRecord>,
     KnownAccounts,
+    Groups,
+    GroupKeys,
 );
 /// Persisted format 2, imported by [`Device::from_bytes`].
 type LegacyState = (
@@ -194,6 +212,9 @@ impl Device {
             role: Role::for_address(address),
             accounts: KnownAccounts::new(),
             clock: now,
+            list_epoch: 0,
+            groups: BTreeMap::new(),
+            group_keys: BTreeMap::new(),
         };
         if address.device.is_primary() {
             // A new primary holds no list, so nothing was announced: signing cannot be refused.
@@ -492,8 +513,15 @@ impl Device {
     /// [`crate::store::Store`] never needs this: [`crate::StoredDevice`] commits each record an
     /// operation changed, and imports this form once.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let state: StateRef<'_> =
-            (STATE_FORMAT, self.meta(), &self.prekeys.one_time, &self.sessions, &self.accounts);
+        let state: StateRef<'_> = (
+            STATE_FORMAT,
+            self.meta(),
+            &self.prekeys.one_time,
+            &self.sessions,
+            &self.accounts,
+            &self.groups,
+            &self.group_keys,
+        );
         crate::wiping::to_wiped_bytes(&state)
     }
 
@@ -505,7 +533,7 @@ impl Device {
             &self.prekeys.signed,
             self.max_forward_jump,
             &self.role,
-            self.clock,
+            (self.clock, self.list_epoch),
         )
     }
 
@@ -515,8 +543,9 @@ impl Device {
         one_time: BTreeMap<u32, OneTimePrekey>,
         sessions: BTreeMap<DeviceAddress, SessionRecord>,
         accounts: KnownAccounts,
+        (groups, group_keys): (Groups, GroupKeys),
     ) -> Self {
-        let (address, identity, signed, max_forward_jump, role, clock) = meta;
+        let (address, identity, signed, max_forward_jump, role, (clock, list_epoch)) = meta;
         Self {
             address,
             identity,
@@ -526,6 +555,9 @@ impl Device {
             role,
             accounts,
             clock,
+            list_epoch,
+            groups,
+            group_keys,
         }
     }
 
@@ -549,8 +581,8 @@ impl Device {
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
-        let (_, meta, one_time, sessions, accounts) = state;
-        let device = Self::from_records(meta, one_time, sessions, accounts);
+        let (_, meta, one_time, sessions, accounts, groups, group_keys) = state;
+        let device = Self::from_records(meta, one_time, sessions, accounts, (groups, group_keys));
         if !device.is_consistent() || device.to_bytes().as_slice() != bytes {
             return Err(DecodeError::MalformedState);
         }
@@ -574,6 +606,9 @@ impl Device {
             role: role.upgrade(),
             accounts: accounts.into_iter().map(|(id, known)| (id, known.upgrade())).collect(),
             clock,
+            list_epoch: 0,
+            groups: BTreeMap::new(),
+            group_keys: BTreeMap::new(),
         };
         if !device.is_consistent() {
             return Err(DecodeError::MalformedState);
@@ -597,6 +632,8 @@ impl Device {
         (1..=MAX_FORWARD_JUMP_CEILING).contains(&self.max_forward_jump)
             && self.prekeys.one_time_remaining() <= crate::consts::MAX_ONE_TIME_PREKEYS
             && self.sessions.values().all(SessionRecord::within_limits)
+            && self.groups.values().all(GroupSender::within_limits)
+            && self.group_keys.values().all(GroupReceiver::within_limits)
             && self.role.within_limits()
             && role_fits_address
             && self.accounts.iter().all(|(account, known)| {

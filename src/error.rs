@@ -103,6 +103,8 @@ pub enum SignatureKind {
     DeviceList,
     /// A companion's signed request to be removed.
     LogoutRequest,
+    /// A sending device's signature over a group message.
+    GroupMessage,
 }
 
 /// The rule of strict Ed25519 verification a signature broke (docs/PROTOCOL.md, Notation).
@@ -550,6 +552,15 @@ pub enum ReceiveError {
     /// delivered it again. Drop it.
     #[error("this envelope was already received")]
     AlreadyReceived,
+    /// No sender key of the sending device for this group (and key id) is held: its
+    /// distribution has not arrived yet. Keep the message and retry once it has.
+    #[error("no sender key from {sender} for group {group:?}")]
+    NoSenderKey {
+        /// The group.
+        group: crate::group::GroupId,
+        /// The sending device.
+        sender: DeviceAddress,
+    },
     /// The store failed; nothing was committed, so the call can be retried as
     /// [`StoreError::action`] says.
     #[error(transparent)]
@@ -579,6 +590,7 @@ impl ReceiveError {
             | Self::BodyKeyCommitment
             | Self::BodyAuthentication
             | Self::AlreadyReceived => Action::Drop,
+            Self::NoSenderKey { .. } => Action::RetryLater,
         }
     }
 }
@@ -818,6 +830,48 @@ impl StoreError {
             | StoreError::ReadOnly
             | StoreError::Conflict(_)
             | StoreError::InvalidImport(_) => Action::Drop,
+        }
+    }
+}
+
+/// A group message could not be sent. The device is unchanged but for the clock mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// The session layer refused (for example this companion is signed out).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// This device holds no group with this id: create it or set its members first.
+    #[error("unknown group {0:?}")]
+    UnknownGroup(crate::group::GroupId),
+    /// More member accounts than [`crate::consts::MAX_GROUP_MEMBERS`].
+    #[error("{got} member accounts exceed the limit of {limit}")]
+    TooManyMembers {
+        /// The limit.
+        limit: usize,
+        /// The number given.
+        got: usize,
+    },
+    /// The payload exceeds [`crate::consts::MAX_MESSAGE_PLAINTEXT`]; send large payloads as a
+    /// blob and the descriptor in the group.
+    #[error("payload of {0} bytes is too large")]
+    PayloadTooLarge(usize),
+    /// The sender key has sent 2^32 messages; it is replaced at the next change of devices.
+    #[error("the sender key is exhausted")]
+    KeyExhausted,
+    /// The store failed; nothing was committed, so the call can be retried as
+    /// [`StoreError::action`] says.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl GroupError {
+    /// What to do: the session or store error's action, [`Action::Drop`] otherwise.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Session(error) => error.action(),
+            Self::Store(error) => error.action(),
+            _ => Action::Drop,
         }
     }
 }

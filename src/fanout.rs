@@ -66,6 +66,8 @@ pub enum FanoutSkip {
     /// The device is a companion and its account's list is more than 14 days old, or a newer
     /// version was announced: fetch the list (see [`FanoutMessage::lists_needed`]).
     StaleList,
+    /// Its account's identity changed and the user has not decided yet.
+    IdentityChangePending,
 }
 
 /// The result of one fan-out.
@@ -113,12 +115,16 @@ pub(crate) enum Content<'a> {
     },
     /// A history blob descriptor, for one new companion only.
     History(&'a [u8]),
+    /// A sender-key distribution for a group.
+    SenderKey(&'a [u8]),
 }
 
 impl Inner<'_> {
     pub(crate) fn encode(&self) -> Zeroizing<Vec<u8>> {
         let content_len = match self.content {
-            Content::Inline(bytes) | Content::History(bytes) => 1 + bytes.len(),
+            Content::Inline(bytes) | Content::History(bytes) | Content::SenderKey(bytes) => {
+                1 + bytes.len()
+            }
             Content::Body { .. } => 65,
         };
         let mut out = Zeroizing::new(Vec::with_capacity(40 + 1 + 8 * self.to.len() + content_len));
@@ -141,7 +147,7 @@ impl Inner<'_> {
                 out.extend_from_slice(*key);
                 out.extend_from_slice(digest);
             }
-            Content::History(descriptor) => out.extend_from_slice(descriptor),
+            Content::History(bytes) | Content::SenderKey(bytes) => out.extend_from_slice(bytes),
         }
         out
     }
@@ -172,6 +178,7 @@ impl Inner<'_> {
         };
         let content = match kind {
             MessageKind::History => Content::History(reader.rest()),
+            MessageKind::SenderKey => Content::SenderKey(reader.rest()),
             _ => match reader.u8()? {
                 CONTENT_INLINE => Content::Inline(reader.rest()),
                 CONTENT_BODY => {

@@ -75,6 +75,7 @@ mod device;
 mod device_list;
 pub mod error;
 mod fanout;
+mod group;
 pub mod hazmat;
 mod history;
 mod keys;
@@ -100,10 +101,11 @@ pub use device_list::{
     SignedDeviceList, VerifiedDeviceList,
 };
 pub use error::{
-    Action, BlobError, DecodeError, DeviceListError, FanoutError, HistoryError, KeyError,
-    LinkError, ReceiveError, SessionError, SignatureKind,
+    Action, BlobError, DecodeError, DeviceListError, FanoutError, GroupError, HistoryError,
+    KeyError, LinkError, ReceiveError, SessionError, SignatureKind,
 };
 pub use fanout::{Conversation, Envelope, FanoutMessage, FanoutSkip};
+pub use group::{GroupId, GroupSend};
 pub use history::{HISTORY_MEDIA_TYPE, build_history, import_history};
 pub use keys::{AccountId, DeviceAddress, DeviceId, Fingerprint, PublicIdentity, Timestamp};
 pub use linking::pairing::{CompanionPairing, PrimaryPairing};
@@ -114,7 +116,9 @@ pub use linking::render::{MAX_QR_PIXELS, QrPixels, render_pixels, render_termina
 pub use prekeys::{
     OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic, VerifiedPrekeyBundle,
 };
-pub use receive::{Received, ReceivedHistory, ReceivedMessage};
+pub use receive::{
+    Received, ReceivedGroupMessage, ReceivedHistory, ReceivedMessage, ReceivedSenderKey,
+};
 pub use security_code::SecurityCode;
 pub use session::SessionMessage;
 pub use session::message::MessageKind;

@@ -18,9 +18,13 @@ use crate::consts::HISTORY_WINDOW_SECS;
 use crate::device::Device;
 use crate::error::ReceiveError;
 use crate::fanout::{Content, Conversation, Inner, open_body};
+use crate::group::GroupId;
+use crate::group::receiver::GroupReceiver;
+use crate::group::wire::{Distribution, GroupMessage};
 use crate::keys::{DeviceAddress, DeviceId, Timestamp};
 use crate::session::SessionMessage;
 use crate::session::message::MessageKind;
+use crate::wire::Codec;
 
 /// What [`Device::receive`] accepted.
 #[derive(Debug)]
@@ -32,6 +36,61 @@ pub enum Received {
     /// History from this account's primary, for this newly linked companion: import it with
     /// [`crate::import_history`].
     History(ReceivedHistory),
+    /// A message to a group, under its sender's sender key.
+    Group(ReceivedGroupMessage),
+    /// A device's sender key for a group: kept, so its group messages decrypt. Nothing for the
+    /// app to do.
+    SenderKey(ReceivedSenderKey),
+}
+
+impl Received {
+    /// The device that sent it.
+    pub fn sender(&self) -> DeviceAddress {
+        match self {
+            Received::Message(message) => message.sender,
+            Received::History(history) => history.sender,
+            Received::Group(message) => message.sender,
+            Received::SenderKey(key) => key.sender,
+        }
+    }
+}
+
+/// A decrypted group message.
+#[non_exhaustive]
+pub struct ReceivedGroupMessage {
+    /// The group.
+    pub group: GroupId,
+    /// The authorized device that sent it.
+    pub sender: DeviceAddress,
+    /// The membership digest the sender stated ([`GroupId::membership_digest`]): compare it
+    /// with this device's view of the group.
+    pub membership_digest: [u8; 32],
+    /// The message id the sender chose.
+    pub message_id: [u8; 16],
+    /// The sender's device-list version, as it stated.
+    pub sender_list_version: u64,
+    /// The payload, wiped on drop.
+    pub payload: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for ReceivedGroupMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceivedGroupMessage")
+            .field("group", &self.group)
+            .field("sender", &self.sender)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sender key a device distributed for a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReceivedSenderKey {
+    /// The group.
+    pub group: GroupId,
+    /// The device whose key it is.
+    pub sender: DeviceAddress,
 }
 
 /// A decrypted message and who sent it.
@@ -98,24 +157,35 @@ impl Device {
         now: Timestamp,
     ) -> Result<Received, ReceiveError> {
         self.observe(now);
+        if envelope.get(1) == Some(&GroupMessage::TYPE) {
+            return self.receive_group(envelope);
+        }
         let message = SessionMessage::try_from(envelope)?;
         let sender = message.sender;
         let kind = message.kind;
         self.check_kind(kind, sender)?;
         self.require_active()?;
-        let device = self.authorize(sender).map_err(|refusal| match refusal {
-            Refusal::NoList => ReceiveError::NoList(sender.account),
-            Refusal::Unlisted => ReceiveError::UnlistedSender(sender),
-            Refusal::Stale { announced } => {
-                ReceiveError::StaleList { account: sender.account, announced }
-            }
-        })?;
+        let device = self.authorized_sender(sender)?;
+        let sender_identity = device.identity().fingerprint();
         let opened = self.open(&message, Some(device.identity()), now)?;
         let inner = Inner::decode(kind, &opened.plaintext).map_err(ReceiveError::Content)?;
         self.note_announcement(sender, inner.list_version, inner.list_digest)?;
         let list_refresh_needed =
             self.accounts.get(&sender.account).is_some_and(|known| !self.companions_current(known));
         let received = match inner.content {
+            Content::SenderKey(bytes) => {
+                let distribution = Distribution::parse(bytes).map_err(ReceiveError::Content)?;
+                let group = distribution.group;
+                let receiver = self
+                    .group_keys
+                    .entry((sender, group))
+                    .or_insert_with(|| GroupReceiver::new(sender_identity));
+                if receiver.sender_identity != sender_identity {
+                    *receiver = GroupReceiver::new(sender_identity);
+                }
+                receiver.accept(&distribution);
+                Received::SenderKey(ReceivedSenderKey { group, sender })
+            }
             Content::History(descriptor) => Received::History(ReceivedHistory {
                 sender,
                 descriptor: BlobDescriptor::try_from(descriptor)
@@ -124,9 +194,9 @@ impl Device {
             content => {
                 let payload = match content {
                     Content::Body { key, digest } => open_body(key, &digest, body)?,
-                    Content::Inline(payload) | Content::History(payload) => {
-                        Zeroizing::new(payload.to_vec())
-                    }
+                    Content::Inline(payload)
+                    | Content::History(payload)
+                    | Content::SenderKey(payload) => Zeroizing::new(payload.to_vec()),
                 };
                 let conversation = match kind {
                     MessageKind::OwnCopy => Conversation::OwnCopy { to: inner.to },
@@ -144,6 +214,52 @@ impl Device {
         };
         self.commit(opened);
         Ok(received)
+    }
+
+    /// The device at `sender`, if authorization admits it (see [`Device::authorize`]).
+    fn authorized_sender(
+        &self,
+        sender: DeviceAddress,
+    ) -> Result<&crate::AuthorizedDevice, ReceiveError> {
+        self.authorize(sender).map_err(|refusal| match refusal {
+            Refusal::NoList => ReceiveError::NoList(sender.account),
+            Refusal::Unlisted => ReceiveError::UnlistedSender(sender),
+            Refusal::Stale { announced } => {
+                ReceiveError::StaleList { account: sender.account, announced }
+            }
+        })
+    }
+
+    /// A group message: authorize the sender as for any message, find its sender key for the
+    /// group (held under the identity the list names now), verify, step, decrypt, check the
+    /// announcement, and only then commit.
+    fn receive_group(&mut self, envelope: &[u8]) -> Result<Received, ReceiveError> {
+        let message = GroupMessage::decode(envelope)?;
+        let sender = message.sender;
+        let group = message.group;
+        if sender == self.address {
+            return Err(ReceiveError::Session(crate::error::SessionError::SelfSession));
+        }
+        self.require_active()?;
+        let identity = self.authorized_sender(sender)?.identity().fingerprint();
+        let receiver = self
+            .group_keys
+            .get(&(sender, group))
+            .filter(|r| r.sender_identity == identity)
+            .ok_or(ReceiveError::NoSenderKey { group, sender })?;
+        let mut opened = receiver.open(&message, self.max_forward_jump)?;
+        self.note_announcement(sender, opened.list_version, opened.list_digest)?;
+        if let Some(receiver) = self.group_keys.get_mut(&(sender, group)) {
+            receiver.commit(&mut opened);
+        }
+        Ok(Received::Group(ReceivedGroupMessage {
+            group,
+            sender,
+            membership_digest: message.membership,
+            message_id: opened.message_id,
+            sender_list_version: opened.list_version,
+            payload: core::mem::take(&mut opened.payload),
+        }))
     }
 
     /// Refuses a message of a kind its sender may not send to this device, before any key is
@@ -171,7 +287,7 @@ impl Device {
                 }
                 Ok(())
             }
-            MessageKind::Direct | MessageKind::OwnCopy => Ok(()),
+            MessageKind::Direct | MessageKind::OwnCopy | MessageKind::SenderKey => Ok(()),
         }
     }
 
@@ -204,13 +320,17 @@ impl Device {
                 Err(ReceiveError::Equivocation { account, version })
             };
         }
-        known
+        let changed = known
             .announce(version, digest, sender.device)
             .map_err(|version| ReceiveError::Equivocation { account, version })?;
+        let highest = known.highest_announced();
+        if changed {
+            self.lists_changed();
+        }
         if sender.device.is_primary() {
             Ok(())
         } else {
-            Err(ReceiveError::StaleList { account, announced: known.highest_announced() })
+            Err(ReceiveError::StaleList { account, announced: highest })
         }
     }
 }

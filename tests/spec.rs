@@ -418,7 +418,7 @@ fn label_table_lists_exactly_the_labels_the_code_uses() {
             assert!(a == b || !b.starts_with(a.as_str()), "{a} is a prefix of {b}");
         }
     }
-    assert_eq!(documented.len(), 32);
+    assert_eq!(documented.len(), 34);
 }
 
 /// HKDF-SHA256 with `salt`, `ikm`, `info`, 64 bytes.
@@ -1473,7 +1473,7 @@ fn parser_checks_session_messages() {
     let parse = |b: &[u8]| decode(SessionMessage::try_from(b));
     common_steps(&plain, 0x01, 109, false, parse, |e| e);
     assert_eq!(plain.len(), 2 + 109, "an empty plaintext: the shortest message");
-    for kind in [0x04, 0xff] {
+    for kind in [0x05, 0xff] {
         let mut bad = plain.clone();
         bad[2] = kind;
         assert_eq!(parse(&bad), Err(DecodeError::UnknownKind(kind)));

@@ -35,6 +35,8 @@ pub enum MessageKind {
     OwnCopy,
     /// A history descriptor from the primary to a newly linked companion.
     History,
+    /// A sending device's sender key for a group, to a device of a member or an own device.
+    SenderKey,
 }
 
 impl MessageKind {
@@ -45,6 +47,7 @@ impl MessageKind {
             Self::Direct => 0x01,
             Self::OwnCopy => 0x02,
             Self::History => 0x03,
+            Self::SenderKey => 0x04,
         }
     }
 
@@ -54,6 +57,7 @@ impl MessageKind {
             0x01 => Self::Direct,
             0x02 => Self::OwnCopy,
             0x03 => Self::History,
+            0x04 => Self::SenderKey,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }

@@ -44,11 +44,15 @@ pub enum Table {
     Dedup,
     /// What operations received and the app has not acknowledged yet.
     Inbox,
+    /// One row per group this device sends to: its sender key and who holds it.
+    Group,
+    /// One row per sending device and group: the sender keys it distributed.
+    GroupKey,
 }
 
 impl Table {
     /// Every table, in number order.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 10] = [
         Table::Meta,
         Table::OneTimePrekey,
         Table::Session,
@@ -57,6 +61,8 @@ impl Table {
         Table::Outbox,
         Table::Dedup,
         Table::Inbox,
+        Table::Group,
+        Table::GroupKey,
     ];
 
     /// The table's number in the stored format.
@@ -70,6 +76,8 @@ impl Table {
             Table::Outbox => 6,
             Table::Dedup => 7,
             Table::Inbox => 8,
+            Table::Group => 9,
+            Table::GroupKey => 10,
         }
     }
 }

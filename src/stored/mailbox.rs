@@ -16,8 +16,11 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::blob::BlobDescriptor;
 use crate::error::StoreError;
 use crate::fanout::{Conversation, Envelope};
+use crate::group::GroupId;
 use crate::keys::{AccountId, DeviceAddress, Timestamp};
-use crate::receive::{Received, ReceivedHistory, ReceivedMessage};
+use crate::receive::{
+    Received, ReceivedGroupMessage, ReceivedHistory, ReceivedMessage, ReceivedSenderKey,
+};
 use crate::store::Table;
 
 /// Envelope digests remembered per sending device: a redelivery within the last this many
@@ -44,6 +47,9 @@ pub struct OutboxItem {
     pub envelopes: Vec<Envelope>,
     /// The shared body the envelopes refer to, if any.
     pub body: Option<Vec<u8>>,
+    /// A group message, the same bytes for every device of the group: the server copies it to
+    /// all of them, after the envelopes (which carry the sender key to those that lack it).
+    pub group_message: Option<Vec<u8>>,
 }
 
 /// A received message, committed with its ratchet step and kept until the app acknowledges it.
@@ -65,6 +71,7 @@ pub(super) struct OutboxRecord {
     created: Timestamp,
     envelopes: Vec<(DeviceAddress, Vec<u8>)>,
     body: Option<Vec<u8>>,
+    group_message: Option<Vec<u8>>,
 }
 
 impl OutboxRecord {
@@ -73,7 +80,14 @@ impl OutboxRecord {
             created,
             envelopes: envelopes.iter().map(|e| (e.recipient, e.bytes.clone())).collect(),
             body: body.map(<[u8]>::to_vec),
+            group_message: None,
         }
+    }
+
+    /// This item with a group message to send after its envelopes.
+    pub(super) fn with_group_message(mut self, message: &[u8]) -> Self {
+        self.group_message = Some(message.to_vec());
+        self
     }
 
     pub(super) fn into_item(self, id: OutboxId) -> OutboxItem {
@@ -86,6 +100,7 @@ impl OutboxRecord {
                 .map(|(recipient, bytes)| Envelope { recipient, bytes })
                 .collect(),
             body: self.body,
+            group_message: self.group_message,
         }
     }
 }
@@ -104,6 +119,18 @@ pub(super) enum InboxRecord {
     History {
         sender: DeviceAddress,
         descriptor: SecretBytes,
+    },
+    Group {
+        group: GroupId,
+        sender: DeviceAddress,
+        membership_digest: [u8; 32],
+        message_id: [u8; 16],
+        list_version: u64,
+        payload: SecretBytes,
+    },
+    SenderKey {
+        group: GroupId,
+        sender: DeviceAddress,
     },
 }
 
@@ -125,6 +152,17 @@ impl InboxRecord {
                 sender: history.sender,
                 descriptor: SecretBytes(history.descriptor.to_bytes().to_vec()),
             },
+            Received::Group(message) => InboxRecord::Group {
+                group: message.group,
+                sender: message.sender,
+                membership_digest: message.membership_digest,
+                message_id: message.message_id,
+                list_version: message.sender_list_version,
+                payload: SecretBytes(message.payload.to_vec()),
+            },
+            Received::SenderKey(key) => {
+                InboxRecord::SenderKey { group: key.group, sender: key.sender }
+            }
         }
     }
 
@@ -153,6 +191,24 @@ impl InboxRecord {
                 descriptor: BlobDescriptor::try_from(descriptor.0.as_slice())
                     .map_err(|_| StoreError::Corrupt(Table::Inbox))?,
             }),
+            InboxRecord::Group {
+                group,
+                sender,
+                membership_digest,
+                message_id,
+                list_version,
+                payload,
+            } => Received::Group(ReceivedGroupMessage {
+                group: *group,
+                sender: *sender,
+                membership_digest: *membership_digest,
+                message_id: *message_id,
+                sender_list_version: *list_version,
+                payload: Zeroizing::new(payload.0.clone()),
+            }),
+            InboxRecord::SenderKey { group, sender } => {
+                Received::SenderKey(ReceivedSenderKey { group: *group, sender: *sender })
+            }
         })
     }
 }

@@ -28,21 +28,24 @@ use crate::device_list::{
     LogoutRequest, SignedDeviceIdentity, SignedDeviceList, VerifiedDeviceList,
 };
 use crate::error::{
-    DecodeError, DeviceListError, FanoutError, HistoryError, LinkError, ReceiveError, SessionError,
-    StoreError,
+    DecodeError, DeviceListError, FanoutError, GroupError, HistoryError, LinkError, ReceiveError,
+    SessionError, StoreError,
 };
 use crate::fanout::FanoutMessage;
+use crate::group::wire::GroupMessage;
+use crate::group::{GroupId, GroupSend, GroupSender};
 use crate::keys::{AccountId, DeviceAddress, DeviceId, PublicIdentity, Timestamp};
 use crate::linking::pairing::{CompanionPairing, PrimaryPairing};
 use crate::linking::pairing_code::PairingCode;
 use crate::linking::persist;
 use crate::linking::qr::{QrLinkApproval, QrLinkOffer};
 use crate::prekeys::{OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic};
-use crate::receive::Received;
 use crate::security_code::SecurityCode;
 use crate::session::SessionMessage;
+use crate::session::message::MessageKind;
 use crate::store::sealed::{Keys, Sealed, StoreKey, decode, encode};
 use crate::store::{Mode, Store, Table};
+use crate::wire::Codec;
 
 /// A device kept in a [`Store`]: the same protocol as [`Device`], with every call committed
 /// atomically, what it sends kept in an outbox and what it receives in an inbox.
@@ -169,8 +172,19 @@ impl<S: Store> StoredDevice<S> {
         scope: &Scope,
         op: impl FnOnce(&mut Device, &mut Sealed<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.run_with(|_| Ok(scope.clone()), op)
+    }
+
+    /// [`StoredDevice::run`] with a scope worked out inside the transaction, from what the
+    /// store holds.
+    fn run_with<T, E: From<StoreError>>(
+        &mut self,
+        scope: impl FnOnce(&mut Sealed<'_>) -> Result<Scope, StoreError>,
+        op: impl FnOnce(&mut Device, &mut Sealed<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut txn = Sealed::new(self.store.transaction(Mode::Write)?, &mut self.keys);
-        let (mut device, loaded) = working::load(&mut txn, scope)?;
+        let scope = scope(&mut txn)?;
+        let (mut device, loaded) = working::load(&mut txn, &scope)?;
         let result = op(&mut device, &mut txn);
         working::save(&mut txn, &device, &loaded)?;
         txn.commit()?;
@@ -249,7 +263,7 @@ impl<S: Store> StoredDevice<S> {
         bytes: &[u8],
         now: Timestamp,
     ) -> Result<ListUpdate, DeviceListError> {
-        let scope = Scope::accounts(SignedDeviceList::try_from(bytes).ok().map(|l| l.account()));
+        let scope = Scope::lists(SignedDeviceList::try_from(bytes).ok().map(|l| l.account()));
         self.run(&scope, |device, _| device.process_device_list(bytes, now))
     }
 
@@ -259,7 +273,7 @@ impl<S: Store> StoredDevice<S> {
         bytes: &[u8],
         now: Timestamp,
     ) -> Result<ListUpdate, DeviceListError> {
-        let scope = Scope::accounts(SignedDeviceList::try_from(bytes).ok().map(|l| l.account()));
+        let scope = Scope::lists(SignedDeviceList::try_from(bytes).ok().map(|l| l.account()));
         self.run(&scope, |device, _| device.accept_identity_change(bytes, now))
     }
 
@@ -269,9 +283,7 @@ impl<S: Store> StoredDevice<S> {
         account: AccountId,
         now: Timestamp,
     ) -> Result<(), DeviceListError> {
-        self.run(&Scope::accounts([account]), |device, _| {
-            device.reject_identity_change(account, now)
-        })
+        self.run(&Scope::lists([account]), |device, _| device.reject_identity_change(account, now))
     }
 
     /// The newest verified list held for `account` (see [`Device::device_list`]).
@@ -332,7 +344,7 @@ impl<S: Store> StoredDevice<S> {
         &mut self,
         approval: &CompanionApproval,
     ) -> Result<SignedDeviceIdentity, DeviceListError> {
-        let scope = Scope::accounts([approval.metadata.account]);
+        let scope = Scope::lists([approval.metadata.account]);
         self.run(&scope, |device, _| device.countersign_approval(approval))
     }
 
@@ -342,7 +354,7 @@ impl<S: Store> StoredDevice<S> {
         signed: &SignedDeviceIdentity,
         now: Timestamp,
     ) -> Result<SignedDeviceList, DeviceListError> {
-        self.run(&Scope::own(), |device, _| device.add_companion(signed, now))
+        self.run(&Scope::lists([]), |device, _| device.add_companion(signed, now))
     }
 
     /// Primary: see [`Device::remove_companion`].
@@ -351,7 +363,7 @@ impl<S: Store> StoredDevice<S> {
         device_id: DeviceId,
         now: Timestamp,
     ) -> Result<SignedDeviceList, DeviceListError> {
-        self.run(&Scope::own(), |device, _| device.remove_companion(device_id, now))
+        self.run(&Scope::lists([]), |device, _| device.remove_companion(device_id, now))
     }
 
     /// Primary: see [`Device::refresh_device_list`].
@@ -359,7 +371,7 @@ impl<S: Store> StoredDevice<S> {
         &mut self,
         now: Timestamp,
     ) -> Result<SignedDeviceList, DeviceListError> {
-        self.run(&Scope::own(), |device, _| device.refresh_device_list(now))
+        self.run(&Scope::lists([]), |device, _| device.refresh_device_list(now))
     }
 
     /// Primary: see [`Device::process_logout`].
@@ -368,12 +380,89 @@ impl<S: Store> StoredDevice<S> {
         bytes: &[u8],
         now: Timestamp,
     ) -> Result<SignedDeviceList, DeviceListError> {
-        self.run(&Scope::own(), |device, _| device.process_logout(bytes, now))
+        self.run(&Scope::lists([]), |device, _| device.process_logout(bytes, now))
     }
 
     /// Companion: see [`Device::logout_request`].
     pub fn logout_request(&mut self, now: Timestamp) -> Result<LogoutRequest, DeviceListError> {
         self.run(&Scope::own(), |device, _| device.logout_request(now))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Groups
+    // ---------------------------------------------------------------------------------------
+
+    /// See [`Device::create_group`].
+    pub fn create_group(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        members: &[AccountId],
+    ) -> Result<GroupId, GroupError> {
+        let group = GroupId::random(rng);
+        self.set_group_members(group, members)?;
+        Ok(group)
+    }
+
+    /// See [`Device::set_group_members`].
+    pub fn set_group_members(
+        &mut self,
+        group: GroupId,
+        members: &[AccountId],
+    ) -> Result<(), GroupError> {
+        let scope = Scope::own().with_groups([group]);
+        self.run(&scope, |device, _| device.set_group_members(group, members))
+    }
+
+    /// See [`Device::group_members`].
+    pub fn group_members(&mut self, group: GroupId) -> Result<Option<Vec<AccountId>>, StoreError> {
+        let scope = Scope::own().with_groups([group]);
+        self.read(&scope, |device| device.group_members(group).map(<[AccountId]>::to_vec))
+    }
+
+    /// See [`Device::leave_group`].
+    pub fn leave_group(&mut self, group: GroupId) -> Result<(), StoreError> {
+        let scope = Scope::own().with_groups([group]);
+        self.run(&scope, |device, _| {
+            device.leave_group(group);
+            Ok(())
+        })
+    }
+
+    /// Encrypts `payload` once for the whole group (see [`Device::encrypt_group`]) and commits
+    /// the chain step, the sender-key distribution and the message as one outbox item, named in
+    /// [`GroupSend::outbox`]. A send that finds the group's devices unchanged since the last one
+    /// reads only this device's own records and the group's.
+    pub fn encrypt_group(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        group: GroupId,
+        bundles: &[PrekeyBundle],
+        payload: &[u8],
+        now: Timestamp,
+    ) -> Result<GroupSend, GroupError> {
+        let scope = |txn: &mut Sealed<'_>| {
+            let base = Scope::own().with_groups([group]);
+            let Some(bytes) = txn.get(Table::Group, &group.0)? else {
+                return Ok(base);
+            };
+            let state: GroupSender = decode(Table::Group, &bytes)?;
+            let (clock, epoch): (Timestamp, u64) =
+                match txn.get(Table::Meta, working::meta::CLOCK)? {
+                    Some(bytes) => decode(Table::Meta, &bytes)?,
+                    None => return Err(StoreError::Missing(Table::Meta)),
+                };
+            let clock = clock.max(now);
+            let settled = state.key.is_some()
+                && state.settled.is_some_and(|(at, until)| at == epoch && clock <= until);
+            Ok(if settled { base } else { Scope { accounts: state.members.clone(), ..base } })
+        };
+        self.run_with(scope, |device, txn| {
+            let mut send = device.encrypt_group(rng, group, bundles, payload, now)?;
+            let record = OutboxRecord::new(device.clock(), &send.distribution, None)
+                .with_group_message(&send.message);
+            send.outbox = Some(add_to_outbox(txn, &record)?);
+            Ok(send)
+        })
     }
 
     // ---------------------------------------------------------------------------------------
@@ -401,7 +490,7 @@ impl<S: Store> StoredDevice<S> {
         approval: &[u8],
         now: Timestamp,
     ) -> Result<Vec<u8>, LinkError> {
-        let scope = Scope::accounts(persist::approval_account(approval));
+        let scope = Scope::lists(persist::approval_account(approval));
         self.run(&scope, |device, txn| {
             let mut offer = QrLinkOffer::from_record(&pending(txn, link::COMPANION_QR)?)?;
             let result = offer.accept_approval(device, approval, now);
@@ -429,7 +518,7 @@ impl<S: Store> StoredDevice<S> {
         now: Timestamp,
     ) -> Result<SignedDeviceList, LinkError> {
         let reference = persist::message_reference(confirmation);
-        self.run(&Scope::own(), |device, txn| {
+        self.run(&Scope::lists([]), |device, txn| {
             let key = link::primary_qr(&reference.ok_or(DecodeError::Truncated { needed: 18 })?);
             let mut approval = QrLinkApproval::from_record(&pending(txn, &key)?)?;
             let list = approval.finish(device, confirmation, now)?;
@@ -477,7 +566,7 @@ impl<S: Store> StoredDevice<S> {
         approval: &[u8],
         now: Timestamp,
     ) -> Result<Vec<u8>, LinkError> {
-        let scope = Scope::accounts(persist::approval_account(approval));
+        let scope = Scope::lists(persist::approval_account(approval));
         self.run(&scope, |device, txn| {
             let mut attempt =
                 CompanionPairing::from_record(&pending(txn, link::COMPANION_PAIRING)?)?;
@@ -529,7 +618,7 @@ impl<S: Store> StoredDevice<S> {
         now: Timestamp,
     ) -> Result<SignedDeviceList, LinkError> {
         let sid = persist::message_reference(confirmation);
-        self.run(&Scope::own(), |device, txn| {
+        self.run(&Scope::lists([]), |device, txn| {
             let key = link::primary_pairing(&sid.ok_or(DecodeError::Truncated { needed: 18 })?);
             let mut attempt = PrimaryPairing::from_record(&pending(txn, &key)?)?;
             let list = attempt.finish(device, confirmation, now)?;
@@ -620,15 +709,23 @@ impl<S: Store> StoredDevice<S> {
         body: Option<&[u8]>,
         now: Timestamp,
     ) -> Result<Inbound, ReceiveError> {
+        // What the envelope claims (unauthenticated) only decides which records to read.
         let parsed = SessionMessage::try_from(envelope).ok();
-        let sender = parsed.as_ref().map(|m| m.sender);
+        let group_message = GroupMessage::decode(envelope).ok();
+        let sender = parsed.as_ref().map(|m| m.sender).or(group_message.as_ref().map(|m| m.sender));
         let one_time = parsed
             .as_ref()
             .and_then(|m| m.prekey.as_ref())
             .and_then(|p| p.one_time_prekey_id)
             .map_or(OneTimeScope::None, OneTimeScope::One);
         let digest: [u8; 32] = Sha256::digest(envelope).into();
-        let scope = Scope::accounts(sender.map(|s| s.account)).with_one_time(one_time);
+        let mut scope = Scope::accounts(sender.map(|s| s.account)).with_one_time(one_time);
+        if let Some(message) = parsed.as_ref().filter(|m| m.kind == MessageKind::SenderKey) {
+            scope = scope.with_group_key_devices([message.sender]);
+        }
+        if let Some(message) = &group_message {
+            scope = scope.with_group_key(message.sender, message.group);
+        }
         self.run(&scope, |device, txn| {
             let mut dedup = match sender {
                 Some(sender) => read_dedup(txn, sender)?,
@@ -643,10 +740,7 @@ impl<S: Store> StoredDevice<S> {
                 return Ok(Inbound { id, received });
             }
             let received = device.receive(envelope, body, now)?;
-            let sender = match &received {
-                Received::Message(message) => message.sender,
-                Received::History(history) => history.sender,
-            };
+            let sender = received.sender();
             let id = add_to_inbox(txn, &InboxRecord::new(&received))?;
             dedup.remember(digest, id);
             txn.put(Table::Dedup, &sender.to_bytes(), &encode(&dedup))?;

@@ -15,6 +15,8 @@ use zeroize::Zeroizing;
 use crate::account::{KnownAccount, KnownAccounts, Role};
 use crate::device::{Device, MetaOwned};
 use crate::error::StoreError;
+use crate::group::receiver::GroupReceiver;
+use crate::group::{GroupId, GroupSender};
 use crate::keys::{AccountId, DeviceAddress, IdentityKeyPair, Timestamp};
 use crate::prekeys::{OneTimePrekey, SignedPrekeys};
 use crate::session::record::SessionRecord;
@@ -54,6 +56,17 @@ pub(super) struct Scope {
     /// Read every session record too: exporting the whole state.
     pub(super) every_session: bool,
     pub(super) one_time: OneTimeScope,
+    /// Groups whose sending state is read.
+    pub(super) groups: Vec<GroupId>,
+    /// Devices whose received sender keys, in every group, are all read.
+    pub(super) group_key_devices: Vec<DeviceAddress>,
+    /// Single received sender keys to read, by sending device and group.
+    pub(super) group_keys: Vec<(DeviceAddress, GroupId)>,
+    /// Also read every received sender key of every device the held lists of `accounts` name:
+    /// for calls that may change a list, since a device leaving takes its keys with it.
+    pub(super) listed_group_keys: bool,
+    /// Read every group and every received sender key: exporting the whole state.
+    pub(super) every_group: bool,
 }
 
 impl Scope {
@@ -63,6 +76,11 @@ impl Scope {
             every_list: false,
             every_session: false,
             one_time: OneTimeScope::None,
+            groups: Vec::new(),
+            group_key_devices: Vec::new(),
+            group_keys: Vec::new(),
+            listed_group_keys: false,
+            every_group: false,
         }
     }
 
@@ -73,7 +91,18 @@ impl Scope {
 
     /// Every record.
     pub(super) fn everything() -> Self {
-        Self { every_list: true, every_session: true, one_time: OneTimeScope::All, ..Self::own() }
+        Self {
+            every_list: true,
+            every_session: true,
+            one_time: OneTimeScope::All,
+            every_group: true,
+            ..Self::own()
+        }
+    }
+
+    /// These accounts, for a call that may change their lists.
+    pub(super) fn lists(accounts: impl IntoIterator<Item = AccountId>) -> Self {
+        Self { listed_group_keys: true, ..Self::accounts(accounts) }
     }
 
     pub(super) fn accounts(accounts: impl IntoIterator<Item = AccountId>) -> Self {
@@ -82,6 +111,24 @@ impl Scope {
 
     pub(super) fn with_one_time(mut self, one_time: OneTimeScope) -> Self {
         self.one_time = one_time;
+        self
+    }
+
+    pub(super) fn with_groups(mut self, groups: impl IntoIterator<Item = GroupId>) -> Self {
+        self.groups.extend(groups);
+        self
+    }
+
+    pub(super) fn with_group_key_devices(
+        mut self,
+        devices: impl IntoIterator<Item = DeviceAddress>,
+    ) -> Self {
+        self.group_key_devices.extend(devices);
+        self
+    }
+
+    pub(super) fn with_group_key(mut self, sender: DeviceAddress, group: GroupId) -> Self {
+        self.group_keys.push((sender, group));
         self
     }
 }
@@ -97,6 +144,10 @@ pub(super) struct Loaded {
     accounts: BTreeMap<AccountId, Zeroizing<Vec<u8>>>,
     /// Accounts whose sessions were all read: only their records may be created or deleted.
     session_accounts: Vec<AccountId>,
+    groups: BTreeMap<GroupId, Zeroizing<Vec<u8>>>,
+    group_keys: BTreeMap<(DeviceAddress, GroupId), Zeroizing<Vec<u8>>>,
+    /// Received sender keys that may be created: looked up, or of a device read whole.
+    group_keys_open: Vec<(DeviceAddress, Option<GroupId>)>,
 }
 
 pub(super) fn session_natural(address: DeviceAddress) -> [u8; DeviceAddress::LEN] {
@@ -105,6 +156,26 @@ pub(super) fn session_natural(address: DeviceAddress) -> [u8; DeviceAddress::LEN
 
 fn session_lookup(txn: &Sealed<'_>, address: DeviceAddress) -> [u8; 32] {
     txn.keys().grouped_lookup(Table::Session, &address.account.0.to_be_bytes(), &address.to_bytes())
+}
+
+/// Received sender keys are grouped by sending device, so one device's keys are one scan.
+fn group_key_lookup(txn: &Sealed<'_>, sender: DeviceAddress, group: GroupId) -> [u8; 32] {
+    txn.keys().grouped_lookup(
+        Table::GroupKey,
+        &sender.to_bytes(),
+        &group_key_natural(sender, group),
+    )
+}
+
+fn group_key_natural(sender: DeviceAddress, group: GroupId) -> Vec<u8> {
+    [sender.to_bytes().as_slice(), &group.0].concat()
+}
+
+fn group_key_from_natural(natural: &[u8]) -> Result<(DeviceAddress, GroupId), StoreError> {
+    let corrupt = || StoreError::Corrupt(Table::GroupKey);
+    let (address, group) = natural.split_at_checked(DeviceAddress::LEN).ok_or_else(corrupt)?;
+    let address = DeviceAddress::from_slice(address).ok_or_else(corrupt)?;
+    Ok((address, GroupId(group.try_into().map_err(|_| corrupt())?)))
 }
 
 fn required(txn: &mut Sealed<'_>, natural: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
@@ -125,7 +196,7 @@ pub(super) fn load(txn: &mut Sealed<'_>, scope: &Scope) -> Result<(Device, Loade
         decode::<SignedPrekeys>(Table::Meta, &prekeys)?,
         max_forward_jump,
         decode::<Role>(Table::Meta, &role)?,
-        decode::<Timestamp>(Table::Meta, &clock)?,
+        decode::<(Timestamp, u64)>(Table::Meta, &clock)?,
     );
     let mut loaded = Loaded {
         identity,
@@ -136,6 +207,9 @@ pub(super) fn load(txn: &mut Sealed<'_>, scope: &Scope) -> Result<(Device, Loade
         sessions: BTreeMap::new(),
         accounts: BTreeMap::new(),
         session_accounts: Vec::new(),
+        groups: BTreeMap::new(),
+        group_keys: BTreeMap::new(),
+        group_keys_open: Vec::new(),
     };
     let mut accounts: KnownAccounts = BTreeMap::new();
     let mut sessions = BTreeMap::new();
@@ -195,7 +269,61 @@ pub(super) fn load(txn: &mut Sealed<'_>, scope: &Scope) -> Result<(Device, Loade
             }
         }
     }
-    Ok((Device::from_records(meta, one_time, sessions, accounts), loaded))
+    let mut groups = BTreeMap::new();
+    let mut wanted_groups = scope.groups.clone();
+    let mut key_devices = scope.group_key_devices.clone();
+    if scope.every_group {
+        for (natural, _, _) in txn.scan(Table::Group, &[])? {
+            wanted_groups.push(GroupId(
+                natural.as_slice().try_into().map_err(|_| StoreError::Corrupt(Table::Group))?,
+            ));
+        }
+        for (natural, _, _) in txn.scan(Table::GroupKey, &[])? {
+            key_devices.push(group_key_from_natural(&natural)?.0);
+        }
+    }
+    if scope.listed_group_keys {
+        for account in &loaded.session_accounts {
+            if let Some(known) = accounts.get(account) {
+                key_devices.extend(known.list.devices().iter().map(|d| d.address()));
+            }
+        }
+    }
+    wanted_groups.sort_unstable();
+    wanted_groups.dedup();
+    key_devices.sort_unstable();
+    key_devices.dedup();
+    for &group in &wanted_groups {
+        if let Some(bytes) = txn.get(Table::Group, &group.0)? {
+            groups.insert(group, decode::<GroupSender>(Table::Group, &bytes)?);
+            loaded.groups.insert(group, bytes);
+        }
+    }
+    let mut group_keys = BTreeMap::new();
+    for &sender in &key_devices {
+        let prefix = txn.keys().group_prefix(Table::GroupKey, &sender.to_bytes());
+        for (natural, _, bytes) in txn.scan(Table::GroupKey, &prefix)? {
+            let (found, group) = group_key_from_natural(&natural)?;
+            if found != sender {
+                return Err(StoreError::Corrupt(Table::GroupKey));
+            }
+            group_keys.insert((sender, group), decode::<GroupReceiver>(Table::GroupKey, &bytes)?);
+            loaded.group_keys.insert((sender, group), bytes);
+        }
+        loaded.group_keys_open.push((sender, None));
+    }
+    for &(sender, group) in &scope.group_keys {
+        let lookup = group_key_lookup(txn, sender, group);
+        if let Some(bytes) =
+            txn.get_at(Table::GroupKey, &lookup, &group_key_natural(sender, group))?
+        {
+            group_keys.insert((sender, group), decode::<GroupReceiver>(Table::GroupKey, &bytes)?);
+            loaded.group_keys.insert((sender, group), bytes);
+        }
+        loaded.group_keys_open.push((sender, Some(group)));
+    }
+    let device = Device::from_records(meta, one_time, sessions, accounts, (groups, group_keys));
+    Ok((device, loaded))
 }
 
 fn account_from_natural(natural: &[u8]) -> Result<AccountId, StoreError> {
@@ -226,6 +354,13 @@ pub(super) fn create(txn: &mut Sealed<'_>, device: &Device) -> Result<(), StoreE
     for (&remote, record) in &device.sessions {
         let lookup = session_lookup(txn, remote);
         txn.put_at(Table::Session, &lookup, &session_natural(remote), &encode(record))?;
+    }
+    for (group, state) in &device.groups {
+        txn.put(Table::Group, &group.0, &encode(state))?;
+    }
+    for (&(sender, group), receiver) in &device.group_keys {
+        let lookup = group_key_lookup(txn, sender, group);
+        txn.put_at(Table::GroupKey, &lookup, &group_key_natural(sender, group), &encode(receiver))?;
     }
     Ok(())
 }
@@ -300,6 +435,47 @@ pub(super) fn save(
     for &remote in loaded.sessions.keys().filter(|r| !device.sessions.contains_key(r)) {
         let lookup = session_lookup(txn, remote);
         txn.delete_at(Table::Session, &lookup)?;
+    }
+
+    for (group, state) in &device.groups {
+        let bytes = encode(state);
+        match loaded.groups.get(group) {
+            Some(before) if *before == bytes => {}
+            Some(_) => txn.put(Table::Group, &group.0, &bytes)?,
+            None => {
+                if txn.get(Table::Group, &group.0)?.is_some() {
+                    return Err(StoreError::Conflict(Table::Group));
+                }
+                txn.put(Table::Group, &group.0, &bytes)?;
+            }
+        }
+    }
+    for group in loaded.groups.keys().filter(|g| !device.groups.contains_key(g)) {
+        txn.delete(Table::Group, &group.0)?;
+    }
+
+    for (&(sender, group), receiver) in &device.group_keys {
+        let bytes = encode(receiver);
+        match loaded.group_keys.get(&(sender, group)) {
+            Some(before) if *before == bytes => {}
+            None if !loaded
+                .group_keys_open
+                .iter()
+                .any(|(d, g)| *d == sender && g.is_none_or(|g| g == group)) =>
+            {
+                return Err(StoreError::Conflict(Table::GroupKey));
+            }
+            _ => {
+                let lookup = group_key_lookup(txn, sender, group);
+                let natural = group_key_natural(sender, group);
+                txn.put_at(Table::GroupKey, &lookup, &natural, &bytes)?;
+            }
+        }
+    }
+    for &(sender, group) in loaded.group_keys.keys().filter(|k| !device.group_keys.contains_key(k))
+    {
+        let lookup = group_key_lookup(txn, sender, group);
+        txn.delete_at(Table::GroupKey, &lookup)?;
     }
     Ok(())
 }

@@ -1,0 +1,189 @@
+//! The receiving side of sender keys: per sending device and group, the keys it distributed,
+//! each a chain stepped with bounded skips. Decryption computes on an unchanged state and
+//! commits only after the signature and the AEAD tag verified.
+
+use std::collections::VecDeque;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::wire::{Distribution, GroupMessage, MESSAGE_ID_LEN, PLAINTEXT_PREFIX_LEN};
+use crate::consts::MAX_SKIPPED_KEYS;
+use crate::crypto::{self, Secret32, label};
+use crate::error::{KeyError, ReceiveError, SessionError, SignatureKind};
+use crate::keys::Fingerprint;
+
+/// Keys kept per sending device and group: the current one and the one before, so messages
+/// sent just before a rotation still decrypt.
+pub(crate) const KEYS_PER_SENDER: usize = 2;
+
+/// One distributed key as a receiver holds it.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct ReceiverKey {
+    key_id: u32,
+    /// The iteration of the next message expected on the chain.
+    iteration: u32,
+    chain_key: Secret32,
+    signing_public: [u8; 32],
+    /// Keys of iterations skipped over, oldest first, at most [`MAX_SKIPPED_KEYS`].
+    skipped: VecDeque<(u32, Secret32)>,
+}
+
+/// Everything a device keeps about one sending device in one group.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct GroupReceiver {
+    /// The identity the sending device had when it distributed its keys: keys from a device
+    /// whose list now names another identity are never used.
+    pub(crate) sender_identity: Fingerprint,
+    /// Oldest first, at most [`KEYS_PER_SENDER`].
+    keys: VecDeque<ReceiverKey>,
+}
+
+/// A group message decrypted on an unchanged receiver, applied only by
+/// [`GroupReceiver::commit`].
+pub(crate) struct OpenedGroup {
+    pub(crate) message_id: [u8; MESSAGE_ID_LEN],
+    pub(crate) list_version: u64,
+    pub(crate) list_digest: [u8; 32],
+    pub(crate) payload: Zeroizing<Vec<u8>>,
+    key_index: usize,
+    change: Change,
+}
+
+enum Change {
+    UsedSkipped(usize),
+    Advance { chain_key: Secret32, iteration: u32, skipped: Vec<(u32, Secret32)> },
+}
+
+impl GroupReceiver {
+    pub(crate) fn new(sender_identity: Fingerprint) -> Self {
+        Self { sender_identity, keys: VecDeque::new() }
+    }
+
+    /// True if restored state respects the bounds.
+    pub(crate) fn within_limits(&self) -> bool {
+        !self.keys.is_empty()
+            && self.keys.len() <= KEYS_PER_SENDER
+            && self.keys.iter().all(|k| k.skipped.len() <= MAX_SKIPPED_KEYS)
+    }
+
+    /// Takes a distributed key. A key already held is kept as it is (a replayed or late
+    /// distribution never winds a chain back); a new one becomes the current key, and the
+    /// oldest beyond [`KEYS_PER_SENDER`] is forgotten.
+    pub(crate) fn accept(&mut self, distribution: &Distribution<'_>) {
+        if self.keys.iter().any(|k| {
+            k.key_id == distribution.key_id && k.signing_public == distribution.signing_public
+        }) {
+            return;
+        }
+        self.keys.retain(|k| k.key_id != distribution.key_id);
+        self.keys.push_back(ReceiverKey {
+            key_id: distribution.key_id,
+            iteration: distribution.iteration,
+            chain_key: Secret32::new(*distribution.chain_key),
+            signing_public: distribution.signing_public,
+            skipped: VecDeque::new(),
+        });
+        while self.keys.len() > KEYS_PER_SENDER {
+            self.keys.pop_front();
+        }
+    }
+
+    /// Verifies and decrypts `message` without changing anything.
+    pub(crate) fn open(
+        &self,
+        message: &GroupMessage<'_>,
+        max_jump: u32,
+    ) -> Result<OpenedGroup, ReceiveError> {
+        let (key_index, key) =
+            self.keys.iter().enumerate().find(|(_, k)| k.key_id == message.key_id).ok_or(
+                ReceiveError::NoSenderKey { group: message.group, sender: message.sender },
+            )?;
+        let verifying = VerifyingKey::from_bytes(&key.signing_public)
+            .map_err(|_| ReceiveError::Session(SessionError::AuthenticationFailed))?;
+        crypto::verify(
+            &verifying,
+            label::SIG_GROUP_MESSAGE,
+            &[message.signed],
+            &message.signature,
+            SignatureKind::GroupMessage,
+        )
+        .map_err(|error: KeyError| ReceiveError::Session(SessionError::Key(error)))?;
+        let (message_key, change) = key.plan(message.iteration, max_jump)?;
+        let plaintext = crypto::open(
+            message_key.as_bytes(),
+            &message.nonce,
+            message.header,
+            message.ciphertext,
+        )
+        .map_err(|_| ReceiveError::Session(SessionError::AuthenticationFailed))?;
+        let malformed = ReceiveError::Content(crate::error::DecodeError::Truncated {
+            needed: PLAINTEXT_PREFIX_LEN,
+        });
+        let (id, rest) = plaintext.split_first_chunk::<MESSAGE_ID_LEN>().ok_or(malformed)?;
+        let (version, rest) = rest.split_first_chunk::<8>().ok_or(malformed)?;
+        let (digest, payload) = rest.split_first_chunk::<32>().ok_or(malformed)?;
+        Ok(OpenedGroup {
+            message_id: *id,
+            list_version: u64::from_be_bytes(*version),
+            list_digest: *digest,
+            payload: Zeroizing::new(payload.to_vec()),
+            key_index,
+            change,
+        })
+    }
+
+    /// Applies a decryption [`GroupReceiver::open`] computed on this unchanged receiver.
+    pub(crate) fn commit(&mut self, opened: &mut OpenedGroup) {
+        let Some(key) = self.keys.get_mut(opened.key_index) else { return };
+        match core::mem::replace(&mut opened.change, Change::UsedSkipped(usize::MAX)) {
+            Change::UsedSkipped(position) => {
+                key.skipped.remove(position);
+            }
+            Change::Advance { chain_key, iteration, skipped } => {
+                key.chain_key = chain_key;
+                key.iteration = iteration;
+                key.skipped.extend(skipped);
+                while key.skipped.len() > MAX_SKIPPED_KEYS {
+                    key.skipped.pop_front();
+                }
+            }
+        }
+    }
+}
+
+impl ReceiverKey {
+    /// The message key for `iteration` and the change taking it makes: a skipped key, or the
+    /// chain stepped forward (at most `max_jump` steps), keeping the keys it passes.
+    fn plan(&self, iteration: u32, max_jump: u32) -> Result<(Secret32, Change), ReceiveError> {
+        if iteration < self.iteration {
+            return self
+                .skipped
+                .iter()
+                .position(|(i, _)| *i == iteration)
+                .and_then(|p| self.skipped.get(p).map(|(_, k)| (k.clone(), Change::UsedSkipped(p))))
+                .ok_or(ReceiveError::Session(SessionError::Duplicate));
+        }
+        let jump = u64::from(iteration) - u64::from(self.iteration);
+        if jump > u64::from(max_jump) {
+            return Err(ReceiveError::Session(SessionError::TooFarAhead { jump, limit: max_jump }));
+        }
+        let next_iteration = iteration
+            .checked_add(1)
+            .ok_or(ReceiveError::Session(SessionError::CounterExhausted))?;
+        let (mut message_key, mut chain_key) = crypto::chain_step(self.chain_key.as_bytes());
+        let mut skipped = Vec::new();
+        let mut at = self.iteration;
+        while at < iteration {
+            let (following, after) = crypto::chain_step(chain_key.as_bytes());
+            // Only the newest MAX_SKIPPED_KEYS can ever be kept: do not collect older ones.
+            if u64::from(iteration - at) <= MAX_SKIPPED_KEYS as u64 {
+                skipped.push((at, message_key));
+            }
+            (message_key, chain_key) = (following, after);
+            at += 1;
+        }
+        Ok((message_key, Change::Advance { chain_key, iteration: next_iteration, skipped }))
+    }
+}
