@@ -452,7 +452,9 @@ impl Device {
             .ok_or(SessionError::UnknownSignedPrekey(fields.signed_prekey_id))?;
         let one_time_prekey = match fields.one_time_prekey_id {
             Some(id) => Some(
-                self.prekeys.one_time_secret(id).ok_or(SessionError::UnknownOneTimePrekey(id))?,
+                self.prekeys
+                    .one_time_secret(id, now.max(self.clock))
+                    .ok_or(SessionError::UnknownOneTimePrekey(id))?,
             ),
             None => None,
         };

@@ -368,8 +368,9 @@ impl PrekeyStore {
         }
     }
 
-    pub(crate) fn one_time_secret(&self, id: u32) -> Option<&X25519KeyPair> {
-        self.one_time.get(&id).map(|k| &k.pair)
+    /// The secret of one-time prekey `id`, if it is held and has not expired at `clock`.
+    pub(crate) fn one_time_secret(&self, id: u32, clock: Timestamp) -> Option<&X25519KeyPair> {
+        self.one_time.get(&id).filter(|k| k.live_at(clock)).map(|k| &k.pair)
     }
 
     pub(crate) fn consume_one_time(&mut self, id: u32) {

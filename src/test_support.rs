@@ -89,7 +89,7 @@ pub fn signed_prekey_secret(device: &crate::Device, id: u32) -> Option<Zeroizing
 
 /// The X25519 secret key of `device`'s one-time prekey `id`, if it still holds it.
 pub fn one_time_prekey_secret(device: &crate::Device, id: u32) -> Option<Zeroizing<[u8; 32]>> {
-    let pair = device.prekey_store().one_time_secret(id)?;
+    let pair = device.prekey_store().one_time_secret(id, device.clock())?;
     Some(Zeroizing::new(*Secret32::from(pair.clone()).as_bytes()))
 }
 

@@ -93,9 +93,11 @@ use std::time::Duration;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hmac::{Hmac, Mac};
+use multidevice::GroupError;
 use multidevice::blob::{
     BlobDescriptor, BlobKey, MediaType, MediaTypeError, decrypt_blob, decrypt_stream, encrypt_blob,
 };
+use multidevice::consts::MAX_GROUP_MEMBERS;
 use multidevice::consts::{
     DAY_SECS, DEVICE_LIST_TTL_SECS, MAX_ANNOUNCEMENTS, MAX_ANSWERED_PAIRING_CODES,
     MAX_FORWARD_JUMP_CEILING, MAX_MESSAGE_PLAINTEXT, MAX_ONE_TIME_PREKEYS, MAX_REFUSED_IDENTITIES,
@@ -159,9 +161,10 @@ fn device_list_ttl_keeps_the_primary_reachable_and_companions_not_at_n_and_n_plu
     introduce(&server, &mut [&mut carol, &mut bob], T0);
     let bob_address = bob.devices[0].address();
     let (primary, companion) = (carol.devices[0].address(), carol.devices[1].address());
-    // Both of Carol's devices write to Bob on day 0; the server delivers at the TTL.
+    // Both of Carol's devices write to Bob on day 0; the server delivers at the TTL. (Bundles
+    // without a one-time prekey: one would have expired after 30 days.)
     let to_bob = |rng: &mut StdRng, server: &mut Server, sender: &mut Device, text: &[u8]| {
-        let bundle = server.bundle(bob_address);
+        let bundle = server.old_bundle(bob_address, 0, None);
         let sent = sender.encrypt_fanout(rng, &[AccountId(2)], &[bundle], text, T0).unwrap();
         envelope_for(&sent, bob_address).unwrap()
     };
@@ -971,7 +974,21 @@ fn device_list_errors(pins: &mut Pins) {
     pin!(pins, KeyError, key,
         KeyError::BadSignature(SignatureKind::DeviceSignature) => Action::Drop);
     dave.add_companion(&signed, T0).unwrap();
-    pin!(pins, DeviceListError, dave.add_companion(&signed, T0).unwrap_err(),
+    // The same companion again is a retry (the list again); another identity at its id is not.
+    assert!(dave.add_companion(&signed, T0).is_ok());
+    let mut other = Device::new(&mut rng, addr(4, 98), T0);
+    let other_signed = other
+        .countersign_approval(&CompanionApproval {
+            metadata: signed.metadata,
+            account_identity: dave.public_identity().clone(),
+            account_signature: test_support::account_sign(
+                &dave,
+                signed.metadata,
+                other.public_identity(),
+            ),
+        })
+        .unwrap();
+    pin!(pins, DeviceListError, dave.add_companion(&other_signed, T0).unwrap_err(),
         DeviceListError::DeviceIdInUse(DeviceId(1)) => Action::Drop);
     // An approval under Dave's key for metadata Dave never assigned.
     let mut phone = Device::new(&mut rng, addr(4, 99), T0);
@@ -1389,7 +1406,7 @@ impl Store for Faulty {
 }
 
 fn store_errors(pins: &mut Pins) {
-    let (mut rng, mut server, mut carol, bob) = fixture(7800);
+    let (mut rng, mut server, mut carol, mut bob) = fixture(7800);
     let key = StoreKey::from_bytes(&[7; 32]);
     let bob_address = bob.devices[0].address();
     let companion = carol.devices[1].address();
@@ -1404,6 +1421,13 @@ fn store_errors(pins: &mut Pins) {
     stored_bob.acknowledge(inbound.id).unwrap();
     pin!(pins, ReceiveError, stored_bob.receive(&wire, None, T0).unwrap_err(),
         ReceiveError::AlreadyReceived => Action::Drop);
+
+    // A group message whose sender key has not arrived: kept and retried.
+    let group = carol.devices[0].create_group(&mut rng, &[AccountId(2)]).unwrap();
+    let bundles = server.bundles(&[AccountId(1), AccountId(2)]);
+    let send = carol.devices[0].encrypt_group(&mut rng, group, &bundles, b"g", T0).unwrap();
+    pin!(pins, ReceiveError, bob.devices[0].receive(&send.message, None, T0).unwrap_err(),
+        ReceiveError::NoSenderKey { .. } => Action::RetryLater);
 
     // Every call of a stored device reports a failed store as `Store`, with its action.
     let faulty = Faulty::default();
@@ -1578,6 +1602,30 @@ impl std::io::Read for Failing {
     }
 }
 
+/// `GroupError`: provoked where the API reaches it.
+fn group_errors(pins: &mut Pins) {
+    let mut rng = rng(7301);
+    let mut alice = Device::new(&mut rng, addr(1, 0), T0);
+    let unknown = multidevice::GroupId::random(&mut rng);
+    pin!(pins, GroupError, alice.encrypt_group(&mut rng, unknown, &[], b"x", T0).unwrap_err(),
+        GroupError::UnknownGroup(_) => Action::Drop);
+    let many: Vec<AccountId> = (2..2 + MAX_GROUP_MEMBERS as u64 + 1).map(AccountId).collect();
+    pin!(pins, GroupError, alice.create_group(&mut rng, &many).unwrap_err(),
+        GroupError::TooManyMembers { .. } => Action::Drop);
+    let group = alice.create_group(&mut rng, &many[..MAX_GROUP_MEMBERS]).unwrap();
+    let large = vec![0u8; MAX_MESSAGE_PLAINTEXT + 1];
+    pin!(pins, GroupError, alice.encrypt_group(&mut rng, group, &[], &large, T0).unwrap_err(),
+        GroupError::PayloadTooLarge(_) => Action::Drop);
+    let mut companion = Device::new(&mut rng, addr(1, 5), T0);
+    let group = companion.create_group(&mut rng, &[]).unwrap();
+    pin!(pins, GroupError, companion.encrypt_group(&mut rng, group, &[], b"x", T0).unwrap_err(),
+        GroupError::Session(SessionError::NotLinked) => Action::RetryLater);
+    // 2^32 messages under one sender key: constructed.
+    pin!(pins, GroupError, GroupError::KeyExhausted, GroupError::KeyExhausted => Action::Drop);
+    pin!(pins, GroupError, GroupError::Store(StoreError::Busy),
+        GroupError::Store(StoreError::Busy) => Action::RetryLater);
+}
+
 /// Every variant of every public error enum, provoked through the API where it can be (and
 /// constructed, with the reason, where it cannot), has the documented `action()`. The variants
 /// pinned are checked against the enums as declared in src/error.rs and src/blob.rs, so a new
@@ -1594,6 +1642,7 @@ fn every_error_says_what_to_do() {
     history_errors(&mut pins);
     store_errors(&mut pins);
     blob_errors(&mut pins);
+    group_errors(&mut pins);
     let sources = [include_str!("../src/error.rs"), include_str!("../src/blob.rs")];
     for name in [
         "DecodeError",
@@ -1607,6 +1656,7 @@ fn every_error_says_what_to_do() {
         "StoreError",
         "BlobError",
         "MediaTypeError",
+        "GroupError",
     ] {
         let source = sources.iter().find(|s| s.contains(&format!("pub enum {name} {{"))).unwrap();
         let declared = declared_variants(source, name);
