@@ -147,7 +147,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(alice);
     std::fs::remove_dir_all(&dir)?;
 
-    accounts_tour(&mut rng, now)
+    accounts_tour(&mut rng, now)?;
+    group_tour(&mut rng, now)
 }
 
 /// The signed bytes of a device's own newest list, to publish.
@@ -369,5 +370,103 @@ fn history_tour(
         decrypted.len(),
         decrypted.as_slice() == photo.as_slice()
     );
+    Ok(())
+}
+
+/// A primary with `companions` companions, its list processed by all of them; returns the
+/// devices (primary first) and the list.
+fn small_account(
+    rng: &mut StdRng,
+    id: u64,
+    companions: usize,
+    now: Timestamp,
+) -> Result<(Vec<Device>, Vec<u8>), Box<dyn std::error::Error>> {
+    let mut primary = Device::new(rng, DeviceAddress::new(AccountId(id), DeviceId::PRIMARY), now);
+    let mut list = own_list(&primary)?;
+    let mut devices = Vec::new();
+    for _ in 0..companions {
+        let mut companion = Device::new(rng, DeviceAddress::new(AccountId(id), DeviceId(9)), now);
+        let approval = primary.approve_companion(companion.public_identity(), now)?;
+        let signed = companion.countersign_approval(&approval)?;
+        list = primary.add_companion(&signed, now)?.to_bytes();
+        devices.push(companion);
+    }
+    devices.insert(0, primary);
+    for device in &mut devices {
+        device.process_device_list(&list, now)?;
+        device.generate_one_time_prekeys(rng, 5)?;
+    }
+    Ok((devices, list))
+}
+
+/// Hands a group send to `device`: its sender key if it has one, then the message.
+fn read_group(
+    device: &mut Device,
+    send: &multidevice::GroupSend,
+    now: Timestamp,
+) -> Result<String, Box<dyn std::error::Error>> {
+    if let Some(envelope) = send.distribution.iter().find(|e| e.recipient == device.address()) {
+        device.receive(&envelope.bytes, None, now)?;
+    }
+    match device.receive(&send.message, None, now) {
+        Ok(Received::Group(message)) => Ok(String::from_utf8_lossy(&message.payload).into_owned()),
+        Ok(_) => Err("expected a group message".into()),
+        Err(error) => Ok(format!("cannot read it ({error})")),
+    }
+}
+
+/// A group of three accounts with sender keys: one ciphertext for every device, a companion
+/// removed, a member removed, and a fresh key each time.
+fn group_tour(rng: &mut StdRng, now: Timestamp) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\n== A group: Erin, Frank and Grace, eight devices in all");
+    let (mut erin, erin_list) = small_account(rng, 10, 1, now)?;
+    let (mut frank, frank_list) = small_account(rng, 11, 2, now)?;
+    let (mut grace, grace_list) = small_account(rng, 12, 1, now)?;
+    for device in erin.iter_mut().chain(frank.iter_mut()).chain(grace.iter_mut()) {
+        for list in [&erin_list, &frank_list, &grace_list] {
+            device.process_device_list(list, now)?;
+        }
+    }
+    let bundles: Vec<_> = erin
+        .iter()
+        .chain(frank.iter())
+        .chain(grace.iter())
+        .map(|d| d.prekey_upload().bundle(Some(0)))
+        .collect();
+    let members = [AccountId(11), AccountId(12)];
+    let group = erin[0].create_group(rng, &members)?;
+    let send = erin[0].encrypt_group(rng, group, &bundles, b"dinner at eight?", now)?;
+    println!(
+        "Erin's phone sent its sender key to {} devices, then one group message of {} bytes.",
+        send.distribution.len(),
+        send.message.len()
+    );
+    for device in erin[1..].iter_mut().chain(frank.iter_mut()).chain(grace.iter_mut()) {
+        println!("  {} reads: {}", device.address(), read_group(device, &send, now)?);
+    }
+    let next = erin[0].encrypt_group(rng, group, &[], b"I'll bring dessert", now)?;
+    println!(
+        "The next message needs no key at all: {} distributions, {} bytes for everyone.",
+        next.distribution.len(),
+        next.message.len()
+    );
+    for device in frank.iter_mut() {
+        read_group(device, &next, now)?;
+    }
+
+    println!("\n== Frank removes his old tablet; Erin removes Grace from the group");
+    let tablet = frank[2].address();
+    let list = frank[0].remove_companion(tablet.device, now)?.to_bytes();
+    erin[0].process_device_list(&list, now)?;
+    erin[0].set_group_members(group, &[AccountId(11)])?;
+    let after = erin[0].encrypt_group(rng, group, &bundles, b"change of plan", now)?;
+    println!(
+        "Erin's next send made a fresh sender key (rotated: {}) for the {} devices still in it.",
+        after.rotated,
+        after.distribution.len()
+    );
+    println!("  Frank's phone reads: {}", read_group(&mut frank[0], &after, now)?);
+    println!("  The removed tablet: {}", read_group(&mut frank[2], &after, now)?);
+    println!("  Grace's phone: {}", read_group(&mut grace[0], &after, now)?);
     Ok(())
 }
