@@ -3,8 +3,8 @@
 //!
 //! Ids in group `blob`:
 //! - `encrypt/<size>`: `BlobEncryptor::encrypt` with default settings (fresh
-//!   key + key schedule, chunking, ciphertext SHA-256, moved to a second
-//!   thread from chunk 16 on) from a slice into a reused buffer;
+//!   key + key schedule, chunking, ciphertext SHA-256 on the calling thread)
+//!   from a slice into a reused buffer;
 //! - `encrypt_pipelined/<size>`: the same, hashing on a second thread from
 //!   chunk 0; `encrypt_inline/<size>`: never on a second thread;
 //! - `decrypt/<size>`, `decrypt_pipelined/<size>`, `decrypt_inline/<size>`:
@@ -26,7 +26,9 @@ use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit, Nonce};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use multidevice::blob::{BlobDecryptor, BlobEncryptor, MediaType, decrypt_blob, encrypt_blob};
+use multidevice::blob::{
+    BlobDecryptor, BlobEncryptor, Hashing, MediaType, decrypt_blob, encrypt_blob,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -34,7 +36,8 @@ use sha2::{Digest, Sha256};
 const SIZES: [(&str, usize); 3] =
     [("64KiB", 64 * 1024), ("1MiB", 1024 * 1024), ("64MiB", 64 * 1024 * 1024)];
 
-/// Name suffix and hashing setting: default, forced pipelined, forced inline.
+/// Name suffix and hashing setting: default (calling thread), pipelined from chunk 0, calling
+/// thread.
 const VARIANTS: [(&str, Option<bool>); 3] =
     [("", None), ("_pipelined", Some(true)), ("_inline", Some(false))];
 
@@ -61,8 +64,8 @@ fn bench_blob(c: &mut Criterion) {
                     let encryptor = BlobEncryptor::new(&mut rng, media.clone());
                     let encryptor = match forced {
                         None => encryptor,
-                        Some(true) => encryptor.background_hashing_from_chunk(0),
-                        Some(false) => encryptor.background_hashing(false),
+                        Some(true) => encryptor.hashing(Hashing::SecondThread { from_chunk: 0 }),
+                        Some(false) => encryptor.hashing(Hashing::CallingThread),
                     };
                     black_box(encryptor.encrypt(&plaintext[..], &mut out).unwrap());
                 });
@@ -73,8 +76,8 @@ fn bench_blob(c: &mut Criterion) {
             let decryptor = BlobDecryptor::new(&descriptor);
             let decryptor = match forced {
                 None => decryptor,
-                Some(true) => decryptor.background_hashing_from_chunk(0),
-                Some(false) => decryptor.background_hashing(false),
+                Some(true) => decryptor.hashing(Hashing::SecondThread { from_chunk: 0 }),
+                Some(false) => decryptor.hashing(Hashing::CallingThread),
             };
             group.bench_function(BenchmarkId::new(format!("decrypt{suffix}"), label), |b| {
                 b.iter(|| {

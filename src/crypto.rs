@@ -38,8 +38,6 @@ pub(crate) mod label {
     pub(crate) const HASH_QR_CHECKSUM: &[u8] = b"multidevice/v1/hash/qr-checksum";
     pub(crate) const HASH_PAIRING_TRANSCRIPT: &[u8] = b"multidevice/v1/hash/pairing-transcript";
     pub(crate) const KDF_BODY: &[u8] = b"multidevice/v1/kdf/body";
-    // The blob format adopts it with the blob key commitment (issue 11), next.
-    #[allow(dead_code)]
     pub(crate) const KDF_BLOB: &[u8] = b"multidevice/v1/kdf/blob";
     pub(crate) const KDF_X3DH: &[u8] = b"multidevice/v1/kdf/x3dh";
     pub(crate) const KDF_ROOT: &[u8] = b"multidevice/v1/kdf/root";
