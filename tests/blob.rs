@@ -20,8 +20,8 @@ use multidevice::blob::{
     BACKGROUND_HASHING_FROM_CHUNK, BlobDecryptor, BlobDescriptor, BlobEncryptor, BlobError,
     BlobKey, CHUNK_SIZE, COMMITMENT_LEN, DESCRIPTOR_MAX_LEN, DESCRIPTOR_MIN_LEN, HEADER_LEN,
     Hashing, MAX_PLAINTEXT_LEN, MediaType, MediaTypeError, SEALED_CHUNK_LEN, STREAM_BUFFER_BYTES,
-    TAG_LEN, ciphertext_len, decrypt_blob, decrypt_stream, decrypt_verified, encrypt_blob,
-    encrypt_stream, fuzz_chunk_stream, fuzz_descriptor,
+    TAG_LEN, ciphertext_len, decrypt_blob, decrypt_blob_into, decrypt_stream, decrypt_verified,
+    encrypt_blob, encrypt_blob_into, encrypt_stream, fuzz_chunk_stream, fuzz_descriptor,
 };
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -86,6 +86,9 @@ fn assert_tamper(descriptor: &BlobDescriptor, tampered: &[u8], expected: BlobErr
         .decrypt(tampered, io::sink())
         .unwrap_err();
     assert_eq!(pipelined, expected, "decrypt with pipelined hashing");
+    let mut out = b"kept".to_vec();
+    assert_eq!(decrypt_blob_into(descriptor, tampered, &mut out).unwrap_err(), expected);
+    assert_eq!(out, b"kept", "decrypt_blob_into appends nothing on an error");
     assert_eq!(
         decrypt_blob(descriptor, tampered).unwrap_err(),
         BlobError::DigestMismatch,
@@ -129,6 +132,16 @@ fn assert_round_trip(len: usize) {
     );
     assert_eq!(out, plaintext);
 
+    // In memory, appended to what a reused buffer already holds.
+    let mut out = b"before".to_vec();
+    assert_eq!(decrypt_blob_into(&descriptor, &ciphertext, &mut out).unwrap(), len as u64);
+    assert_eq!(out[..6], *b"before");
+    assert_eq!(out[6..], plaintext[..]);
+    let mut appended = b"before".to_vec();
+    let into = encrypt_blob_into(&mut rng(len as u64), &plaintext, media(), &mut appended).unwrap();
+    assert_eq!(appended[6..], ciphertext[..], "same randomness, same blob as encrypt_blob");
+    assert_eq!(into, descriptor);
+
     let mut streamed = Vec::new();
     let (descriptor2, stats) = BlobEncryptor::new(&mut rng(1), media())
         .hashing(Hashing::SecondThread { from_chunk: 0 })
@@ -139,6 +152,8 @@ fn assert_round_trip(len: usize) {
     let mut again = Vec::new();
     encrypt_stream(&mut rng(1), &plaintext[..], &mut again, media()).unwrap();
     assert_eq!(again, streamed, "same randomness, same blob");
+    let (in_memory, _) = encrypt_blob(&mut rng(1), &plaintext, media()).unwrap();
+    assert_eq!(in_memory, streamed, "in memory and streamed alike");
     let mut out = Vec::new();
     assert_eq!(decrypt_stream(&descriptor2, &streamed[..], &mut out).unwrap(), len as u64);
     assert_eq!(out, plaintext);
@@ -640,6 +655,14 @@ fn wrong_digest_is_rejected_before_any_plaintext_comes_out() {
 
     assert_eq!(decrypt_blob(&wrong, &ciphertext).unwrap_err(), BlobError::DigestMismatch);
 
+    // One pass in memory learns it at the end, and takes back what it appended.
+    let mut out = Vec::new();
+    assert_eq!(
+        decrypt_blob_into(&wrong, &ciphertext, &mut out).unwrap_err(),
+        BlobError::DigestMismatch
+    );
+    assert!(out.is_empty());
+
     // The streaming path only learns it at the end (and says so).
     let mut watch = WatchWriter { bytes: 0 };
     assert_eq!(
@@ -675,6 +698,9 @@ fn wrong_length_is_length_mismatch() {
             decrypt_verified(&wrong, Cursor::new(&ciphertext), io::sink()).unwrap_err(),
             expected
         );
+        let mut out = Vec::new();
+        assert_eq!(decrypt_blob_into(&wrong, &ciphertext, &mut out).unwrap_err(), expected);
+        assert!(out.is_empty());
     }
 }
 
@@ -697,6 +723,9 @@ fn wrong_key_fails_key_commitment_before_any_chunk() {
         decrypt_verified(&wrong, Cursor::new(&ciphertext), io::sink()).unwrap_err(),
         expected
     );
+    let mut out = Vec::new();
+    assert_eq!(decrypt_blob_into(&wrong, &ciphertext, &mut out).unwrap_err(), expected);
+    assert!(out.is_empty());
     let threaded = BlobDecryptor::new(&wrong).hashing(Hashing::SecondThread { from_chunk: 0 });
     assert_eq!(threaded.decrypt(&ciphertext[..], io::sink()).unwrap_err(), expected);
 }

@@ -16,7 +16,8 @@ use std::io::{self, Cursor, Write};
 
 use multidevice::blob::{
     BACKGROUND_HASHING_FROM_CHUNK, BlobDecryptor, BlobEncryptor, CHUNK_SIZE, Hashing, MediaType,
-    decrypt_blob, decrypt_stream, decrypt_verified, encrypt_blob, encrypt_stream,
+    decrypt_blob, decrypt_blob_into, decrypt_stream, decrypt_verified, encrypt_blob,
+    encrypt_blob_into, encrypt_stream,
 };
 use multidevice::{build_history, import_history};
 use rand::SeedableRng;
@@ -85,9 +86,14 @@ fn no_entry_point_starts_a_thread_unless_the_app_opts_in() {
     ] {
         assert_eq!(watch.most_threads, baseline, "{name} started a thread");
     }
-    // In-memory: no writer to watch from; the threads left over are counted instead.
+    // In memory: no writer to watch from; the threads left over are counted instead.
     let (sealed, descriptor) = encrypt_blob(&mut rng, &plaintext, media.clone()).unwrap();
     assert_eq!(decrypt_blob(&descriptor, &sealed).unwrap().as_slice(), plaintext);
+    let mut sealed = Vec::new();
+    let descriptor = encrypt_blob_into(&mut rng, &plaintext, media.clone(), &mut sealed).unwrap();
+    let mut opened = Vec::new();
+    decrypt_blob_into(&descriptor, &sealed, &mut opened).unwrap();
+    assert_eq!(opened, plaintext);
     assert_eq!(threads(), baseline);
 
     // The control: opted in, a thread is seen during the write.

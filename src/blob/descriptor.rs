@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::format::{BlobKey, KEY_LEN, MAX_PLAINTEXT_LEN, ciphertext_len};
 use super::media_type::{MEDIA_TYPE_MAX_LEN, MEDIA_TYPE_MIN_LEN, MediaType};
-use crate::crypto::Hex;
+use crate::crypto::{self, Hex};
 use crate::error::BlobError;
 
 /// Descriptor encoding version written in its first byte.
@@ -82,6 +82,27 @@ impl BlobDescriptor {
     /// Length of the ciphertext this descriptor describes.
     pub fn ciphertext_len(&self) -> u64 {
         ciphertext_len(self.plaintext_len).unwrap_or(u64::MAX)
+    }
+
+    /// Checks what a decryption found against the descriptor: the plaintext length, then (where
+    /// the run hashed the ciphertext) the digest, in constant time.
+    pub(super) fn check(
+        &self,
+        plaintext_len: u64,
+        digest: Option<&[u8; 32]>,
+    ) -> Result<(), BlobError> {
+        if plaintext_len != self.plaintext_len {
+            return Err(BlobError::LengthMismatch {
+                expected: self.plaintext_len,
+                got: plaintext_len,
+            });
+        }
+        match digest {
+            Some(digest) if !crypto::ct_eq(digest, &self.ciphertext_sha256) => {
+                Err(BlobError::DigestMismatch)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Canonical encoding, in a buffer wiped on drop.

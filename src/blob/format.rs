@@ -155,6 +155,19 @@ impl Header {
         Ok(Self(bytes))
     }
 
+    /// Parses a header, then checks in constant time that it commits to `commitment` (the
+    /// one the descriptor's key derives): the check that precedes every chunk's decryption.
+    pub(super) fn parse_committed(
+        bytes: [u8; HEADER_LEN],
+        commitment: &[u8; COMMITMENT_LEN],
+    ) -> Result<Self, BlobError> {
+        let header = Self::parse(bytes)?;
+        if !header.commits_to(commitment) {
+            return Err(BlobError::KeyCommitment);
+        }
+        Ok(header)
+    }
+
     /// Whether the header carries `commitment`, compared in constant time.
     pub(super) fn commits_to(&self, commitment: &[u8; COMMITMENT_LEN]) -> bool {
         crypto::ct_eq(self.0.get(HEADER_FIXED_LEN..).unwrap_or_default(), commitment)
@@ -189,10 +202,85 @@ pub(super) fn seal_chunk(
     Ok(len.saturating_add(TAG_LEN))
 }
 
+/// Where a (trusted) descriptor says its blob ends: what names the violation when a chunk does
+/// not authenticate.
+#[derive(Clone, Copy)]
+pub(super) struct Framing {
+    /// The ciphertext length the descriptor implies.
+    ciphertext_len: u64,
+    /// Index of the final chunk the descriptor implies.
+    last_index: u64,
+    /// Sealed length of that final chunk.
+    final_sealed: usize,
+}
+
+impl Framing {
+    pub(super) fn new(plaintext_len: u64) -> Self {
+        let last_index = plaintext_len.div_ceil(CHUNK_SIZE_U64).max(1).saturating_sub(1);
+        let final_sealed = plaintext_len
+            .saturating_sub(last_index.saturating_mul(CHUNK_SIZE_U64))
+            .saturating_add(TAG_LEN_U64);
+        Self {
+            ciphertext_len: ciphertext_len(plaintext_len).unwrap_or(u64::MAX),
+            last_index,
+            final_sealed: usize::try_from(final_sealed).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Authenticates and decrypts chunk `index`, `sealed` (ciphertext || tag), in place when
+    /// `out` is `None`, otherwise into `out`, and returns its plaintext length. `seen` counts
+    /// the blob bytes read so far, header and this chunk included. Names the violation
+    /// otherwise; nothing that failed authentication is decrypted.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open(
+        &self,
+        cipher: &Aes256Gcm,
+        header: &Header,
+        index: u32,
+        last: bool,
+        seen: u64,
+        sealed: &mut [u8],
+        mut out: Option<&mut [u8]>,
+    ) -> Result<usize, BlobError> {
+        if last && sealed.len() < TAG_LEN {
+            return Err(self.final_chunk_error(seen, index));
+        }
+        if !open_chunk(cipher, header, index, last, sealed, out.as_deref_mut()) {
+            if last {
+                return Err(self.final_chunk_error(seen, index));
+            }
+            // Where the final chunk should be, its expected prefix authenticates as final:
+            // data was appended after it.
+            if u64::from(index) == self.last_index
+                && let Some(prefix) = sealed.get_mut(..self.final_sealed)
+                && open_chunk(cipher, header, index, true, prefix, out)
+            {
+                return Err(BlobError::TrailingData);
+            }
+            return Err(BlobError::ChunkAuthentication { index });
+        }
+        let plain_len = sealed.len().saturating_sub(TAG_LEN);
+        if last && plain_len == 0 && index > 0 {
+            return Err(BlobError::EmptyFinalChunk { index });
+        }
+        Ok(plain_len)
+    }
+
+    /// Names the violation when the final chunk does not authenticate: a shorter blob than
+    /// the descriptor's was truncated, a longer one extended, an equally long one corrupted.
+    fn final_chunk_error(&self, seen: u64, index: u32) -> BlobError {
+        match seen.cmp(&self.ciphertext_len) {
+            std::cmp::Ordering::Less => BlobError::Truncated,
+            std::cmp::Ordering::Greater => BlobError::TrailingData,
+            std::cmp::Ordering::Equal => BlobError::ChunkAuthentication { index },
+        }
+    }
+}
+
 /// Authenticates and decrypts `sealed` (ciphertext || tag), in place when
 /// `out` is `None`, otherwise into `out`. Returns whether it authenticated;
 /// on failure nothing is decrypted.
-pub(super) fn open_chunk(
+fn open_chunk(
     cipher: &Aes256Gcm,
     header: &Header,
     index: u32,

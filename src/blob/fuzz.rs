@@ -11,8 +11,9 @@ use sha2::{Digest, Sha256};
 use super::descriptor::BlobDescriptor;
 use super::format::{BlobKey, HEADER_LEN, KEY_LEN, MAX_PLAINTEXT_LEN, NONCE_PREFIX_LEN};
 use super::media_type::MediaType;
+use super::memory::{decrypt_blob, decrypt_blob_into};
 use super::pipeline::Hashing;
-use super::stream::{BlobEncryptor, decrypt_blob, decrypt_stream};
+use super::stream::{BlobEncryptor, decrypt_stream};
 use crate::error::BlobError;
 
 /// The key every fuzzed ciphertext is decrypted under.
@@ -53,7 +54,9 @@ pub fn fuzz_descriptor(data: &[u8]) -> bool {
 }
 
 /// Decrypts `ciphertext` under the fuzz key with a descriptor claiming `claimed_len` bytes and
-/// the ciphertext's own digest; `false` if it is accepted with another length.
+/// the ciphertext's own digest, streaming and in memory; `false` if it is accepted with another
+/// length, if the two disagree (result or error), or if the in-memory one keeps anything after
+/// an error.
 fn never_accepted_with_wrong_length(ciphertext: &[u8], claimed_len: u64) -> bool {
     let Some(media_type) = fuzz_media_type() else {
         return false;
@@ -64,8 +67,14 @@ fn never_accepted_with_wrong_length(ciphertext: &[u8], claimed_len: u64) -> bool
     else {
         return false;
     };
-    match decrypt_stream(&descriptor, ciphertext, io::sink()) {
-        Ok(n) => n == claimed_len,
+    let streamed = decrypt_stream(&descriptor, ciphertext, io::sink());
+    let mut out = Vec::new();
+    let in_memory = decrypt_blob_into(&descriptor, ciphertext, &mut out);
+    if streamed != in_memory || (in_memory.is_err() && !out.is_empty()) {
+        return false;
+    }
+    match streamed {
+        Ok(n) => n == claimed_len && crate::blob::stream::to_u64(out.len()) == n,
         Err(_) => true,
     }
 }
@@ -73,7 +82,8 @@ fn never_accepted_with_wrong_length(ciphertext: &[u8], claimed_len: u64) -> bool
 /// Fuzz entry point for the chunk-stream decoder. Never panics; returns
 /// `false` only if an invariant is broken:
 /// 1. `data` decrypted as a blob under a fixed key is never accepted with a
-///    wrong length or digest (and the decoder does not panic on it), nor is
+///    wrong length or digest (and the decoder does not panic on it), streaming
+///    and in memory alike, with the same verdict and error, nor is
 ///    `data` with its commitment bytes replaced by the fixed key's (so
 ///    arbitrary chunks reach the chunk decoder);
 /// 2. `data` as a plaintext round-trips (hashing on a second thread from the

@@ -53,12 +53,22 @@
 //! [`BACKGROUND_HASHING_FROM_CHUNK`], which caps throughput at the slower of
 //! the two passes instead of their sum. The free functions ([`encrypt_stream`],
 //! [`decrypt_stream`], [`decrypt_verified`], [`encrypt_blob`],
-//! [`decrypt_blob`]) never start a thread.
+//! [`encrypt_blob_into`], [`decrypt_blob`], [`decrypt_blob_into`]) never start
+//! a thread.
+//!
+//! # In memory or streaming
+//!
+//! The in-memory functions ([`encrypt_blob`], [`encrypt_blob_into`],
+//! [`decrypt_blob`], [`decrypt_blob_into`]) copy each chunk once, into the
+//! vector they fill, and seal or open it there. The streaming ones work over
+//! [`Read`](std::io::Read) and [`Write`](std::io::Write) in constant memory,
+//! which costs a second copy (into their chunk buffer and out of it).
 
 mod descriptor;
 mod format;
 mod fuzz;
 mod media_type;
+mod memory;
 mod pipeline;
 mod stream;
 
@@ -72,10 +82,10 @@ pub(crate) use fuzz::seed_blob;
 #[doc(hidden)]
 pub use fuzz::{fuzz_chunk_stream, fuzz_descriptor};
 pub use media_type::{MEDIA_TYPE_MAX_LEN, MEDIA_TYPE_MIN_LEN, MediaType};
+pub use memory::{decrypt_blob, decrypt_blob_into, encrypt_blob, encrypt_blob_into};
 pub use pipeline::{BACKGROUND_HASHING_FROM_CHUNK, Hashing, PIPELINE_DEPTH, STREAM_BUFFER_BYTES};
 pub use stream::{
-    BlobDecryptor, BlobEncryptor, StreamStats, decrypt_blob, decrypt_stream, decrypt_verified,
-    encrypt_blob, encrypt_stream,
+    BlobDecryptor, BlobEncryptor, StreamStats, decrypt_stream, decrypt_verified, encrypt_stream,
 };
 
 pub use crate::error::{BlobError, MediaTypeError};

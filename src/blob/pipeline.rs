@@ -94,8 +94,6 @@ pub(super) struct Worker<'scope> {
 
 /// Where the ciphertext's SHA-256 is being computed.
 pub(super) enum Hasher<'scope> {
-    /// The digest was verified before decryption started.
-    Off,
     /// On the calling thread, chunk by chunk.
     Inline(Sha256),
     /// On the opted-in second thread.
@@ -147,21 +145,20 @@ impl<'scope> Hasher<'scope> {
                 w.jobs.send((buf, len)).map_err(|_| BlobError::HashWorker)?;
                 Ok(None)
             }
-            Self::Off | Self::Inline(_) => Ok(Some(buf)),
+            Self::Inline(_) => Ok(Some(buf)),
         }
     }
 
     /// Ends hashing (always joining the worker) and returns the digest.
-    pub(super) fn finish(self) -> Result<Option<[u8; 32]>, BlobError> {
+    pub(super) fn finish(self) -> Result<[u8; 32], BlobError> {
         match self {
-            Self::Off => Ok(None),
-            Self::Inline(h) => Ok(Some(h.finalize().into())),
+            Self::Inline(h) => Ok(h.finalize().into()),
             Self::Worker(Worker { jobs, returned, handle }) => {
                 drop(jobs);
                 let joined = handle.join();
                 drop(returned);
                 let hasher = joined.map_err(|_| BlobError::HashWorker)?;
-                Ok(Some(hasher.finalize().into()))
+                Ok(hasher.finalize().into())
             }
         }
     }

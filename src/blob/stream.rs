@@ -13,13 +13,11 @@ use std::thread::Scope;
 use aes_gcm::Aes256Gcm;
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
 use super::descriptor::BlobDescriptor;
 use super::format::{
-    BlobKey, CHUNK_SIZE, CHUNK_SIZE_U64, COMMITMENT_LEN, HEADER_LEN, HEADER_LEN_U64, Header,
-    NONCE_PREFIX_LEN, SEALED_CHUNK_LEN, TAG_LEN, TAG_LEN_U64, ciphertext_len, open_chunk,
-    seal_chunk,
+    BlobKey, CHUNK_SIZE, Framing, HEADER_LEN, HEADER_LEN_U64, Header, NONCE_PREFIX_LEN,
+    SEALED_CHUNK_LEN, seal_chunk,
 };
 use super::media_type::MediaType;
 use super::pipeline::{ChunkBuf, Hasher, Hashing, Pool, next_chunk_buffer, with_scope};
@@ -45,16 +43,22 @@ pub struct StreamStats {
     pub background_hashing: bool,
 }
 
+/// What a run has done so far.
 #[derive(Default)]
-struct Progress {
-    plaintext_len: u64,
-    ciphertext_len: u64,
+pub(super) struct Progress {
+    pub(super) plaintext_len: u64,
+    pub(super) ciphertext_len: u64,
     chunks: u64,
 }
 
 impl Progress {
+    /// A run that has read or written the header.
+    pub(super) fn after_header() -> Self {
+        Self { ciphertext_len: HEADER_LEN_U64, ..Self::default() }
+    }
+
     /// Counts a chunk of `plaintext` bytes and `sealed` ciphertext bytes.
-    fn add_chunk(&mut self, plaintext: usize, sealed: usize) {
+    pub(super) fn add_chunk(&mut self, plaintext: usize, sealed: usize) {
         self.plaintext_len = self.plaintext_len.saturating_add(to_u64(plaintext));
         self.ciphertext_len = self.ciphertext_len.saturating_add(to_u64(sealed));
         self.chunks = self.chunks.saturating_add(1);
@@ -132,7 +136,7 @@ fn fill_chunk<R: Read + ?Sized>(
     }
 }
 
-fn to_u64(n: usize) -> u64 {
+pub(super) fn to_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
@@ -165,10 +169,10 @@ fn to_u64(n: usize) -> u64 {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct BlobEncryptor {
-    key: BlobKey,
-    cipher: Aes256Gcm,
-    header: Header,
-    media_type: MediaType,
+    pub(super) key: BlobKey,
+    pub(super) cipher: Aes256Gcm,
+    pub(super) header: Header,
+    pub(super) media_type: MediaType,
     hashing: Hashing,
 }
 
@@ -228,7 +232,7 @@ impl BlobEncryptor {
             let background_hashing = hasher.is_worker();
             let digest = hasher.finish();
             let progress = result?;
-            let digest = digest?.ok_or(BlobError::HashWorker)?;
+            let digest = digest?;
             Ok::<_, BlobError>((digest, progress.stats(&pool, background_hashing)))
         })?;
         let descriptor = BlobDescriptor::new(key, stats.plaintext_len, digest, media_type)?;
@@ -276,7 +280,7 @@ impl<'scope> ChunkLoop<'_, 'scope, '_> {
         let header = self.header.as_bytes();
         writer.write_all(header)?;
         hashing.update_inline(header);
-        let mut progress = Progress { ciphertext_len: HEADER_LEN_U64, ..Progress::default() };
+        let mut progress = Progress::after_header();
         let mut pending = None;
         let mut index: u32 = 0;
         let mut buf = pool.acquire(hashing)?;
@@ -298,37 +302,26 @@ impl<'scope> ChunkLoop<'_, 'scope, '_> {
         Ok(progress)
     }
 
-    /// Reads and checks the header (version, chunk size, then the key commitment in constant
-    /// time), then decrypts chunk by chunk.
+    /// Decrypts chunk by chunk after the header (already read and checked), hashing the
+    /// header and the chunks unless the digest was verified before.
     fn decrypt<R: Read + ?Sized, W: Write + ?Sized>(
         &self,
-        descriptor: &BlobDescriptor,
+        framing: &Framing,
         reader: &mut R,
         writer: &mut W,
         hashing: &mut Hasher<'scope>,
         pool: &mut Pool,
     ) -> Result<Progress, BlobError> {
-        let expected = descriptor.ciphertext_len();
-        let plaintext_len = descriptor.plaintext_len();
-        // Where the descriptor says the final chunk is, and how long it is sealed.
-        let expected_last_index = plaintext_len.div_ceil(CHUNK_SIZE_U64).max(1).saturating_sub(1);
-        let expected_final_sealed = plaintext_len
-            .saturating_sub(expected_last_index.saturating_mul(CHUNK_SIZE_U64))
-            .saturating_add(TAG_LEN_U64);
-        let expected_final_sealed = usize::try_from(expected_final_sealed).unwrap_or(usize::MAX);
-        let header = self.header;
-        hashing.update_inline(header.as_bytes());
-        let mut progress = Progress { ciphertext_len: HEADER_LEN_U64, ..Progress::default() };
+        hashing.update_inline(self.header.as_bytes());
+        let mut progress = Progress::after_header();
         let mut pending = None;
         let mut index: u32 = 0;
         let mut plain: Option<ChunkBuf> = None;
         let mut buf = pool.acquire(hashing)?;
         loop {
             let (filled, last) = fill_chunk(reader, &mut buf, &mut pending)?;
+            // Counted as read, for the error paths.
             progress.ciphertext_len = progress.ciphertext_len.saturating_add(to_u64(filled));
-            if last && filled < TAG_LEN {
-                return Err(final_chunk_error(progress.ciphertext_len, expected, index));
-            }
             self.maybe_start_worker(hashing, index, last);
             if hashing.is_worker() && plain.is_none() {
                 plain = Some(pool.fresh(CHUNK_SIZE));
@@ -336,36 +329,20 @@ impl<'scope> ChunkLoop<'_, 'scope, '_> {
             let sealed = buf.get_mut(..filled).unwrap_or_default();
             // Pipelined: decrypt out of place so the worker can hash the
             // ciphertext. Otherwise hash first, then decrypt in place.
-            let mut out = if hashing.is_worker() {
+            let out = if hashing.is_worker() {
                 plain.as_deref_mut().map(Vec::as_mut_slice)
             } else {
                 hashing.update_inline(sealed);
                 None
             };
-            if !open_chunk(self.cipher, header, index, last, sealed, out.as_deref_mut()) {
-                if last {
-                    return Err(final_chunk_error(progress.ciphertext_len, expected, index));
-                }
-                // Where the final chunk should be, its expected prefix
-                // authenticates as final: data was appended after it.
-                if u64::from(index) == expected_last_index
-                    && let Some(prefix) = sealed.get_mut(..expected_final_sealed)
-                    && open_chunk(self.cipher, header, index, true, prefix, out)
-                {
-                    return Err(BlobError::TrailingData);
-                }
-                return Err(BlobError::ChunkAuthentication { index });
-            }
-            let plain_len = filled.saturating_sub(TAG_LEN);
-            if last && plain_len == 0 && index > 0 {
-                return Err(BlobError::EmptyFinalChunk { index });
-            }
-            let plaintext = match out {
-                Some(out) => out.get(..plain_len),
-                None => buf.get(..plain_len),
+            let seen = progress.ciphertext_len;
+            let plain_len =
+                framing.open(self.cipher, self.header, index, last, seen, sealed, out)?;
+            let plaintext = match (&plain, hashing.is_worker()) {
+                (Some(plain), true) => plain.get(..plain_len),
+                _ => buf.get(..plain_len),
             };
             writer.write_all(plaintext.unwrap_or_default())?;
-            // The sealed bytes were counted as they were read, for the error paths.
             progress.add_chunk(plain_len, 0);
             match next_chunk_buffer(hashing, pool, buf, filled, last, &mut index)? {
                 Some(next) => buf = next,
@@ -430,8 +407,7 @@ impl<'d> BlobDecryptor<'d> {
         mut reader: R,
         mut writer: W,
     ) -> Result<StreamStats, BlobError> {
-        let mode = Mode::Hash(self.hashing.thread_from());
-        decrypt_core(self.descriptor, &mut reader, &mut writer, mode)
+        decrypt_core(self.descriptor, &mut reader, &mut writer, self.hashing.thread_from())
     }
 
     /// Hashes the whole ciphertext from the reader's current position to its
@@ -467,81 +443,32 @@ impl<'d> BlobDecryptor<'d> {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Digest already verified: do not hash.
-    Verified,
-    /// Hash, on a second thread from the given chunk index on if the caller opted in.
-    Hash(Option<u32>),
-}
-
 /// Derives the cipher and the key commitment, reads the header and checks it against the
 /// commitment before any chunk is decrypted, decrypts, then checks the length and digest.
 fn decrypt_core<R: Read + ?Sized, W: Write + ?Sized>(
     descriptor: &BlobDescriptor,
     reader: &mut R,
     writer: &mut W,
-    mode: Mode,
+    thread_from: Option<u32>,
 ) -> Result<StreamStats, BlobError> {
     let (cipher, commitment) = descriptor.key().derive();
     let mut header = [0u8; HEADER_LEN];
-    let header_read = read_full(reader, &mut header)?;
-    if header_read < HEADER_LEN {
+    if read_full(reader, &mut header)? < HEADER_LEN {
         return Err(BlobError::Truncated);
     }
-    let header = read_header(header, &commitment)?;
-    let thread_from = match mode {
-        Mode::Verified => None,
-        Mode::Hash(from) => from,
-    };
+    let header = Header::parse_committed(header, &commitment)?;
+    let framing = Framing::new(descriptor.plaintext_len());
     with_scope(thread_from.is_some(), |scope| {
-        let mut hasher = match mode {
-            Mode::Verified => Hasher::Off,
-            Mode::Hash(_) => Hasher::Inline(Sha256::new()),
-        };
+        let mut hasher = Hasher::Inline(Sha256::new());
         let mut pool = Pool::default();
         let chunks = ChunkLoop { scope, cipher: &cipher, header: &header, thread_from };
-        let result = chunks.decrypt(descriptor, reader, writer, &mut hasher, &mut pool);
+        let result = chunks.decrypt(&framing, reader, writer, &mut hasher, &mut pool);
         let background_hashing = hasher.is_worker();
         let digest = hasher.finish();
         let progress = result?;
-        let digest = digest?;
-        if progress.plaintext_len != descriptor.plaintext_len() {
-            return Err(BlobError::LengthMismatch {
-                expected: descriptor.plaintext_len(),
-                got: progress.plaintext_len,
-            });
-        }
-        if let Some(digest) = digest
-            && !crypto::ct_eq(&digest, descriptor.ciphertext_sha256())
-        {
-            return Err(BlobError::DigestMismatch);
-        }
+        descriptor.check(progress.plaintext_len, Some(&digest?))?;
         Ok(progress.stats(&pool, background_hashing))
     })
-}
-
-/// Parses a header and checks, in constant time, that it commits to `commitment`.
-fn read_header(
-    bytes: [u8; HEADER_LEN],
-    commitment: &[u8; COMMITMENT_LEN],
-) -> Result<Header, BlobError> {
-    let header = Header::parse(bytes)?;
-    if !header.commits_to(commitment) {
-        return Err(BlobError::KeyCommitment);
-    }
-    Ok(header)
-}
-
-/// Names the violation when the final chunk does not authenticate, using the
-/// (trusted) descriptor's length: a shorter stream was truncated, a longer
-/// one was extended, an equally long one was corrupted.
-fn final_chunk_error(seen: u64, expected: u64, index: u32) -> BlobError {
-    match seen.cmp(&expected) {
-        std::cmp::Ordering::Less => BlobError::Truncated,
-        std::cmp::Ordering::Greater => BlobError::TrailingData,
-        std::cmp::Ordering::Equal => BlobError::ChunkAuthentication { index },
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -598,7 +525,7 @@ pub fn encrypt_stream<G: CryptoRng + ?Sized, R: Read, W: Write>(
 /// authenticated plaintext is written chunk by chunk as it is verified; the
 /// plaintext length and the ciphertext SHA-256 are checked at the end. **On
 /// any error, everything already written to `writer` must be discarded**:
-/// use [`decrypt_verified`] or [`decrypt_blob`] where nothing may be written
+/// use [`decrypt_verified`] or [`decrypt_blob`](super::decrypt_blob) where nothing may be written
 /// before the digest is known to match.
 ///
 /// # Errors
@@ -626,61 +553,11 @@ pub fn decrypt_verified<R: Read + Seek, W: Write>(
     BlobDecryptor::new(descriptor).decrypt_verified(reader, writer).map(|stats| stats.plaintext_len)
 }
 
-/// Encrypts an in-memory plaintext on the calling thread; returns the
-/// ciphertext and its descriptor.
-///
-/// # Errors
-/// [`BlobError::TooManyChunks`] above [`MAX_PLAINTEXT_LEN`](super::MAX_PLAINTEXT_LEN).
-pub fn encrypt_blob<G: CryptoRng + ?Sized>(
-    rng: &mut G,
-    plaintext: &[u8],
-    media_type: MediaType,
-) -> Result<(Vec<u8>, BlobDescriptor), BlobError> {
-    let total = ciphertext_len(to_u64(plaintext.len())).ok_or(BlobError::TooManyChunks)?;
-    let capacity = usize::try_from(total).map_err(|_| BlobError::TooManyChunks)?;
-    let mut out = Vec::with_capacity(capacity);
-    let (descriptor, _) = BlobEncryptor::new(rng, media_type).encrypt(plaintext, &mut out)?;
-    Ok((out, descriptor))
-}
-
-/// Decrypts an in-memory blob on the calling thread. The ciphertext SHA-256
-/// is verified, then the key commitment, **before** anything is decrypted;
-/// the plaintext is returned in a buffer wiped on drop (and is never
-/// reallocated, so no unwiped copy is left behind).
-///
-/// ```
-/// use multidevice::blob::{decrypt_blob, encrypt_blob, BlobError, MediaType};
-/// let mut rng = rand::rng();
-/// let (mut ciphertext, descriptor) =
-///     encrypt_blob(&mut rng, b"hi", MediaType::new("text/plain")?)?;
-/// assert_eq!(decrypt_blob(&descriptor, &ciphertext)?.as_slice(), b"hi");
-/// ciphertext[50] ^= 1;
-/// assert_eq!(decrypt_blob(&descriptor, &ciphertext), Err(BlobError::DigestMismatch));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-///
-/// # Errors
-/// [`BlobError::DigestMismatch`] before any decryption, otherwise any error
-/// of [`decrypt_stream`].
-pub fn decrypt_blob(
-    descriptor: &BlobDescriptor,
-    ciphertext: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, BlobError> {
-    let digest: [u8; 32] = Sha256::digest(ciphertext).into();
-    if !crypto::ct_eq(&digest, descriptor.ciphertext_sha256()) {
-        return Err(BlobError::DigestMismatch);
-    }
-    // Plaintext is always shorter than the ciphertext: no reallocation.
-    let mut out = Zeroizing::new(Vec::with_capacity(ciphertext.len()));
-    let mut reader = ciphertext;
-    decrypt_core(descriptor, &mut reader, &mut *out, Mode::Verified)?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::KEY_LEN;
+    use crate::blob::format::{CHUNK_SIZE_U64, TAG_LEN};
+    use crate::blob::{KEY_LEN, decrypt_blob};
 
     #[test]
     fn empty_final_chunk_after_full_chunk_is_rejected() {
@@ -704,5 +581,6 @@ mod tests {
             decrypt_stream(&descriptor, &blob[..], io::sink()),
             Err(BlobError::EmptyFinalChunk { index: 1 })
         );
+        assert_eq!(decrypt_blob(&descriptor, &blob), Err(BlobError::EmptyFinalChunk { index: 1 }));
     }
 }
