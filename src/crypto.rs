@@ -57,8 +57,6 @@ pub(crate) mod label {
     pub(crate) const KDF_BODY: &[u8] = b"multidevice/v1/kdf/body";
     /// The whole AES-GCM associated data of a fan-out body.
     pub(crate) const FANOUT_BODY_AAD: &[u8] = b"multidevice/v1/fanout-body";
-    // The blob format adopts it with the blob key commitment (issue 11), next.
-    #[allow(dead_code)]
     pub(crate) const KDF_BLOB: &[u8] = b"multidevice/v1/kdf/blob";
     pub(crate) const KDF_X3DH: &[u8] = b"multidevice/v1/kdf/x3dh";
     pub(crate) const KDF_ROOT: &[u8] = b"multidevice/v1/kdf/root";

@@ -688,7 +688,118 @@ impl LinkError {
     }
 }
 
-pub use crate::blob::{BlobError, MediaTypeError};
+/// Everything that can go wrong while encrypting, decrypting or parsing a blob
+/// ([`crate::blob`]).
+///
+/// On any error from a decrypting function, plaintext already written to the caller's writer is
+/// unauthenticated as a whole and must be discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// The ciphertext ends before its final chunk: cut at a chunk boundary, mid-chunk, inside
+    /// the header, or its final chunk was lost.
+    #[error("blob is truncated: its final chunk is missing or incomplete")]
+    Truncated,
+    /// Bytes follow the authentic final chunk.
+    #[error("blob has data after its final chunk")]
+    TrailingData,
+    /// The chunk at this position does not authenticate there: it was modified, reordered,
+    /// duplicated, taken from another blob, or the header's nonce prefix was changed.
+    #[error("chunk {index} failed authentication")]
+    ChunkAuthentication {
+        /// Zero-based position of the offending chunk.
+        index: u32,
+    },
+    /// The key commitment in the blob header is not the one the descriptor's key derives: the
+    /// blob was made under another key (or its commitment was altered). Checked in constant
+    /// time before any chunk is decrypted.
+    #[error("blob header does not commit to the descriptor's key")]
+    KeyCommitment,
+    /// The blob would need more than [`MAX_CHUNKS`](crate::blob::MAX_CHUNKS) chunks (the chunk
+    /// index would overflow), or a length exceeds
+    /// [`MAX_PLAINTEXT_LEN`](crate::blob::MAX_PLAINTEXT_LEN).
+    #[error("blob needs more than 2^32 chunks")]
+    TooManyChunks,
+    /// An authentic but non-canonical empty final chunk follows other chunks.
+    #[error("final chunk {index} is empty but is not the only chunk")]
+    EmptyFinalChunk {
+        /// Zero-based position of the empty final chunk.
+        index: u32,
+    },
+    /// The blob header names a format version this library does not know.
+    #[error("unsupported blob format version {0}")]
+    UnsupportedVersion(u8),
+    /// The blob header names a chunk size other than [`CHUNK_SIZE`](crate::blob::CHUNK_SIZE).
+    #[error("unsupported chunk size {0}")]
+    UnsupportedChunkSize(u32),
+    /// The SHA-256 of the ciphertext differs from the descriptor's.
+    #[error("ciphertext SHA-256 does not match the descriptor")]
+    DigestMismatch,
+    /// The authenticated plaintext length differs from the descriptor's.
+    #[error("plaintext is {got} bytes but the descriptor says {expected}")]
+    LengthMismatch {
+        /// Length stated by the descriptor.
+        expected: u64,
+        /// Length actually decrypted.
+        got: u64,
+    },
+    /// A descriptor encoding is shorter than its fields require.
+    #[error("descriptor encoding is truncated")]
+    DescriptorTruncated,
+    /// A descriptor encoding has bytes after its last field.
+    #[error("descriptor encoding has trailing bytes")]
+    DescriptorTrailingBytes,
+    /// A descriptor encoding names an unknown version.
+    #[error("unsupported descriptor version {0}")]
+    UnsupportedDescriptorVersion(u8),
+    /// A media type is malformed.
+    #[error("invalid media type: {0}")]
+    InvalidMediaType(#[from] MediaTypeError),
+    /// The underlying reader or writer failed.
+    #[error("I/O error: {0}")]
+    Io(std::io::ErrorKind),
+    /// The AEAD primitive refused an operation (cannot happen for chunks of at most
+    /// [`CHUNK_SIZE`](crate::blob::CHUNK_SIZE) bytes).
+    #[error("AES-GCM refused the operation")]
+    CipherFailure,
+    /// The hashing thread the caller opted into stopped abnormally.
+    #[error("background hashing thread failed")]
+    HashWorker,
+}
+
+impl From<std::io::Error> for BlobError {
+    fn from(err: std::io::Error) -> Self {
+        Self::Io(err.kind())
+    }
+}
+
+/// Why a string is not a valid [`MediaType`](crate::blob::MediaType).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaTypeError {
+    /// Shorter than [`MEDIA_TYPE_MIN_LEN`](crate::blob::MEDIA_TYPE_MIN_LEN) bytes.
+    #[error("media type is shorter than 3 bytes")]
+    TooShort,
+    /// Longer than [`MEDIA_TYPE_MAX_LEN`](crate::blob::MEDIA_TYPE_MAX_LEN) bytes.
+    #[error("media type is {len} bytes, more than 64")]
+    TooLong {
+        /// Actual length in bytes.
+        len: usize,
+    },
+    /// No `/` separates type and subtype.
+    #[error("media type has no '/'")]
+    MissingSlash,
+    /// The type or the subtype is empty.
+    #[error("media type has an empty type or subtype")]
+    EmptyPart,
+    /// A byte outside the allowed set (lowercase RFC 6838 restricted names), including a second
+    /// `/` or a non-alphanumeric first character.
+    #[error("media type has an invalid byte at position {position}")]
+    InvalidByte {
+        /// Zero-based position of the offending byte.
+        position: usize,
+    },
+}
 
 impl BlobError {
     /// What to do: [`Action::RetryLater`] for an I/O failure, [`Action::Drop`] for every

@@ -27,6 +27,12 @@ pub fn open_fanout_body(
     crate::fanout::open_body(key, digest, Some(body))
 }
 
+/// A genuine blob of `plaintext` under the fixed key that the `blob_chunks` fuzz target
+/// decrypts its input with: corpus seeds that reach the chunk decoder past the key commitment.
+pub fn fuzz_seed_blob(plaintext: &[u8]) -> Vec<u8> {
+    crate::blob::seed_blob(plaintext)
+}
+
 /// Signs a device list with `primary`'s identity, naming exactly `companions` in the order
 /// given, with any version, issue time and previous digest: lists the crate's own API never
 /// signs (two entries with one identity, unsorted entries, ...), to test what verification

@@ -18,10 +18,10 @@ use std::rc::Rc;
 
 use multidevice::blob::{
     BACKGROUND_HASHING_FROM_CHUNK, BlobDecryptor, BlobDescriptor, BlobEncryptor, BlobError,
-    BlobKey, CHUNK_SIZE, DESCRIPTOR_MAX_LEN, DESCRIPTOR_MIN_LEN, HEADER_LEN, MAX_PLAINTEXT_LEN,
-    MediaType, MediaTypeError, SEALED_CHUNK_LEN, STREAM_BUFFER_BYTES, TAG_LEN, ciphertext_len,
-    decrypt_blob, decrypt_stream, decrypt_verified, encrypt_blob, encrypt_stream,
-    fuzz_chunk_stream, fuzz_descriptor,
+    BlobKey, CHUNK_SIZE, COMMITMENT_LEN, DESCRIPTOR_MAX_LEN, DESCRIPTOR_MIN_LEN, HEADER_LEN,
+    Hashing, MAX_PLAINTEXT_LEN, MediaType, MediaTypeError, SEALED_CHUNK_LEN, STREAM_BUFFER_BYTES,
+    TAG_LEN, ciphertext_len, decrypt_blob, decrypt_blob_into, decrypt_stream, decrypt_verified,
+    encrypt_blob, encrypt_blob_into, encrypt_stream, fuzz_chunk_stream, fuzz_descriptor,
 };
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -82,10 +82,13 @@ fn describing(descriptor: &BlobDescriptor, ciphertext: &[u8]) -> BlobDescriptor 
 fn assert_tamper(descriptor: &BlobDescriptor, tampered: &[u8], expected: BlobError) {
     assert_eq!(stream_err(descriptor, tampered), expected, "decrypt_stream");
     let pipelined = BlobDecryptor::new(descriptor)
-        .background_hashing_from_chunk(0)
+        .hashing(Hashing::SecondThread { from_chunk: 0 })
         .decrypt(tampered, io::sink())
         .unwrap_err();
     assert_eq!(pipelined, expected, "decrypt with pipelined hashing");
+    let mut out = b"kept".to_vec();
+    assert_eq!(decrypt_blob_into(descriptor, tampered, &mut out).unwrap_err(), expected);
+    assert_eq!(out, b"kept", "decrypt_blob_into appends nothing on an error");
     assert_eq!(
         decrypt_blob(descriptor, tampered).unwrap_err(),
         BlobError::DigestMismatch,
@@ -110,9 +113,9 @@ fn assert_round_trip(len: usize) {
     for pipelined in [true, false] {
         let decryptor = BlobDecryptor::new(&descriptor);
         let decryptor = if pipelined {
-            decryptor.background_hashing_from_chunk(0)
+            decryptor.hashing(Hashing::SecondThread { from_chunk: 0 })
         } else {
-            decryptor.background_hashing(false)
+            decryptor
         };
         let mut out = Vec::new();
         let stats = decryptor.decrypt(&ciphertext[..], &mut out).unwrap();
@@ -129,9 +132,19 @@ fn assert_round_trip(len: usize) {
     );
     assert_eq!(out, plaintext);
 
+    // In memory, appended to what a reused buffer already holds.
+    let mut out = b"before".to_vec();
+    assert_eq!(decrypt_blob_into(&descriptor, &ciphertext, &mut out).unwrap(), len as u64);
+    assert_eq!(out[..6], *b"before");
+    assert_eq!(out[6..], plaintext[..]);
+    let mut appended = b"before".to_vec();
+    let into = encrypt_blob_into(&mut rng(len as u64), &plaintext, media(), &mut appended).unwrap();
+    assert_eq!(appended[6..], ciphertext[..], "same randomness, same blob as encrypt_blob");
+    assert_eq!(into, descriptor);
+
     let mut streamed = Vec::new();
     let (descriptor2, stats) = BlobEncryptor::new(&mut rng(1), media())
-        .background_hashing_from_chunk(0)
+        .hashing(Hashing::SecondThread { from_chunk: 0 })
         .encrypt(&plaintext[..], &mut streamed)
         .unwrap();
     assert_eq!(stats.background_hashing, len > CHUNK_SIZE);
@@ -139,6 +152,8 @@ fn assert_round_trip(len: usize) {
     let mut again = Vec::new();
     encrypt_stream(&mut rng(1), &plaintext[..], &mut again, media()).unwrap();
     assert_eq!(again, streamed, "same randomness, same blob");
+    let (in_memory, _) = encrypt_blob(&mut rng(1), &plaintext, media()).unwrap();
+    assert_eq!(in_memory, streamed, "in memory and streamed alike");
     let mut out = Vec::new();
     assert_eq!(decrypt_stream(&descriptor2, &streamed[..], &mut out).unwrap(), len as u64);
     assert_eq!(out, plaintext);
@@ -185,15 +200,18 @@ fn round_trip_several_chunks() {
     assert_round_trip(3 * CHUNK_SIZE + 5);
 }
 
-/// Encrypts and decrypts a blob of `chunks` full chunks with default settings;
-/// returns whether each side hashed on a second thread.
-fn hashed_in_background(chunks: usize) -> (bool, bool) {
+/// Encrypts and decrypts a blob of `chunks` full chunks, opting in to the
+/// hashing thread or not; returns whether each side hashed on a second thread.
+fn hashed_in_background(chunks: usize, opt_in: bool) -> (bool, bool) {
     let plaintext = pattern(chunks * CHUNK_SIZE, 3);
     let mut out = Vec::new();
-    let (descriptor, enc) =
-        BlobEncryptor::new(&mut rng(2), media()).encrypt(&plaintext[..], &mut out).unwrap();
+    let encryptor = BlobEncryptor::new(&mut rng(2), media());
+    let encryptor = if opt_in { encryptor.hashing(Hashing::SECOND_THREAD) } else { encryptor };
+    let (descriptor, enc) = encryptor.encrypt(&plaintext[..], &mut out).unwrap();
     assert_eq!(enc.chunks, chunks as u64);
-    let dec = BlobDecryptor::new(&descriptor).decrypt(&out[..], io::sink()).unwrap();
+    let decryptor = BlobDecryptor::new(&descriptor);
+    let decryptor = if opt_in { decryptor.hashing(Hashing::SECOND_THREAD) } else { decryptor };
+    let dec = decryptor.decrypt(&out[..], io::sink()).unwrap();
     for stats in [enc, dec] {
         match stats.background_hashing {
             false => assert_eq!(stats.peak_buffer_bytes, SEALED_CHUNK_LEN, "{stats:?}"),
@@ -204,13 +222,19 @@ fn hashed_in_background(chunks: usize) -> (bool, bool) {
 }
 
 #[test]
-fn small_blobs_never_start_a_hashing_thread() {
+fn small_blobs_never_start_a_hashing_thread_even_when_opted_in() {
     // The chunk at index BACKGROUND_HASHING_FROM_CHUNK starts the thread
     // only if another chunk follows it.
     let last_inline = BACKGROUND_HASHING_FROM_CHUNK as usize + 1;
-    assert_eq!(hashed_in_background(1), (false, false));
-    assert_eq!(hashed_in_background(last_inline), (false, false));
-    assert_eq!(hashed_in_background(last_inline + 1), (true, true));
+    assert_eq!(hashed_in_background(1, true), (false, false));
+    assert_eq!(hashed_in_background(last_inline, true), (false, false));
+    assert_eq!(hashed_in_background(last_inline + 1, true), (true, true));
+}
+
+#[test]
+fn no_hashing_thread_unless_the_app_asks() {
+    let chunks = BACKGROUND_HASHING_FROM_CHUNK as usize + 20;
+    assert_eq!(hashed_in_background(chunks, false), (false, false));
 }
 
 #[test]
@@ -220,8 +244,9 @@ fn header_commits_to_version_and_chunk_size() {
     let mut ciphertext = Vec::new();
     encryptor.encrypt(&b"x"[..], &mut ciphertext).unwrap();
     assert_eq!(&ciphertext[..HEADER_LEN], &header);
-    assert_eq!(header[0], 1, "version");
+    assert_eq!(header[0], 2, "version");
     assert_eq!(header[1..5], 65_536u32.to_be_bytes(), "chunk size");
+    assert_eq!(HEADER_LEN, 1 + 4 + 7 + COMMITMENT_LEN, "nonce prefix, then key commitment");
 }
 
 #[test]
@@ -316,10 +341,9 @@ fn streamed_round_trip(len: usize, background: bool) {
         max_write: 0,
         max_lag: 0,
     };
-    let (descriptor, enc) = BlobEncryptor::new(&mut rng(16), media())
-        .background_hashing(background)
-        .encrypt(&mut reader, &mut writer)
-        .unwrap();
+    let encryptor = BlobEncryptor::new(&mut rng(16), media());
+    let encryptor = if background { encryptor.hashing(Hashing::SECOND_THREAD) } else { encryptor };
+    let (descriptor, enc) = encryptor.encrypt(&mut reader, &mut writer).unwrap();
     let (enc_max_write, enc_max_lag) = (writer.max_write, writer.max_lag);
     drop(writer);
     assert_eq!(enc.plaintext_len, len as u64);
@@ -352,10 +376,9 @@ fn streamed_round_trip(len: usize, background: bool) {
         max_write: 0,
         max_lag: 0,
     };
-    let dec = BlobDecryptor::new(&descriptor)
-        .background_hashing(background)
-        .decrypt(&mut reader, &mut writer)
-        .unwrap();
+    let decryptor = BlobDecryptor::new(&descriptor);
+    let decryptor = if background { decryptor.hashing(Hashing::SECOND_THREAD) } else { decryptor };
+    let dec = decryptor.decrypt(&mut reader, &mut writer).unwrap();
     let (dec_max_write, dec_max_lag) = (writer.max_write, writer.max_lag);
     drop(writer);
     assert_eq!((position, mismatches), (len, 0));
@@ -555,7 +578,8 @@ fn header_bit_flips_are_detected_with_typed_errors() {
             1..=4 => BlobError::UnsupportedChunkSize(u32::from_be_bytes(
                 flipped[1..5].try_into().unwrap(),
             )),
-            _ => BlobError::ChunkAuthentication { index: 0 },
+            5..=11 => BlobError::ChunkAuthentication { index: 0 },
+            _ => BlobError::KeyCommitment,
         };
         assert_tamper(&descriptor, &flipped, expected);
     }
@@ -631,6 +655,14 @@ fn wrong_digest_is_rejected_before_any_plaintext_comes_out() {
 
     assert_eq!(decrypt_blob(&wrong, &ciphertext).unwrap_err(), BlobError::DigestMismatch);
 
+    // One pass in memory learns it at the end, and takes back what it appended.
+    let mut out = Vec::new();
+    assert_eq!(
+        decrypt_blob_into(&wrong, &ciphertext, &mut out).unwrap_err(),
+        BlobError::DigestMismatch
+    );
+    assert!(out.is_empty());
+
     // The streaming path only learns it at the end (and says so).
     let mut watch = WatchWriter { bytes: 0 };
     assert_eq!(
@@ -666,11 +698,14 @@ fn wrong_length_is_length_mismatch() {
             decrypt_verified(&wrong, Cursor::new(&ciphertext), io::sink()).unwrap_err(),
             expected
         );
+        let mut out = Vec::new();
+        assert_eq!(decrypt_blob_into(&wrong, &ciphertext, &mut out).unwrap_err(), expected);
+        assert!(out.is_empty());
     }
 }
 
 #[test]
-fn wrong_key_fails_first_chunk() {
+fn wrong_key_fails_key_commitment_before_any_chunk() {
     let (_, ciphertext, descriptor) = four_chunk_blob(17);
     let wrong = BlobDescriptor::new(
         BlobKey::generate(&mut rng(99)),
@@ -679,9 +714,20 @@ fn wrong_key_fails_first_chunk() {
         descriptor.media_type().clone(),
     )
     .unwrap();
-    let expected = BlobError::ChunkAuthentication { index: 0 };
-    assert_eq!(stream_err(&wrong, &ciphertext), expected);
+    let expected = BlobError::KeyCommitment;
+    let mut watch = WatchWriter { bytes: 0 };
+    assert_eq!(decrypt_stream(&wrong, &ciphertext[..], &mut watch).unwrap_err(), expected);
+    assert_eq!(watch.bytes, 0, "nothing decrypted under a key the header does not commit to");
     assert_eq!(decrypt_blob(&wrong, &ciphertext).unwrap_err(), expected);
+    assert_eq!(
+        decrypt_verified(&wrong, Cursor::new(&ciphertext), io::sink()).unwrap_err(),
+        expected
+    );
+    let mut out = Vec::new();
+    assert_eq!(decrypt_blob_into(&wrong, &ciphertext, &mut out).unwrap_err(), expected);
+    assert!(out.is_empty());
+    let threaded = BlobDecryptor::new(&wrong).hashing(Hashing::SecondThread { from_chunk: 0 });
+    assert_eq!(threaded.decrypt(&ciphertext[..], io::sink()).unwrap_err(), expected);
 }
 
 #[test]

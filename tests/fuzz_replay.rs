@@ -473,6 +473,21 @@ fn generate_account_corpus() {
     write_seed("blob_descriptor", "genuine", &descriptor.to_bytes());
     write_seed("blob_chunks", "small-blob", &blob);
     write_seed("blob_chunks", "plaintext", &[7u8; 300]);
+    // Blobs under the key the target decrypts its input with, so that their mutations get past
+    // the key commitment into the chunk decoder.
+    use multidevice::blob::{CHUNK_SIZE, HEADER_LEN};
+    use multidevice::test_support::fuzz_seed_blob;
+    let one_chunk = fuzz_seed_blob(b"a small photo");
+    write_seed("blob_chunks", "fuzz-key-empty", &fuzz_seed_blob(b""));
+    write_seed("blob_chunks", "fuzz-key-one-chunk", &one_chunk);
+    write_seed("blob_chunks", "fuzz-key-two-chunks", &fuzz_seed_blob(&[0x5a; CHUNK_SIZE + 100]));
+    write_seed("blob_chunks", "fuzz-key-truncated", &one_chunk[..one_chunk.len() - 5]);
+    write_seed("blob_chunks", "fuzz-key-trailing", &[&one_chunk[..], b"more"].concat());
+    write_seed("blob_chunks", "fuzz-key-header-only", &one_chunk[..HEADER_LEN]);
+    let mut version_1 = one_chunk[..12].to_vec();
+    version_1[0] = 1;
+    version_1.extend_from_slice(&one_chunk[HEADER_LEN..]);
+    write_seed("blob_chunks", "version-1-blob", &version_1);
     write_seed("history_records", "framed", &[0, 0, 0, 2, b'h', b'i', 0, 0, 0, 0, 0, 0, 0, 1, 7]);
     write_seed("history_records", "cut-at-zeros", b"chat one\0chat two\0\0last");
     write_seed("history_records", "truncated", &[0, 0, 1, 0, 1, 2, 3]);

@@ -1529,15 +1529,18 @@ fn blob_errors(pins: &mut Pins) {
     let stream = |descriptor: &BlobDescriptor, bytes: &[u8]| {
         decrypt_stream(descriptor, bytes, std::io::sink()).unwrap_err()
     };
-    // Header: version, chunk size (u32), nonce prefix (7); the first chunk from byte 12.
+    // Header: version (2), chunk size (u32), nonce prefix (7), key commitment (32); the first
+    // chunk from byte 44.
     pin!(pins, BlobError, stream(&descriptor, &blob[..blob.len() - 1]),
         BlobError::Truncated => Action::Drop);
     pin!(pins, BlobError, stream(&descriptor, &[&blob[..], &[0]].concat()),
         BlobError::TrailingData => Action::Drop);
     pin!(pins, BlobError, stream(&descriptor, &edited(&blob, 12, blob[12] ^ 1)),
+        BlobError::KeyCommitment => Action::Drop);
+    pin!(pins, BlobError, stream(&descriptor, &edited(&blob, 44, blob[44] ^ 1)),
         BlobError::ChunkAuthentication { index: 0 } => Action::Drop);
-    pin!(pins, BlobError, stream(&descriptor, &edited(&blob, 0, 2)),
-        BlobError::UnsupportedVersion(2) => Action::Drop);
+    pin!(pins, BlobError, stream(&descriptor, &edited(&blob, 0, 1)),
+        BlobError::UnsupportedVersion(1) => Action::Drop);
     let mut small = blob.clone();
     small[1..5].copy_from_slice(&1024u32.to_be_bytes());
     pin!(pins, BlobError, stream(&descriptor, &small),
@@ -1566,8 +1569,12 @@ fn blob_errors(pins: &mut Pins) {
         BlobError::TooManyChunks => Action::Drop);
     // A key holder's non-canonical framing: a full chunk, then an empty final one.
     let key = [9u8; 32];
-    let header = [&[1u8][..], &65_536u32.to_be_bytes(), &[3; 7]].concat();
-    let cipher = Aes256Gcm::new_from_slice(&key).unwrap();
+    let mut okm = [0u8; 64];
+    hkdf::Hkdf::<Sha256>::new(Some(&[0u8; 32]), &key)
+        .expand(b"multidevice/v1/kdf/blob", &mut okm)
+        .unwrap();
+    let header = [&[2u8][..], &65_536u32.to_be_bytes(), &[3; 7], &okm[32..]].concat();
+    let cipher = Aes256Gcm::new_from_slice(&okm[..32]).unwrap();
     let seal = |index: u32, last: bool, plaintext: &[u8]| {
         let nonce: [u8; 12] =
             [&[3u8; 7][..], &index.to_be_bytes(), &[u8::from(last)]].concat().try_into().unwrap();
@@ -1643,7 +1650,7 @@ fn every_error_says_what_to_do() {
     store_errors(&mut pins);
     blob_errors(&mut pins);
     group_errors(&mut pins);
-    let sources = [include_str!("../src/error.rs"), include_str!("../src/blob.rs")];
+    let sources = [include_str!("../src/error.rs")];
     for name in [
         "DecodeError",
         "KeyError",

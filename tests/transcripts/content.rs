@@ -335,11 +335,20 @@ fn record_blob(
     prefix: &[u8; 7],
     plaintext: &[u8],
 ) -> Vec<u8> {
-    let header = spec::cat(&[&[1], &65_536u32.to_be_bytes(), prefix]);
+    let okm = spec::hkdf(&[0u8; 32], key, b"multidevice/v1/kdf/blob", 64);
+    let (cipher_key, commitment) = okm.split_at(32);
+    let cipher_key: [u8; 32] = array(cipher_key);
+    v.mid(
+        &format!("{p}.cipher_key"),
+        &cipher_key,
+        "first 32 bytes of HKDF-SHA256(salt 0^32, blob key, \"multidevice/v1/kdf/blob\")",
+    );
+    v.mid(&format!("{p}.commitment"), commitment, "the last 32 bytes of that HKDF output");
+    let header = spec::cat(&[&[2], &65_536u32.to_be_bytes(), prefix, commitment]);
     v.mid(
         &format!("{p}.header"),
         &header,
-        "header: version (1) || chunk size (u32 65536) || nonce prefix (7)",
+        "header: version (2) || chunk size (u32 65536) || nonce prefix (7) || commitment (32)",
     );
     let mut blob = header.clone();
     let chunks: Vec<&[u8]> =
@@ -356,11 +365,11 @@ fn record_blob(
             &nonce,
             "nonce prefix || index (u32) || final (0x01 for the last chunk)",
         );
-        let sealed = spec::seal(key, &nonce, &header, chunk);
+        let sealed = spec::seal(&cipher_key, &nonce, &header, chunk);
         v.mid(
             &format!("{p}.chunk{i}.sealed"),
             &sealed,
-            "AES-256-GCM(blob key, nonce, aad = header, chunk plaintext) || tag",
+            "AES-256-GCM(cipher key, nonce, aad = header, chunk plaintext) || tag",
         );
         blob.extend_from_slice(&sealed);
     }
