@@ -82,14 +82,15 @@ fn build(accounts: usize, devices: usize, seed: u64) -> Group {
         bundles.extend(all.iter().map(|d| d.prekey_upload().bundle(None)));
         members.push(account);
         if id == 2 {
-            if let Some(last) = all.last() {
-                removal = primary.remove_companion(last.address().device, NOW).unwrap().to_bytes();
-            }
-            all.insert(0, primary);
             for device in &mut all {
                 device.process_device_list(&list, NOW).unwrap();
                 device.process_device_list(&sender_list, NOW).unwrap();
             }
+            primary.process_device_list(&sender_list, NOW).unwrap();
+            if let Some(last) = all.last() {
+                removal = primary.remove_companion(last.address().device, NOW).unwrap().to_bytes();
+            }
+            all.insert(0, primary);
             first = all;
         }
     }
@@ -121,6 +122,9 @@ fn bench_group(c: &mut Criterion) {
             });
         });
         if accounts == 10 {
+            // A second group, so the receiver's chain starts where the sender's does.
+            let id = g.sender.create_group(&mut rng, &g.members).unwrap();
+            let first = g.sender.encrypt_group(&mut rng, id, &g.bundles, b"hello", NOW).unwrap();
             let receiver = &mut g.first[0];
             let key =
                 first.distribution.iter().find(|e| e.recipient == receiver.address()).unwrap();

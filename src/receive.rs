@@ -19,7 +19,7 @@ use crate::device::Device;
 use crate::error::ReceiveError;
 use crate::fanout::{Content, Conversation, Inner, open_body};
 use crate::group::GroupId;
-use crate::group::receiver::GroupReceiver;
+use crate::group::receiver::{GroupReceiver, ReceiverKey};
 use crate::group::wire::{Distribution, GroupMessage};
 use crate::keys::{DeviceAddress, DeviceId, Timestamp};
 use crate::session::SessionMessage;
@@ -175,6 +175,7 @@ impl Device {
         let received = match inner.content {
             Content::SenderKey(bytes) => {
                 let distribution = Distribution::parse(bytes).map_err(ReceiveError::Content)?;
+                let key = ReceiverKey::new(&distribution)?;
                 let group = distribution.group;
                 let receiver = self
                     .group_keys
@@ -183,7 +184,7 @@ impl Device {
                 if receiver.sender_identity != sender_identity {
                     *receiver = GroupReceiver::new(sender_identity);
                 }
-                receiver.accept(&distribution);
+                receiver.accept(key);
                 Received::SenderKey(ReceivedSenderKey { group, sender })
             }
             Content::History(descriptor) => Received::History(ReceivedHistory {

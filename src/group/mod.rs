@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use ed25519_dalek::SigningKey;
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::consts::{MAX_GROUP_MEMBERS, MAX_MESSAGE_PLAINTEXT, PRIMARY_INACTIVITY_SECS};
@@ -433,7 +434,10 @@ fn seal_group_message(
     // The associated data is the header just written.
     let aad = out.split_at(header_len).0.to_vec();
     crypto::seal_append(&message_key, nonce, &aad, &mut out, &plaintext);
-    let signature = crypto::sign(&key.signing, label::SIG_GROUP_MESSAGE, &[&out]);
+    // The signature covers the SHA-256 of everything before it: one pass over the message,
+    // where Ed25519 itself would hash it twice to sign and once more to verify.
+    let digest: [u8; 32] = Sha256::digest(&out).into();
+    let signature = crypto::sign(&key.signing, label::SIG_GROUP_MESSAGE, &[&digest]);
     out.extend_from_slice(&signature);
     key.chain_key.as_mut_bytes().copy_from_slice(next.as_slice());
     key.iteration = next_iteration;

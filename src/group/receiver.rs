@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::wire::{Distribution, GroupMessage, MESSAGE_ID_LEN, PLAINTEXT_PREFIX_LEN};
@@ -25,7 +26,9 @@ pub(crate) struct ReceiverKey {
     /// The iteration of the next message expected on the chain.
     iteration: u32,
     chain_key: Secret32,
-    signing_public: [u8; 32],
+    /// The distributed signing key, decoded once when the key is taken (or loaded).
+    #[serde(with = "verifying_key_bytes")]
+    signing_public: VerifyingKey,
     /// Keys of iterations skipped over, oldest first, at most [`MAX_SKIPPED_KEYS`].
     skipped: VecDeque<(u32, Secret32)>,
 }
@@ -71,20 +74,16 @@ impl GroupReceiver {
     /// Takes a distributed key. A key already held is kept as it is (a replayed or late
     /// distribution never winds a chain back); a new one becomes the current key, and the
     /// oldest beyond [`KEYS_PER_SENDER`] is forgotten.
-    pub(crate) fn accept(&mut self, distribution: &Distribution<'_>) {
-        if self.keys.iter().any(|k| {
-            k.key_id == distribution.key_id && k.signing_public == distribution.signing_public
-        }) {
+    pub(crate) fn accept(&mut self, key: ReceiverKey) {
+        if self
+            .keys
+            .iter()
+            .any(|k| k.key_id == key.key_id && k.signing_public == key.signing_public)
+        {
             return;
         }
-        self.keys.retain(|k| k.key_id != distribution.key_id);
-        self.keys.push_back(ReceiverKey {
-            key_id: distribution.key_id,
-            iteration: distribution.iteration,
-            chain_key: Secret32::new(*distribution.chain_key),
-            signing_public: distribution.signing_public,
-            skipped: VecDeque::new(),
-        });
+        self.keys.retain(|k| k.key_id != key.key_id);
+        self.keys.push_back(key);
         while self.keys.len() > KEYS_PER_SENDER {
             self.keys.pop_front();
         }
@@ -100,12 +99,11 @@ impl GroupReceiver {
             self.keys.iter().enumerate().find(|(_, k)| k.key_id == message.key_id).ok_or(
                 ReceiveError::NoSenderKey { group: message.group, sender: message.sender },
             )?;
-        let verifying = VerifyingKey::from_bytes(&key.signing_public)
-            .map_err(|_| ReceiveError::Session(SessionError::AuthenticationFailed))?;
+        let digest: [u8; 32] = Sha256::digest(message.signed).into();
         crypto::verify(
-            &verifying,
+            &key.signing_public,
             label::SIG_GROUP_MESSAGE,
-            &[message.signed],
+            &[&digest],
             &message.signature,
             SignatureKind::GroupMessage,
         )
@@ -154,6 +152,19 @@ impl GroupReceiver {
 }
 
 impl ReceiverKey {
+    /// The key a distribution carries; refused if its signing key is not a valid point.
+    pub(crate) fn new(distribution: &Distribution<'_>) -> Result<Self, ReceiveError> {
+        let signing_public = VerifyingKey::from_bytes(&distribution.signing_public)
+            .map_err(|_| ReceiveError::Content(crate::error::DecodeError::InvalidSigningKey))?;
+        Ok(Self {
+            key_id: distribution.key_id,
+            iteration: distribution.iteration,
+            chain_key: Secret32::new(*distribution.chain_key),
+            signing_public,
+            skipped: VecDeque::new(),
+        })
+    }
+
     /// The message key for `iteration` and the change taking it makes: a skipped key, or the
     /// chain stepped forward (at most `max_jump` steps), keeping the keys it passes.
     fn plan(&self, iteration: u32, max_jump: u32) -> Result<(Secret32, Change), ReceiveError> {
@@ -185,5 +196,29 @@ impl ReceiverKey {
             at += 1;
         }
         Ok((message_key, Change::Advance { chain_key, iteration: next_iteration, skipped }))
+    }
+}
+
+/// A verifying key as its 32-byte encoding, decoded (and checked to be a point) on load.
+mod verifying_key_bytes {
+    use ed25519_dalek::VerifyingKey;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        key: &VerifyingKey,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(key.as_bytes())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<VerifyingKey, D::Error> {
+        let bytes: Vec<u8> = Deserialize::deserialize(deserializer)?;
+        let bytes: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"32 bytes"))?;
+        VerifyingKey::from_bytes(&bytes).map_err(serde::de::Error::custom)
     }
 }
