@@ -160,3 +160,21 @@ pub const MAX_ANSWERED_PAIRING_CODES: usize = 16;
 ///
 /// WhatsApp's group size; with five devices each, about 5,000 devices hold a sender key.
 pub const MAX_GROUP_MEMBERS: usize = 1024;
+
+/// Message ids remembered per sending device, so a message delivered again (re-encrypted for a
+/// retry, or replayed on a fresh session) is recognized: the last this many.
+pub const MESSAGE_ID_WINDOW: usize = 256;
+
+/// Retries a sender answers per message and device, and a receiver asks for; past them the
+/// message is given up (`RetryError::GaveUp`), for the app to show.
+pub const MAX_RETRIES: usize = 5;
+
+/// Messages a sender keeps for retries by default (`Device::set_sent_cache_limits`); the oldest
+/// is wiped first.
+///
+/// Enough for the messages a device sends while a peer restores from a backup or catches up.
+pub const DEFAULT_SENT_CACHE_ENTRIES: u32 = 256;
+
+/// How long a sender keeps a message for retries by default: a week. A message older than the
+/// cache cannot be recovered.
+pub const DEFAULT_SENT_CACHE_AGE_SECS: u64 = 7 * DAY_SECS;

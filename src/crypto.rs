@@ -52,6 +52,7 @@ pub(crate) mod label {
     pub(crate) const STORE_RECORD_AAD: &[u8] = b"multidevice/v1/store/aad/record";
     pub(crate) const HASH_GROUP_MEMBERSHIP: &[u8] = b"multidevice/v1/hash/group-membership";
     pub(crate) const SIG_GROUP_MESSAGE: &[u8] = b"multidevice/v1/sig/group-message";
+    pub(crate) const SIG_RETRY_REQUEST: &[u8] = b"multidevice/v1/sig/retry-request";
     pub(crate) const HASH_ANSWERED_PAIRING_CODE: &[u8] =
         b"multidevice/v1/hash/answered-pairing-code";
     pub(crate) const KDF_BODY: &[u8] = b"multidevice/v1/kdf/body";

@@ -30,6 +30,7 @@ use crate::prekeys::{
     LegacyPrekeys, OneTimePrekey, OneTimePrekeyPublic, PrekeyStore, PrekeyUpload,
     SignedPrekeyPublic, SignedPrekeys, VerifiedPrekeyBundle,
 };
+use crate::retry::{PeerRecord, SentCache, SentLog, SentMessage};
 use crate::session::handshake;
 use crate::session::message::{MessageKind, SessionMessage, write_prefix};
 use crate::session::ratchet::{Commit, Session};
@@ -112,6 +113,10 @@ pub struct Device {
     pub(crate) groups: Groups,
     /// The sender keys other devices distributed, per sending device and group.
     pub(crate) group_keys: GroupKeys,
+    /// Per sending device: the message ids it delivered last, and the retries asked of it.
+    pub(crate) peers: Peers,
+    /// The messages this device sent, kept for retries.
+    pub(crate) sent: SentCache,
 }
 
 /// The device's own record: every field of [`Device`] but its one-time prekeys, sessions and
@@ -125,6 +130,10 @@ pub(crate) type MetaOwned =
 pub(crate) type Groups = BTreeMap<GroupId, GroupSender>;
 /// Received sender keys, by sending device and group.
 pub(crate) type GroupKeys = BTreeMap<(DeviceAddress, GroupId), GroupReceiver>;
+/// What a device remembers per sending device.
+pub(crate) type Peers = BTreeMap<DeviceAddress, PeerRecord>;
+/// The sent-message cache's entries, by number.
+pub(crate) type SentEntries = BTreeMap<u64, SentMessage>;
 
 /// The persisted form: the format version, the device's own record, then every other record.
 /// Only [`Device::from_bytes`] reads it, and it validates what it read.
@@ -136,6 +145,9 @@ type StateRef<'a> = (
     &'a KnownAccounts,
     &'a Groups,
     &'a GroupKeys,
+    &'a Peers,
+    &'a SentLog,
+    &'a SentEntries,
 );
 type StateOwned = (
     u16,
@@ -145,6 +157,9 @@ type StateOwned = (
     KnownAccounts,
     Groups,
     GroupKeys,
+    Peers,
+    SentLog,
+    SentEntries,
 );
 /// Persisted format 2, imported by [`Device::from_bytes`].
 type LegacyState = (
@@ -215,6 +230,8 @@ impl Device {
             list_epoch: 0,
             groups: BTreeMap::new(),
             group_keys: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            sent: SentCache::default(),
         };
         if address.device.is_primary() {
             // A new primary holds no list, so nothing was announced: signing cannot be refused.
@@ -523,6 +540,9 @@ impl Device {
             &self.accounts,
             &self.groups,
             &self.group_keys,
+            &self.peers,
+            &self.sent.log,
+            &self.sent.entries,
         );
         crate::wiping::to_wiped_bytes(&state)
     }
@@ -546,6 +566,7 @@ impl Device {
         sessions: BTreeMap<DeviceAddress, SessionRecord>,
         accounts: KnownAccounts,
         (groups, group_keys): (Groups, GroupKeys),
+        (peers, sent): (Peers, SentCache),
     ) -> Self {
         let (address, identity, signed, max_forward_jump, role, (clock, list_epoch)) = meta;
         Self {
@@ -560,6 +581,8 @@ impl Device {
             list_epoch,
             groups,
             group_keys,
+            peers,
+            sent,
         }
     }
 
@@ -583,8 +606,17 @@ impl Device {
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
-        let (_, meta, one_time, sessions, accounts, groups, group_keys) = state;
-        let device = Self::from_records(meta, one_time, sessions, accounts, (groups, group_keys));
+        let (_, meta, one_time, sessions, accounts, groups, group_keys, peers, log, entries) =
+            state;
+        let sent = SentCache { log, entries, evicted: Vec::new() };
+        let device = Self::from_records(
+            meta,
+            one_time,
+            sessions,
+            accounts,
+            (groups, group_keys),
+            (peers, sent),
+        );
         if !device.is_consistent() || device.to_bytes().as_slice() != bytes {
             return Err(DecodeError::MalformedState);
         }
@@ -611,6 +643,8 @@ impl Device {
             list_epoch: 0,
             groups: BTreeMap::new(),
             group_keys: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            sent: SentCache::default(),
         };
         if !device.is_consistent() {
             return Err(DecodeError::MalformedState);
@@ -636,6 +670,8 @@ impl Device {
             && self.sessions.values().all(SessionRecord::within_limits)
             && self.groups.values().all(GroupSender::within_limits)
             && self.group_keys.values().all(GroupReceiver::within_limits)
+            && self.peers.values().all(PeerRecord::within_limits)
+            && self.sent.within_limits()
             && self.role.within_limits()
             && role_fits_address
             && self.accounts.iter().all(|(account, known)| {

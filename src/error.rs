@@ -105,6 +105,8 @@ pub enum SignatureKind {
     LogoutRequest,
     /// A sending device's signature over a group message.
     GroupMessage,
+    /// A receiver's signature over a retry request.
+    RetryRequest,
 }
 
 /// The rule of strict Ed25519 verification a signature broke (docs/PROTOCOL.md, Notation).
@@ -983,6 +985,53 @@ impl GroupError {
             Self::Session(error) => error.action(),
             Self::Store(error) => error.action(),
             _ => Action::Drop,
+        }
+    }
+}
+
+/// A retry request could not be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetryError {
+    /// The newest verified list does not authorize the requester (any more), or no longer
+    /// under the identity that signed the request: fetch its account's list.
+    #[error("{0} is not authorized by its account's list")]
+    NotAuthorized(DeviceAddress),
+    /// The message is no longer in the sent-message cache (older than its limits), or was never
+    /// sent to the requester: it cannot be recovered.
+    #[error("the message is not in the sent-message cache")]
+    NotCached,
+    /// The request is not newer than one already answered for this message and device: a
+    /// replay.
+    #[error("a retry request already answered")]
+    Replayed,
+    /// Every retry for this message and device was already answered: show the user that the
+    /// message could not be delivered to that device.
+    #[error("gave up on the message after the last retry")]
+    GaveUp {
+        /// The message.
+        message_id: [u8; 16],
+    },
+    /// The session layer refused (this companion is signed out, or the request's prekey does
+    /// not verify).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The store failed; nothing was committed, so the call can be retried as
+    /// [`StoreError::action`] says.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RetryError {
+    /// What to do: fetch the requester's list, show the user a message given up on, the session
+    /// or store error's action, or drop the request.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::NotAuthorized(address) => Action::FetchList(address.account),
+            Self::GaveUp { .. } => Action::AskUser,
+            Self::Session(error) => error.action(),
+            Self::Store(error) => error.action(),
+            Self::NotCached | Self::Replayed => Action::Drop,
         }
     }
 }

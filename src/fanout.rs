@@ -18,8 +18,10 @@ use crate::crypto::{self, Secret32, label};
 use crate::device::{Device, seal_message};
 use crate::device_list::AuthorizedDevice;
 use crate::error::{DecodeError, FanoutError, KeyError, ReceiveError, SessionError};
+use crate::group::GroupId;
 use crate::keys::{AccountId, DeviceAddress, Timestamp};
 use crate::prekeys::PrekeyBundle;
+use crate::retry::SentKind;
 use crate::session::message::MessageKind;
 use crate::wire::{Codec, Reader};
 
@@ -74,6 +76,9 @@ pub enum FanoutSkip {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct FanoutMessage {
+    /// The message's random id, inside every envelope: receivers report it, and deliver a
+    /// message re-encrypted for a retry once.
+    pub message_id: [u8; 16],
     /// One envelope per reachable device.
     pub envelopes: Vec<Envelope>,
     /// The shared encrypted body, for payloads above [`INLINE_THRESHOLD`].
@@ -92,14 +97,23 @@ pub struct FanoutMessage {
 ///
 /// ```text
 /// Inner          = sender list version (u64) || sender list digest (32) || rest
-/// rest (Direct)  = Content
-/// rest (OwnCopy) = n (u8, 1..=64) || n x account id (u64, strictly increasing) || Content
-/// rest (History) = BlobDescriptor
+/// Inner            = sender list version (u64) || sender list digest (32) || message id (16)
+///                    || rest
+/// rest (Direct)    = Content
+/// rest (OwnCopy)   = n (u8, 1..=64) || n x account id (u64, strictly increasing) || Content
+/// rest (History)   = BlobDescriptor
+/// rest (SenderKey) = Distribution (88)
+/// rest (GroupCopy) = group id (16) || membership digest (32) || Content
 /// Content        = 0x01 || payload  |  0x02 || content key (32) || SHA-256(Body) (32)
 /// ```
 pub(crate) struct Inner<'a> {
     pub(crate) list_version: u64,
     pub(crate) list_digest: [u8; 32],
+    /// The sender's random id for the message: the same in every device's copy, and in a
+    /// copy re-encrypted for a retry.
+    pub(crate) message_id: [u8; 16],
+    /// The group and membership digest of a group message re-sent pairwise (kind `GroupCopy`).
+    pub(crate) group: Option<(GroupId, [u8; 32])>,
     /// The accounts an own-device copy's original went to; empty for other kinds.
     pub(crate) to: Vec<AccountId>,
     pub(crate) content: Content<'a>,
@@ -127,9 +141,15 @@ impl Inner<'_> {
             }
             Content::Body { .. } => 65,
         };
-        let mut out = Zeroizing::new(Vec::with_capacity(40 + 1 + 8 * self.to.len() + content_len));
+        let mut out =
+            Zeroizing::new(Vec::with_capacity(56 + 48 + 1 + 8 * self.to.len() + content_len));
         out.extend_from_slice(&self.list_version.to_be_bytes());
         out.extend_from_slice(&self.list_digest);
+        out.extend_from_slice(&self.message_id);
+        if let Some((group, membership)) = &self.group {
+            out.extend_from_slice(&group.0);
+            out.extend_from_slice(membership);
+        }
         if !self.to.is_empty() {
             // Fan-outs name at most MAX_FANOUT_ACCOUNTS (64) accounts.
             out.push(u8::try_from(self.to.len()).unwrap_or(u8::MAX));
@@ -157,6 +177,11 @@ impl Inner<'_> {
         let mut reader = Reader::new(bytes);
         let list_version = reader.u64()?;
         let list_digest = reader.array()?;
+        let message_id = reader.array()?;
+        let group = match kind {
+            MessageKind::GroupCopy => Some((GroupId(reader.array()?), reader.array()?)),
+            _ => None,
+        };
         let to = match kind {
             MessageKind::OwnCopy => {
                 let count = usize::from(reader.u8()?);
@@ -190,7 +215,7 @@ impl Inner<'_> {
                 other => return Err(DecodeError::UnknownType(other)),
             },
         };
-        Ok(Inner { list_version, list_digest, to, content })
+        Ok(Inner { list_version, list_digest, message_id, group, to, content })
     }
 }
 
@@ -313,6 +338,8 @@ impl Device {
         }
         let (targets, skipped, lists_needed) = self.fanout_targets(&reached);
         let (list_version, list_digest) = self.own_list_announcement();
+        let mut message_id = [0u8; 16];
+        rng.fill_bytes(&mut message_id);
         let body_key = (payload.len() > INLINE_THRESHOLD).then(|| {
             let mut key = Secret32::new([0u8; 32]);
             rng.fill_bytes(key.as_mut_bytes());
@@ -326,9 +353,13 @@ impl Device {
             _ => Content::Inline(payload),
         };
         // Two plaintexts serve every device: the direct one, and the own-device copy.
-        let direct = Inner { list_version, list_digest, to: Vec::new(), content }.encode();
-        let own_copy = Inner { list_version, list_digest, to: accounts, content }.encode();
+        let inner = |to: Vec<AccountId>| {
+            Inner { list_version, list_digest, message_id, group: None, to, content }.encode()
+        };
+        let direct = inner(Vec::new());
+        let own_copy = inner(accounts.clone());
         let mut message = FanoutMessage {
+            message_id,
             envelopes: Vec::with_capacity(targets.len()),
             body,
             skipped,
@@ -346,6 +377,12 @@ impl Device {
                 Err(reason) => message.skipped.push((address, reason)),
             }
         }
+        self.remember_sent(
+            message_id,
+            SentKind::Fanout { to: accounts },
+            payload,
+            message.envelopes.iter().map(|e| (e.recipient, e.bytes.as_slice())),
+        );
         Ok(message)
     }
 

@@ -356,9 +356,13 @@ impl Device {
         }
         let (list_version, list_digest) = self.own_list_announcement();
         let descriptor = descriptor.to_bytes();
+        let mut message_id = [0u8; 16];
+        rng.fill_bytes(&mut message_id);
         let plaintext = Inner {
             list_version,
             list_digest,
+            message_id,
+            group: None,
             to: Vec::new(),
             content: Content::History(&descriptor),
         }
@@ -369,6 +373,12 @@ impl Device {
                 FanoutSkip::Session(error) => HistoryError::Session(error),
                 skip => HistoryError::NoSession(companion, skip),
             })?;
+        self.remember_sent(
+            message_id,
+            crate::retry::SentKind::History,
+            &descriptor,
+            core::iter::once((companion, bytes.as_slice())),
+        );
         Ok(Envelope { recipient: companion, bytes })
     }
 }

@@ -82,6 +82,7 @@ mod keys;
 mod linking;
 mod prekeys;
 mod receive;
+mod retry;
 mod security_code;
 mod serde_util;
 mod session;
@@ -102,7 +103,7 @@ pub use device_list::{
 };
 pub use error::{
     Action, BlobError, DecodeError, DeviceListError, FanoutError, GroupError, HistoryError,
-    KeyError, LinkError, ReceiveError, SessionError, SignatureKind,
+    KeyError, LinkError, ReceiveError, RetryError, SessionError, SignatureKind,
 };
 pub use fanout::{Conversation, Envelope, FanoutMessage, FanoutSkip};
 pub use group::{GroupId, GroupSend};
@@ -119,6 +120,8 @@ pub use prekeys::{
 pub use receive::{
     Received, ReceivedGroupMessage, ReceivedHistory, ReceivedMessage, ReceivedSenderKey,
 };
+pub use receive::{Redelivered, VerifiedRetryRequest};
+pub use retry::{ReceiveFailure, RetryAnswer, RetryReason, RetryRequest, SentCacheLimits};
 pub use security_code::SecurityCode;
 pub use session::SessionMessage;
 pub use session::message::MessageKind;

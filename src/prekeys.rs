@@ -30,19 +30,19 @@ pub struct SignedPrekeyPublic {
 }
 
 impl SignedPrekeyPublic {
-    const LEN: usize = 4 + 32 + 64;
+    pub(crate) const LEN: usize = 4 + 32 + 64;
 
-    fn write(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.to_be_bytes());
         out.extend_from_slice(&self.public);
         out.extend_from_slice(&self.signature);
     }
 
-    fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self { id: reader.u32()?, public: reader.array()?, signature: reader.array()? })
     }
 
-    fn verify(&self, identity: &PublicIdentity) -> Result<(), KeyError> {
+    pub(crate) fn verify(&self, identity: &PublicIdentity) -> Result<(), KeyError> {
         crypto::verify(
             identity.verifying_key(),
             label::SIG_SIGNED_PREKEY,

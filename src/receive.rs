@@ -22,6 +22,7 @@ use crate::group::GroupId;
 use crate::group::receiver::{GroupReceiver, ReceiverKey};
 use crate::group::wire::{Distribution, GroupMessage};
 use crate::keys::{DeviceAddress, DeviceId, Timestamp};
+use crate::retry::{RetryRequest, message_ref};
 use crate::session::SessionMessage;
 use crate::session::message::MessageKind;
 use crate::wire::Codec;
@@ -41,6 +42,43 @@ pub enum Received {
     /// A device's sender key for a group: kept, so its group messages decrypt. Nothing for the
     /// app to do.
     SenderKey(ReceivedSenderKey),
+    /// A message this device already delivered from the same sender (same message id),
+    /// received again: re-encrypted for a retry, or a copy on a fresh session. The session
+    /// step was kept; nothing to show.
+    Redelivered(Redelivered),
+    /// A peer asks this device to re-encrypt a message it could not read: answer it with
+    /// [`Device::answer_retry`].
+    RetryRequest(VerifiedRetryRequest),
+}
+
+/// A message delivered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Redelivered {
+    /// The device that sent it.
+    pub sender: DeviceAddress,
+    /// Its message id.
+    pub message_id: [u8; 16],
+}
+
+/// A retry request whose requester is authorized by this device's newest verified list, and
+/// whose signature and signed prekey verify under the identity that list names. Only
+/// [`Device::receive`] builds one.
+#[derive(Debug, Clone)]
+pub struct VerifiedRetryRequest {
+    request: RetryRequest,
+}
+
+impl VerifiedRetryRequest {
+    /// A request verified before it was kept in a store that authenticated it since.
+    pub(crate) fn from_store(request: RetryRequest) -> Self {
+        Self { request }
+    }
+
+    /// The request.
+    pub fn request(&self) -> &RetryRequest {
+        &self.request
+    }
 }
 
 impl Received {
@@ -51,6 +89,8 @@ impl Received {
             Received::History(history) => history.sender,
             Received::Group(message) => message.sender,
             Received::SenderKey(key) => key.sender,
+            Received::Redelivered(message) => message.sender,
+            Received::RetryRequest(request) => request.request.requester,
         }
     }
 }
@@ -98,6 +138,8 @@ pub struct ReceivedSenderKey {
 pub struct ReceivedMessage {
     /// The authorized device that sent it.
     pub sender: DeviceAddress,
+    /// The id the sender gave the message.
+    pub message_id: [u8; 16],
     /// Direct message, or a copy of what this account sent to others.
     pub conversation: Conversation,
     /// The sender's device-list version, as it stated.
@@ -157,8 +199,10 @@ impl Device {
         now: Timestamp,
     ) -> Result<Received, ReceiveError> {
         self.observe(now);
-        if envelope.get(1) == Some(&GroupMessage::TYPE) {
-            return self.receive_group(envelope);
+        match envelope.get(1) {
+            Some(&GroupMessage::TYPE) => return self.receive_group(envelope),
+            Some(&RetryRequest::TYPE) => return self.receive_retry_request(envelope),
+            _ => {}
         }
         let message = SessionMessage::try_from(envelope)?;
         let sender = message.sender;
@@ -172,6 +216,11 @@ impl Device {
         self.note_announcement(sender, inner.list_version, inner.list_digest)?;
         let list_refresh_needed =
             self.accounts.get(&sender.account).is_some_and(|known| !self.companions_current(known));
+        let message_id = inner.message_id;
+        if self.peers.get(&sender).is_some_and(|peer| peer.delivered(&message_id)) {
+            self.commit(opened);
+            return Ok(Received::Redelivered(Redelivered { sender, message_id }));
+        }
         let received = match inner.content {
             Content::SenderKey(bytes) => {
                 let distribution = Distribution::parse(bytes).map_err(ReceiveError::Content)?;
@@ -203,16 +252,31 @@ impl Device {
                     MessageKind::OwnCopy => Conversation::OwnCopy { to: inner.to },
                     _ => Conversation::Direct,
                 };
-                Received::Message(ReceivedMessage {
-                    sender,
-                    conversation,
-                    sender_list_version: inner.list_version,
-                    sender_list_digest: inner.list_digest,
-                    list_refresh_needed,
-                    payload,
-                })
+                match inner.group {
+                    Some((group, membership_digest)) => Received::Group(ReceivedGroupMessage {
+                        group,
+                        sender,
+                        membership_digest,
+                        message_id,
+                        sender_list_version: inner.list_version,
+                        payload,
+                    }),
+                    None => Received::Message(ReceivedMessage {
+                        sender,
+                        message_id,
+                        conversation,
+                        sender_list_version: inner.list_version,
+                        sender_list_digest: inner.list_digest,
+                        list_refresh_needed,
+                        payload,
+                    }),
+                }
             }
         };
+        let reference = message_ref(envelope).ok_or(ReceiveError::Session(
+            crate::error::SessionError::Decode(crate::error::DecodeError::Truncated { needed: 16 }),
+        ))?;
+        self.peers.entry(sender).or_default().deliver(message_id, reference);
         self.commit(opened);
         Ok(received)
     }
@@ -249,10 +313,19 @@ impl Device {
             .filter(|r| r.sender_identity == identity)
             .ok_or(ReceiveError::NoSenderKey { group, sender })?;
         let mut opened = receiver.open(&message, self.max_forward_jump)?;
+        let reference = message_ref(envelope).ok_or(ReceiveError::Session(
+            crate::error::SessionError::Decode(crate::error::DecodeError::Truncated { needed: 16 }),
+        ))?;
         self.note_announcement(sender, opened.list_version, opened.list_digest)?;
         if let Some(receiver) = self.group_keys.get_mut(&(sender, group)) {
             receiver.commit(&mut opened);
         }
+        let message_id = opened.message_id;
+        let peer = self.peers.entry(sender).or_default();
+        if peer.delivered(&message_id) {
+            return Ok(Received::Redelivered(Redelivered { sender, message_id }));
+        }
+        peer.deliver(message_id, reference);
         Ok(Received::Group(ReceivedGroupMessage {
             group,
             sender,
@@ -261,6 +334,25 @@ impl Device {
             sender_list_version: opened.list_version,
             payload: core::mem::take(&mut opened.payload),
         }))
+    }
+
+    /// A retry request: from a device the newest list authorizes, for a message this device
+    /// sent, signed under the identity the list names, with a signed prekey under it too.
+    fn receive_retry_request(&mut self, bytes: &[u8]) -> Result<Received, ReceiveError> {
+        let request = RetryRequest::try_from(bytes)?;
+        let requester = request.requester;
+        if request.sender != self.address {
+            return Err(ReceiveError::Session(crate::error::SessionError::WrongRecipient {
+                addressed_to: request.sender,
+            }));
+        }
+        if requester == self.address {
+            return Err(ReceiveError::Session(crate::error::SessionError::SelfSession));
+        }
+        self.require_active()?;
+        let identity = self.authorized_sender(requester)?.identity().clone();
+        request.verify(&identity)?;
+        Ok(Received::RetryRequest(VerifiedRetryRequest { request }))
     }
 
     /// Refuses a message of a kind its sender may not send to this device, before any key is
@@ -288,7 +380,10 @@ impl Device {
                 }
                 Ok(())
             }
-            MessageKind::Direct | MessageKind::OwnCopy | MessageKind::SenderKey => Ok(()),
+            MessageKind::Direct
+            | MessageKind::OwnCopy
+            | MessageKind::SenderKey
+            | MessageKind::GroupCopy => Ok(()),
         }
     }
 

@@ -493,8 +493,9 @@ fn previous_format_opens_one_body_under_two_keys() {
 // 2. The current format, through the public API
 // ---------------------------------------------------------------------------------------------
 
-/// The RNG a malicious sender hands to `encrypt_fanout`: its first draw, the content key, is
-/// the key the sender chose; everything else is real randomness.
+/// The RNG a malicious sender hands to `encrypt_fanout`: its first 32-byte draw, the content
+/// key (after the 16-byte message id), is the key the sender chose; everything else is real
+/// randomness.
 struct ChosenContentKey {
     inner: StdRng,
     key: Option<[u8; 32]>,
@@ -512,9 +513,11 @@ impl TryRng for ChosenContentKey {
     }
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
         match self.key.take() {
+            Some(key) if dst.len() == 32 => dst.copy_from_slice(&key),
             Some(key) => {
-                assert_eq!(dst.len(), 32, "the first draw of a body fan-out is its content key");
-                dst.copy_from_slice(&key);
+                assert_eq!(dst.len(), 16, "only the message id comes before the content key");
+                self.key = Some(key);
+                self.inner.fill_bytes(dst);
             }
             None => self.inner.fill_bytes(dst),
         }

@@ -626,14 +626,21 @@ fn dedup_window_recognizes_n_envelopes_and_leaves_older_ones_to_the_ratchet() {
     assert_eq!(error, ReceiveError::AlreadyReceived);
     assert_eq!(error.action(), Action::Drop);
     assert!(stored.export().unwrap() == before, "redelivery changed the state");
-    // N + 1: it fell out of the window; the ratchet refuses it, the second oldest is recognized.
+    // N + 1: it fell out of the window (and out of the window of delivered message ids, which
+    // is as long); the ratchet refuses it as a spent key, and the device asks its sender for a
+    // retry (which the sender answers under the same message id, delivered as `Redelivered`).
+    // The second oldest is still recognized.
     receive(&mut stored, &envelopes[DEDUP_WINDOW]);
     let before = stored.export().unwrap();
+    let outbox = stored.outbox().unwrap().len();
     let error = stored.receive(&envelopes[0], None, T0).unwrap_err();
     assert_eq!(error, ReceiveError::Session(SessionError::Duplicate));
     assert_eq!(error.action(), Action::Drop);
+    assert_eq!(stored.outbox().unwrap().len(), outbox + 1, "a retry request queued");
+    let counted = stored.export().unwrap();
     assert_eq!(stored.receive(&envelopes[1], None, T0).unwrap_err(), ReceiveError::AlreadyReceived);
-    assert!(stored.export().unwrap() == before, "refused redelivery changed the state");
+    assert!(stored.export().unwrap() == counted, "refused redelivery changed the state");
+    assert!(counted != before, "asking for the retry counts it");
 }
 
 // =============================================================================================
@@ -1123,12 +1130,13 @@ fn receive_errors(pins: &mut Pins) {
         ReceiveError::StaleList { announced: None, .. } => Action::FetchList(AccountId(1)));
 
     // Inner plaintexts the API never sends, sealed on Carol's session with Bob.
-    let header = [&version.to_be_bytes()[..], &digest].concat();
+    // Announced version, digest and a message id.
+    let header = [&version.to_be_bytes()[..], &digest, &[0x2a; 16]].concat();
     let mut seal_rng = support::rng(7501);
     let mut seal = |device: &mut Device, to, kind, inner: &[u8]| {
         test_support::seal_inner(device, &mut seal_rng, to, kind, inner, &[]).unwrap()
     };
-    let lie = [&version.to_be_bytes()[..], &[7; 32], &[1], b"lie"].concat();
+    let lie = [&version.to_be_bytes()[..], &[7; 32], &[0x2b; 16], &[1], b"lie"].concat();
     let wire = seal(&mut carol.devices[0], bob_address, MessageKind::Direct, &lie);
     pin!(pins, ReceiveError, receive(&mut bob.devices[0], &wire, None),
         ReceiveError::Equivocation { version: 2, .. } => Action::AskUser);

@@ -418,7 +418,7 @@ fn label_table_lists_exactly_the_labels_the_code_uses() {
             assert!(a == b || !b.starts_with(a.as_str()), "{a} is a prefix of {b}");
         }
     }
-    assert_eq!(documented.len(), 34);
+    assert_eq!(documented.len(), 35);
 }
 
 /// HKDF-SHA256 with `salt`, `ikm`, `info`, 64 bytes.
@@ -832,11 +832,14 @@ fn two_accounts(seed: u64) -> (StdRng, Server, support::world::Account, support:
     (rng, server, alice, bob)
 }
 
-/// An `Inner` plaintext (§10): announced version and digest, the `OwnCopy` accounts if any, then
-/// `content`.
+/// An `Inner` plaintext (§10): announced version and digest, a message id (a fresh one each
+/// time: receivers deliver one id once), the `OwnCopy` accounts if any, then `content`.
 fn inner(version: u64, digest: [u8; 32], to: Option<&[u64]>, content: &[u8]) -> Vec<u8> {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut out = version.to_be_bytes().to_vec();
     out.extend_from_slice(&digest);
+    out.extend_from_slice(&[&[0x1d; 8][..], &id.to_be_bytes()].concat());
     if let Some(to) = to {
         out.push(u8::try_from(to.len()).unwrap());
         for account in to {
@@ -917,7 +920,7 @@ fn fanout_wire_form_is_one_session_message_per_device_and_one_shared_body() {
             MessageKind::Direct
         };
         assert_eq!(parsed.kind(), kind);
-        assert!(envelope.bytes.len() < 400, "the body is not inside the envelope");
+        assert!(envelope.bytes.len() < 420, "the body is not inside the envelope");
         let device = if envelope.recipient.account == AccountId(1) {
             alice.device(envelope.recipient)
         } else {
@@ -1473,7 +1476,7 @@ fn parser_checks_session_messages() {
     let parse = |b: &[u8]| decode(SessionMessage::try_from(b));
     common_steps(&plain, 0x01, 109, false, parse, |e| e);
     assert_eq!(plain.len(), 2 + 109, "an empty plaintext: the shortest message");
-    for kind in [0x05, 0xff] {
+    for kind in [0x06, 0xff] {
         let mut bad = plain.clone();
         bad[2] = kind;
         assert_eq!(parse(&bad), Err(DecodeError::UnknownKind(kind)));
@@ -1541,6 +1544,7 @@ fn parser_checks_inner() {
     let direct_cases: Vec<(Vec<u8>, DecodeError)> = vec![
         (head[..7].to_vec(), DecodeError::Truncated { needed: 1 }),
         (head[..39].to_vec(), DecodeError::Truncated { needed: 1 }),
+        (head[..55].to_vec(), DecodeError::Truncated { needed: 1 }),
         (head.clone(), DecodeError::Truncated { needed: 1 }),
         ([&head[..], &[0x03]].concat(), DecodeError::UnknownType(0x03)),
         ([&head[..], &[0x02], &[0; 63]].concat(), DecodeError::Truncated { needed: 1 }),
@@ -1566,7 +1570,7 @@ fn parser_checks_inner() {
         (inner(version, digest, Some(&[2, 1]), b"\x01x"), Some(DecodeError::NotStrictlyIncreasing)),
         (inner(version, digest, Some(&[1, 1]), b"\x01x"), Some(DecodeError::NotStrictlyIncreasing)),
         (
-            inner(version, digest, Some(&[1, 2]), b"")[..41 + 8].to_vec(),
+            inner(version, digest, Some(&[1, 2]), b"")[..57 + 8].to_vec(),
             Some(DecodeError::Truncated { needed: 8 }),
         ),
         (inner(version, digest, Some(&own), b"\x01x"), None),

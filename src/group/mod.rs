@@ -296,6 +296,13 @@ impl Device {
         let key = state.key.as_mut().ok_or(GroupError::UnknownGroup(group))?;
         let header = GroupHeader { group, sender, membership: &membership, nonce: &nonce };
         send.message = seal_group_message(key, &header, &send.message_id, announcement, payload)?;
+        let holders: Vec<DeviceAddress> = state.holders.keys().copied().collect();
+        self.remember_sent(
+            send.message_id,
+            crate::retry::SentKind::Group { group, membership },
+            payload,
+            holders.into_iter().map(|address| (address, send.message.as_slice())),
+        );
         Ok(send)
     }
 
@@ -370,9 +377,13 @@ impl Device {
         Distribution { group, key_id, iteration, chain_key: chain_key.as_bytes(), signing_public }
             .write(&mut distribution);
         let (list_version, list_digest) = self.own_list_announcement();
+        let mut message_id = [0u8; 16];
+        rng.fill_bytes(&mut message_id);
         let plaintext = Inner {
             list_version,
             list_digest,
+            message_id,
+            group: None,
             to: Vec::new(),
             content: Content::SenderKey(&distribution),
         }

@@ -37,6 +37,8 @@ pub enum MessageKind {
     History,
     /// A sending device's sender key for a group, to a device of a member or an own device.
     SenderKey,
+    /// A group message re-sent pairwise to one device that could not read it (a retry).
+    GroupCopy,
 }
 
 impl MessageKind {
@@ -48,6 +50,7 @@ impl MessageKind {
             Self::OwnCopy => 0x02,
             Self::History => 0x03,
             Self::SenderKey => 0x04,
+            Self::GroupCopy => 0x05,
         }
     }
 
@@ -58,6 +61,7 @@ impl MessageKind {
             0x02 => Self::OwnCopy,
             0x03 => Self::History,
             0x04 => Self::SenderKey,
+            0x05 => Self::GroupCopy,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }

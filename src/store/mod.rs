@@ -48,11 +48,15 @@ pub enum Table {
     Group,
     /// One row per sending device and group: the sender keys it distributed.
     GroupKey,
+    /// One row per message kept for retries.
+    SentMessage,
+    /// One row per sending device: the message ids it delivered last, and retries asked of it.
+    Peer,
 }
 
 impl Table {
     /// Every table, in number order.
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 12] = [
         Table::Meta,
         Table::OneTimePrekey,
         Table::Session,
@@ -63,6 +67,8 @@ impl Table {
         Table::Inbox,
         Table::Group,
         Table::GroupKey,
+        Table::SentMessage,
+        Table::Peer,
     ];
 
     /// The table's number in the stored format.
@@ -78,6 +84,8 @@ impl Table {
             Table::Inbox => 8,
             Table::Group => 9,
             Table::GroupKey => 10,
+            Table::SentMessage => 11,
+            Table::Peer => 12,
         }
     }
 }

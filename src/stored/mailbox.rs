@@ -20,7 +20,9 @@ use crate::group::GroupId;
 use crate::keys::{AccountId, DeviceAddress, Timestamp};
 use crate::receive::{
     Received, ReceivedGroupMessage, ReceivedHistory, ReceivedMessage, ReceivedSenderKey,
+    Redelivered, VerifiedRetryRequest,
 };
+use crate::retry::RetryRequest;
 use crate::store::Table;
 
 /// Envelope digests remembered per sending device: a redelivery within the last this many
@@ -110,6 +112,7 @@ impl OutboxRecord {
 pub(super) enum InboxRecord {
     Message {
         sender: DeviceAddress,
+        message_id: [u8; 16],
         own_copy_to: Option<Vec<AccountId>>,
         list_version: u64,
         list_digest: [u8; 32],
@@ -132,6 +135,14 @@ pub(super) enum InboxRecord {
         group: GroupId,
         sender: DeviceAddress,
     },
+    Redelivered {
+        sender: DeviceAddress,
+        message_id: [u8; 16],
+    },
+    /// A retry request, verified before it was stored.
+    RetryRequest {
+        request: Vec<u8>,
+    },
 }
 
 impl InboxRecord {
@@ -139,6 +150,7 @@ impl InboxRecord {
         match received {
             Received::Message(message) => InboxRecord::Message {
                 sender: message.sender,
+                message_id: message.message_id,
                 own_copy_to: match &message.conversation {
                     Conversation::OwnCopy { to } => Some(to.clone()),
                     Conversation::Direct => None,
@@ -163,6 +175,12 @@ impl InboxRecord {
             Received::SenderKey(key) => {
                 InboxRecord::SenderKey { group: key.group, sender: key.sender }
             }
+            Received::Redelivered(message) => {
+                InboxRecord::Redelivered { sender: message.sender, message_id: message.message_id }
+            }
+            Received::RetryRequest(request) => {
+                InboxRecord::RetryRequest { request: request.request().to_bytes() }
+            }
         }
     }
 
@@ -170,6 +188,7 @@ impl InboxRecord {
         Ok(match self {
             InboxRecord::Message {
                 sender,
+                message_id,
                 own_copy_to,
                 list_version,
                 list_digest,
@@ -177,6 +196,7 @@ impl InboxRecord {
                 payload,
             } => Received::Message(ReceivedMessage {
                 sender: *sender,
+                message_id: *message_id,
                 conversation: match own_copy_to {
                     Some(to) => Conversation::OwnCopy { to: to.clone() },
                     None => Conversation::Direct,
@@ -208,6 +228,15 @@ impl InboxRecord {
             }),
             InboxRecord::SenderKey { group, sender } => {
                 Received::SenderKey(ReceivedSenderKey { group: *group, sender: *sender })
+            }
+            InboxRecord::Redelivered { sender, message_id } => {
+                Received::Redelivered(Redelivered { sender: *sender, message_id: *message_id })
+            }
+            InboxRecord::RetryRequest { request } => {
+                Received::RetryRequest(VerifiedRetryRequest::from_store(
+                    RetryRequest::try_from(request.as_slice())
+                        .map_err(|_| StoreError::Corrupt(Table::Inbox))?,
+                ))
             }
         })
     }

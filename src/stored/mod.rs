@@ -29,8 +29,9 @@ use crate::device_list::{
 };
 use crate::error::{
     DecodeError, DeviceListError, FanoutError, GroupError, HistoryError, LinkError, ReceiveError,
-    SessionError, StoreError,
+    RetryError, SessionError, StoreError,
 };
+use crate::fanout::Envelope;
 use crate::fanout::FanoutMessage;
 use crate::group::wire::GroupMessage;
 use crate::group::{GroupId, GroupSend, GroupSender};
@@ -40,6 +41,8 @@ use crate::linking::pairing_code::PairingCode;
 use crate::linking::persist;
 use crate::linking::qr::{QrLinkApproval, QrLinkOffer};
 use crate::prekeys::{OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic};
+use crate::receive::VerifiedRetryRequest;
+use crate::retry::{RetryAnswer, RetryRequest, SentCacheLimits};
 use crate::security_code::SecurityCode;
 use crate::session::SessionMessage;
 use crate::session::message::MessageKind;
@@ -712,14 +715,20 @@ impl<S: Store> StoredDevice<S> {
         // What the envelope claims (unauthenticated) only decides which records to read.
         let parsed = SessionMessage::try_from(envelope).ok();
         let group_message = GroupMessage::decode(envelope).ok();
-        let sender = parsed.as_ref().map(|m| m.sender).or(group_message.as_ref().map(|m| m.sender));
+        let retry = RetryRequest::try_from(envelope).ok();
+        let sender = parsed
+            .as_ref()
+            .map(|m| m.sender)
+            .or(group_message.as_ref().map(|m| m.sender))
+            .or(retry.as_ref().map(|r| r.requester));
         let one_time = parsed
             .as_ref()
             .and_then(|m| m.prekey.as_ref())
             .and_then(|p| p.one_time_prekey_id)
             .map_or(OneTimeScope::None, OneTimeScope::One);
         let digest: [u8; 32] = Sha256::digest(envelope).into();
-        let mut scope = Scope::accounts(sender.map(|s| s.account)).with_one_time(one_time);
+        let mut scope =
+            Scope::accounts(sender.map(|s| s.account)).with_one_time(one_time).with_peers(sender);
         if let Some(message) = parsed.as_ref().filter(|m| m.kind == MessageKind::SenderKey) {
             scope = scope.with_group_key_devices([message.sender]);
         }
@@ -739,12 +748,61 @@ impl<S: Store> StoredDevice<S> {
                 let received = decode::<InboxRecord>(Table::Inbox, &bytes)?.to_received()?;
                 return Ok(Inbound { id, received });
             }
-            let received = device.receive(envelope, body, now)?;
+            let received = match device.receive_or_retry(envelope, body, now) {
+                Ok(received) => received,
+                Err(failure) => {
+                    // A failure a fresh session cures: the request goes out with the outbox.
+                    if let Some(request) = failure.retry {
+                        let envelope =
+                            Envelope { recipient: request.sender, bytes: request.to_bytes() };
+                        let record = OutboxRecord::new(
+                            device.clock(),
+                            core::slice::from_ref(&envelope),
+                            None,
+                        );
+                        add_to_outbox(txn, &record)?;
+                    }
+                    return Err(failure.error);
+                }
+            };
             let sender = received.sender();
             let id = add_to_inbox(txn, &InboxRecord::new(&received))?;
             dedup.remember(digest, id);
             txn.put(Table::Dedup, &sender.to_bytes(), &encode(&dedup))?;
             Ok(Inbound { id, received })
+        })
+    }
+
+    /// Answers a retry request [`StoredDevice::receive`] returned (see
+    /// [`Device::answer_retry`]): the message is re-encrypted on a fresh session from the
+    /// sent-message cache and committed as an outbox item, named in [`RetryAnswer::outbox`].
+    pub fn answer_retry(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        request: &VerifiedRetryRequest,
+        now: Timestamp,
+    ) -> Result<RetryAnswer, RetryError> {
+        let requester = request.request().requester;
+        let mut scope = Scope::accounts([requester.account]);
+        scope.sent_entries = true;
+        scope.all_groups = true;
+        self.run(&scope, |device, txn| {
+            let mut answer = device.answer_retry(rng, request, now)?;
+            let record = OutboxRecord::new(
+                device.clock(),
+                core::slice::from_ref(&answer.envelope),
+                answer.body.as_deref(),
+            );
+            answer.outbox = Some(add_to_outbox(txn, &record)?);
+            Ok(answer)
+        })
+    }
+
+    /// See [`Device::set_sent_cache_limits`].
+    pub fn set_sent_cache_limits(&mut self, limits: SentCacheLimits) -> Result<(), StoreError> {
+        self.run(&Scope::own(), |device, _| {
+            device.set_sent_cache_limits(limits);
+            Ok(())
         })
     }
 

@@ -19,6 +19,7 @@ use crate::group::receiver::GroupReceiver;
 use crate::group::{GroupId, GroupSender};
 use crate::keys::{AccountId, DeviceAddress, IdentityKeyPair, Timestamp};
 use crate::prekeys::{OneTimePrekey, SignedPrekeys};
+use crate::retry::{PeerRecord, SentCache, SentLog, SentMessage};
 use crate::session::record::SessionRecord;
 use crate::store::Table;
 use crate::store::sealed::{Sealed, decode, encode};
@@ -35,6 +36,8 @@ pub(super) mod meta {
     pub(crate) const CLOCK: &[u8] = b"clock";
     /// Sequence numbers of the outbox and the inbox.
     pub(crate) const COUNTERS: &[u8] = b"counters";
+    /// The sent-message cache's log: the live entries' numbers and times, and its limits.
+    pub(crate) const SENT_LOG: &[u8] = b"sent-log";
 }
 
 /// Which one-time prekeys an operation reads.
@@ -67,6 +70,14 @@ pub(super) struct Scope {
     pub(super) listed_group_keys: bool,
     /// Read every group and every received sender key: exporting the whole state.
     pub(super) every_group: bool,
+    /// Read every group this device sends to (not the received keys).
+    pub(super) all_groups: bool,
+    /// What this device remembers about these sending devices.
+    pub(super) peers: Vec<DeviceAddress>,
+    /// Read every entry of the sent-message cache (answering a retry, exporting).
+    pub(super) sent_entries: bool,
+    /// Read every peer record (exporting).
+    pub(super) every_peer: bool,
 }
 
 impl Scope {
@@ -81,6 +92,10 @@ impl Scope {
             group_keys: Vec::new(),
             listed_group_keys: false,
             every_group: false,
+            all_groups: false,
+            peers: Vec::new(),
+            sent_entries: false,
+            every_peer: false,
         }
     }
 
@@ -96,8 +111,15 @@ impl Scope {
             every_session: true,
             one_time: OneTimeScope::All,
             every_group: true,
+            sent_entries: true,
+            every_peer: true,
             ..Self::own()
         }
+    }
+
+    pub(super) fn with_peers(mut self, peers: impl IntoIterator<Item = DeviceAddress>) -> Self {
+        self.peers.extend(peers);
+        self
     }
 
     /// These accounts, for a call that may change their lists.
@@ -146,6 +168,11 @@ pub(super) struct Loaded {
     session_accounts: Vec<AccountId>,
     groups: BTreeMap<GroupId, Zeroizing<Vec<u8>>>,
     group_keys: BTreeMap<(DeviceAddress, GroupId), Zeroizing<Vec<u8>>>,
+    sent_log: Option<Zeroizing<Vec<u8>>>,
+    sent_entries: BTreeMap<u64, Zeroizing<Vec<u8>>>,
+    peers: BTreeMap<DeviceAddress, Zeroizing<Vec<u8>>>,
+    /// Peer records that may be created: the ones looked up.
+    peers_open: Vec<DeviceAddress>,
     /// Received sender keys that may be created: looked up, or of a device read whole.
     group_keys_open: Vec<(DeviceAddress, Option<GroupId>)>,
 }
@@ -210,6 +237,10 @@ pub(super) fn load(txn: &mut Sealed<'_>, scope: &Scope) -> Result<(Device, Loade
         groups: BTreeMap::new(),
         group_keys: BTreeMap::new(),
         group_keys_open: Vec::new(),
+        sent_log: None,
+        sent_entries: BTreeMap::new(),
+        peers: BTreeMap::new(),
+        peers_open: Vec::new(),
     };
     let mut accounts: KnownAccounts = BTreeMap::new();
     let mut sessions = BTreeMap::new();
@@ -271,6 +302,13 @@ pub(super) fn load(txn: &mut Sealed<'_>, scope: &Scope) -> Result<(Device, Loade
     }
     let mut groups = BTreeMap::new();
     let mut wanted_groups = scope.groups.clone();
+    if scope.all_groups && !scope.every_group {
+        for (natural, _, _) in txn.scan(Table::Group, &[])? {
+            wanted_groups.push(GroupId(
+                natural.as_slice().try_into().map_err(|_| StoreError::Corrupt(Table::Group))?,
+            ));
+        }
+    }
     let mut key_devices = scope.group_key_devices.clone();
     if scope.every_group {
         for (natural, _, _) in txn.scan(Table::Group, &[])? {
@@ -322,7 +360,48 @@ pub(super) fn load(txn: &mut Sealed<'_>, scope: &Scope) -> Result<(Device, Loade
         }
         loaded.group_keys_open.push((sender, Some(group)));
     }
-    let device = Device::from_records(meta, one_time, sessions, accounts, (groups, group_keys));
+    let mut sent = SentCache::default();
+    if let Some(bytes) = txn.get(Table::Meta, meta::SENT_LOG)? {
+        sent.log = decode::<SentLog>(Table::Meta, &bytes)?;
+        loaded.sent_log = Some(bytes);
+    }
+    if scope.sent_entries {
+        for (natural, _, bytes) in txn.scan(Table::SentMessage, &[])? {
+            let seq = u64::from_be_bytes(
+                natural
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(Table::SentMessage))?,
+            );
+            sent.entries.insert(seq, decode::<SentMessage>(Table::SentMessage, &bytes)?);
+            loaded.sent_entries.insert(seq, bytes);
+        }
+    }
+    let mut peers = BTreeMap::new();
+    let mut wanted_peers = scope.peers.clone();
+    if scope.every_peer {
+        for (natural, _, _) in txn.scan(Table::Peer, &[])? {
+            wanted_peers
+                .push(DeviceAddress::from_slice(&natural).ok_or(StoreError::Corrupt(Table::Peer))?);
+        }
+    }
+    wanted_peers.sort_unstable();
+    wanted_peers.dedup();
+    for &peer in &wanted_peers {
+        if let Some(bytes) = txn.get(Table::Peer, &peer.to_bytes())? {
+            peers.insert(peer, decode::<PeerRecord>(Table::Peer, &bytes)?);
+            loaded.peers.insert(peer, bytes);
+        }
+    }
+    loaded.peers_open = wanted_peers;
+    let device = Device::from_records(
+        meta,
+        one_time,
+        sessions,
+        accounts,
+        (groups, group_keys),
+        (peers, sent),
+    );
     Ok((device, loaded))
 }
 
@@ -357,6 +436,13 @@ pub(super) fn create(txn: &mut Sealed<'_>, device: &Device) -> Result<(), StoreE
     }
     for (group, state) in &device.groups {
         txn.put(Table::Group, &group.0, &encode(state))?;
+    }
+    txn.put(Table::Meta, meta::SENT_LOG, &encode(&device.sent.log))?;
+    for (seq, entry) in &device.sent.entries {
+        txn.put(Table::SentMessage, &seq.to_be_bytes(), &encode(entry))?;
+    }
+    for (peer, record) in &device.peers {
+        txn.put(Table::Peer, &peer.to_bytes(), &encode(record))?;
     }
     for (&(sender, group), receiver) in &device.group_keys {
         let lookup = group_key_lookup(txn, sender, group);
@@ -476,6 +562,32 @@ pub(super) fn save(
     {
         let lookup = group_key_lookup(txn, sender, group);
         txn.delete_at(Table::GroupKey, &lookup)?;
+    }
+
+    let log = encode(&device.sent.log);
+    if loaded.sent_log.as_ref().is_none_or(|before| *before != log) {
+        txn.put(Table::Meta, meta::SENT_LOG, &log)?;
+    }
+    for (seq, entry) in &device.sent.entries {
+        let bytes = encode(entry);
+        if loaded.sent_entries.get(seq).is_none_or(|before| *before != bytes) {
+            // Entry numbers only grow: a new number is never a record read or left unread.
+            txn.put(Table::SentMessage, &seq.to_be_bytes(), &bytes)?;
+        }
+    }
+    for seq in &device.sent.evicted {
+        txn.delete(Table::SentMessage, &seq.to_be_bytes())?;
+    }
+
+    for (peer, record) in &device.peers {
+        let bytes = encode(record);
+        match loaded.peers.get(peer) {
+            Some(before) if *before == bytes => {}
+            None if !loaded.peers_open.contains(peer) => {
+                return Err(StoreError::Conflict(Table::Peer));
+            }
+            _ => txn.put(Table::Peer, &peer.to_bytes(), &bytes)?,
+        }
     }
     Ok(())
 }

@@ -118,6 +118,7 @@ pub(crate) fn fanout() -> Vector {
     let draws = v.draws(
         &mut tape,
         &[
+            ("inline.message_id", 16, "the message id, the same in every envelope"),
             (
                 "inline.to_b0.base_key_secret",
                 32,
@@ -133,18 +134,21 @@ pub(crate) fn fanout() -> Vector {
         ],
     );
     v.input("inline.payload", payload, "the fan-out payload (at most 512 bytes: inline)");
+    assert_eq!(draws[0].as_slice(), sent.message_id.as_slice());
+    let id = draws[0].clone();
+    let draws = &draws[1..];
     let content = spec::cat(&[&[0x01], payload]);
-    let direct = spec::cat(&[&spec::be64(2), &digest, &content]);
+    let direct = spec::cat(&[&spec::be64(2), &digest, &id, &content]);
     v.mid(
         "inline.inner_direct",
         &direct,
-        "Inner (Direct): list version (u64) || list digest || Content (0x01 || payload)",
+        "Inner (Direct): list version (u64) || list digest || message id || Content (0x01 || payload)",
     );
-    let own = spec::cat(&[&spec::be64(2), &digest, &[1], &spec::be64(20), &content]);
+    let own = spec::cat(&[&spec::be64(2), &digest, &id, &[1], &spec::be64(20), &content]);
     v.mid(
         "inline.inner_own_copy",
         &own,
-        "Inner (OwnCopy): list version || list digest || n = 1 || account 20 (u64) || Content",
+        "Inner (OwnCopy): list version || list digest || message id || n = 1 || account 20 (u64) || Content",
     );
     let (setup_b0, mut chain_b0, prekey_b0, expected) = record_first_envelope(
         &mut v,
@@ -208,6 +212,7 @@ pub(crate) fn fanout() -> Vector {
     let draws = v.draws(
         &mut tape,
         &[
+            ("body.message_id", 16, "the message id, the same in every envelope"),
             ("body.content_key", 32, "the fresh content key"),
             ("body.to_b0.nonce", 12, "header nonce of the envelope for b0"),
             ("body.to_a1.nonce", 12, "header nonce of the envelope for a1"),
@@ -218,6 +223,9 @@ pub(crate) fn fanout() -> Vector {
         &payload,
         "the fan-out payload: 600 bytes, byte i = i mod 251 (above 512: a shared body)",
     );
+    assert_eq!(draws[0].as_slice(), sent.message_id.as_slice());
+    let id = draws[0].clone();
+    let draws = &draws[1..];
     let key = array::<32>(&draws[0]);
     let okm = spec::split32(&spec::hkdf(&[0u8; 32], &key, label::KDF_BODY, 64));
     v.mid(
@@ -242,13 +250,13 @@ pub(crate) fn fanout() -> Vector {
     let body_digest = spec::sha256(&body);
     v.mid("body.digest", &body_digest, "SHA-256(Body)");
     let content = spec::cat(&[&[0x02], &key, &body_digest]);
-    let direct = spec::cat(&[&spec::be64(2), &digest, &content]);
-    v.mid("body.inner_direct", &direct, "Inner (Direct): list version || list digest || Content (0x02 || content key || SHA-256(Body))");
-    let own = spec::cat(&[&spec::be64(2), &digest, &[1], &spec::be64(20), &content]);
+    let direct = spec::cat(&[&spec::be64(2), &digest, &id, &content]);
+    v.mid("body.inner_direct", &direct, "Inner (Direct): list version || list digest || message id || Content (0x02 || content key || SHA-256(Body))");
+    let own = spec::cat(&[&spec::be64(2), &digest, &id, &[1], &spec::be64(20), &content]);
     v.mid(
         "body.inner_own_copy",
         &own,
-        "Inner (OwnCopy): list version || list digest || 1 || account 20 || Content",
+        "Inner (OwnCopy): list version || list digest || message id || 1 || account 20 || Content",
     );
     // The second message on each session: still unanswered, so still a prekey message.
     let expected = record_message(
@@ -492,6 +500,7 @@ pub(crate) fn history() -> Vector {
     let draws = v.draws(
         &mut tape,
         &[
+            ("history.message_id", 16, "the message id"),
             (
                 "history.base_key_secret",
                 32,
@@ -500,11 +509,13 @@ pub(crate) fn history() -> Vector {
             ("history.nonce", 12, "the header nonce"),
         ],
     );
-    let inner = spec::cat(&[&spec::be64(2), &digest, &spec_descriptor]);
+    let id = draws[0].clone();
+    let draws = &draws[1..];
+    let inner = spec::cat(&[&spec::be64(2), &digest, &id, &spec_descriptor]);
     v.mid(
         "history.inner",
         &inner,
-        "Inner (History): list version (u64) || list digest || BlobDescriptor",
+        "Inner (History): list version (u64) || list digest || message id || BlobDescriptor",
     );
     let (_, _, _, expected) = record_first_envelope(
         &mut v,
