@@ -184,10 +184,7 @@ pub struct SenderKeySecrets {
 }
 
 /// The sender key `device` holds for `group`, if it made one (a group's first send makes it).
-pub fn group_sender_key(
-    device: &crate::Device,
-    group: crate::GroupId,
-) -> Option<SenderKeySecrets> {
+pub fn group_sender_key(device: &crate::Device, group: crate::GroupId) -> Option<SenderKeySecrets> {
     let key = device.groups.get(&group)?.key.as_ref()?;
     Some(SenderKeySecrets {
         key_id: key.key_id,

@@ -649,10 +649,7 @@ fn a_stale_distribution_of_a_forgotten_key_does_not_reopen_old_messages() {
         assert!(send.rotated);
         assert_eq!(deliver(bob0, &send, T0).unwrap(), b"rotated");
     }
-    assert!(matches!(
-        read_group(bob0, &second.message, T0),
-        Err(ReceiveError::NoSenderKey { .. })
-    ));
+    assert!(matches!(read_group(bob0, &second.message, T0), Err(ReceiveError::NoSenderKey { .. })));
     // Alice's device sends key 1's old distribution again (a restored backup, say).
     let inner = distribution_inner(&alice.devices[0], &stale);
     let envelope = multidevice::test_support::seal_inner(
