@@ -46,9 +46,14 @@ const TAG_LEN: usize = 16;
 const MIN_MESSAGE_LEN: usize = ADDRESSES_END + HEADER_LEN + TAG_LEN;
 /// Shortest prekey fields: identity (128), base key (32), signed prekey id (4), flag (1).
 const MIN_PREKEY_FIELDS_LEN: usize = PublicIdentity::LEN + 32 + 4 + 1;
-/// The kinds in the order of their wire bytes 0..=3.
-const KINDS: [MessageKind; 4] =
-    [MessageKind::Raw, MessageKind::Direct, MessageKind::OwnCopy, MessageKind::History];
+/// The kinds in the order of their wire bytes 0..=4.
+const KINDS: [MessageKind; 5] = [
+    MessageKind::Raw,
+    MessageKind::Direct,
+    MessageKind::OwnCopy,
+    MessageKind::History,
+    MessageKind::SenderKey,
+];
 
 /// Address of device `device` of account `account`.
 pub(crate) fn address(account: u64, device: u32) -> DeviceAddress {
@@ -99,7 +104,7 @@ pub(crate) fn session_message(data: &[u8]) {
     let expected_type = if message.is_prekey_message() { 2 } else { 1 };
     assert_eq!(data.get(1), Some(&expected_type));
     let kind = data.get(KIND_OFFSET).copied();
-    assert!(matches!(kind, Some(0..=3)), "accepted kind byte {kind:?}");
+    assert!(matches!(kind, Some(0..=4)), "accepted kind byte {kind:?}");
     assert_eq!(kind.and_then(|k| KINDS.get(usize::from(k))), Some(&message.kind()));
     assert_eq!(address_at(data, SENDER_OFFSET), Some(message.sender()));
     assert_eq!(address_at(data, RECIPIENT_OFFSET), Some(message.recipient()));
