@@ -174,3 +174,83 @@ pub fn seal_inner(
 ) -> Result<Vec<u8>, crate::FanoutSkip> {
     device.seal_authorized(rng, to, kind, plaintext, bundles)
 }
+
+/// A sending device's current sender key for one group (docs/PROTOCOL.md §20), keys included.
+pub struct SenderKeySecrets {
+    /// The key id every message under the key carries.
+    pub key_id: u32,
+    /// The iteration of the next message.
+    pub iteration: u32,
+    /// The chain key the next message steps from.
+    pub chain_key: Zeroizing<[u8; 32]>,
+    /// The Ed25519 secret key seed (RFC 8032 §5.1.5) that signs every message under the key.
+    pub signing_seed: Zeroizing<[u8; 32]>,
+    /// Its public key, as distributed.
+    pub signing_public: [u8; 32],
+}
+
+/// The sender key `device` holds for `group`, if it made one (a group's first send makes it).
+pub fn group_sender_key(device: &crate::Device, group: crate::GroupId) -> Option<SenderKeySecrets> {
+    let key = device.groups.get(&group)?.key.as_ref()?;
+    Some(SenderKeySecrets {
+        key_id: key.key_id,
+        iteration: key.iteration,
+        chain_key: Zeroizing::new(*key.chain_key.as_bytes()),
+        signing_seed: Zeroizing::new(key.signing.to_bytes()),
+        signing_public: key.signing.verifying_key().to_bytes(),
+    })
+}
+
+/// Everything a group message is made of, for [`seal_group_message`].
+pub struct GroupMessageParts<'a> {
+    /// The group.
+    pub group: crate::GroupId,
+    /// The sending device named in the header.
+    pub sender: crate::DeviceAddress,
+    /// The key id.
+    pub key_id: u32,
+    /// The iteration the message is sealed at.
+    pub iteration: u32,
+    /// The chain key at that iteration.
+    pub chain_key: [u8; 32],
+    /// The seed of the signing key.
+    pub signing_seed: [u8; 32],
+    /// The membership digest in the header.
+    pub membership: [u8; 32],
+    /// The AEAD nonce.
+    pub nonce: [u8; 12],
+    /// The message id leading the plaintext.
+    pub message_id: [u8; 16],
+    /// The sender's list version, as announced.
+    pub list_version: u64,
+    /// The sender's list digest, as announced.
+    pub list_digest: [u8; 32],
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// Seals a group message exactly as `encrypt_group` does, under any sender key material: lets
+/// tests and fuzz targets check that a key a receiver took from a distribution really is used.
+/// `None` at the last iteration (`u32::MAX`), which no sender key reaches.
+pub fn seal_group_message(parts: &GroupMessageParts<'_>) -> Option<Vec<u8>> {
+    let mut key = crate::group::SenderKey {
+        key_id: parts.key_id,
+        iteration: parts.iteration,
+        chain_key: Secret32::new(parts.chain_key),
+        signing: ed25519_dalek::SigningKey::from_bytes(&parts.signing_seed),
+    };
+    let header = crate::group::GroupHeader {
+        group: parts.group,
+        sender: parts.sender,
+        membership: &parts.membership,
+        nonce: &parts.nonce,
+    };
+    crate::group::seal_group_message(
+        &mut key,
+        &header,
+        &parts.message_id,
+        (parts.list_version, parts.list_digest),
+        parts.payload,
+    )
+    .ok()
+}

@@ -8,7 +8,7 @@ mod fuzzing;
 
 use std::path::{Path, PathBuf};
 
-use fuzzing::{Event, Side};
+use fuzzing::{Event, GroupEvent, Side};
 use multidevice::{Device, PrekeyBundle};
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt};
@@ -35,6 +35,9 @@ const TARGETS: &[(&str, Target)] = &[
     ("blob_chunks", fuzzing::blob_chunks),
     ("history_records", fuzzing::history_records),
     ("account_events", fuzzing::account_events),
+    ("group_message", fuzzing::group_message),
+    ("group_distribution", fuzzing::group_distribution),
+    ("group_events", fuzzing::group_events),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -519,4 +522,183 @@ fn withheld_list_scripts() -> Vec<(&'static str, Vec<fuzzing::AccountEvent>)> {
         // The companion learns it was removed; the peer does not yet.
         ("withheld-removed", vec![Remove(0), Deliver(0x40), PeerSends]),
     ]
+}
+
+#[test]
+fn replay_group_message() {
+    replay("group_message", 200, 400);
+}
+
+#[test]
+fn replay_group_distribution() {
+    replay("group_distribution", 200, 120);
+}
+
+#[test]
+fn replay_group_events() {
+    replay("group_events", 40, 120);
+}
+
+fn every_group_event() -> Vec<GroupEvent> {
+    vec![
+        GroupEvent::Send { from: 3, len: 255 },
+        GroupEvent::Deliver { index: 7 },
+        GroupEvent::Drop { index: 1 },
+        GroupEvent::Duplicate { index: 2 },
+        GroupEvent::Reorder { first: 3, second: 200 },
+        GroupEvent::RemoveCompanion { account: 4, which: 9 },
+        GroupEvent::RemoveMember { account: 2 },
+        GroupEvent::AddMember { account: 0xFF },
+        GroupEvent::Link { account: 1 },
+        GroupEvent::Refresh { account: 0 },
+        GroupEvent::AdvanceDays { days: 20 },
+        GroupEvent::Restart { device: 6 },
+    ]
+}
+
+/// The group seed writer mirrors `arbitrary`'s encoding, as [`event_encoding_round_trips`]
+/// checks for the two-device events.
+#[test]
+fn group_event_encoding_round_trips() {
+    let events = every_group_event();
+    for three in [false, true] {
+        let decoded = fuzzing::decode_group_events(&fuzzing::encode_group_events(three, &events));
+        assert_eq!(decoded, (three, events.clone()));
+    }
+    for event in &events {
+        let one = vec![event.clone()];
+        assert_eq!(fuzzing::decode_group_events(&fuzzing::encode_group_events(true, &one)).1, one);
+    }
+}
+
+/// Hand-written group histories: each exercises one behaviour of the group model. Devices:
+/// 0 = 1:0, 1 = 1:1, 2 = 2:0, 3 = 2:1, 4 = 3:0, then companions as linked; accounts 0, 1, 2 =
+/// accounts 1, 2, 3. Returns (name, account 3 a member, events, whether a device outside a
+/// message's reach must have been kept out).
+fn group_scripts() -> Vec<(&'static str, bool, Vec<GroupEvent>, bool)> {
+    use GroupEvent::*;
+    let all = |n: usize| vec![Deliver { index: 0 }; n];
+    let send = |from, len| Send { from, len };
+    let script = |parts: Vec<Vec<GroupEvent>>| parts.concat();
+    vec![
+        ("first-send", false, script(vec![vec![send(0, 4)], all(10)]), false),
+        (
+            "removed-companion-kept-out",
+            false,
+            script(vec![
+                vec![send(0, 1)],
+                all(8),
+                vec![RemoveCompanion { account: 1, which: 0 }, send(0, 2)],
+                all(8),
+            ]),
+            true,
+        ),
+        (
+            "member-leaves-and-rejoins",
+            true,
+            script(vec![
+                vec![send(2, 1)],
+                all(10),
+                vec![RemoveMember { account: 2 }, send(2, 2)],
+                all(10),
+                vec![AddMember { account: 2 }, send(2, 3)],
+                all(10),
+            ]),
+            true,
+        ),
+        (
+            "companion-linked-then-sends",
+            true,
+            script(vec![
+                vec![send(1, 0)],
+                all(8),
+                vec![Link { account: 1 }, send(1, 5), send(5, 6)],
+                all(24),
+            ]),
+            false,
+        ),
+        (
+            "lists-go-stale",
+            false,
+            script(vec![
+                vec![send(0, 1)],
+                all(8),
+                vec![AdvanceDays { days: 15 }, send(0, 2)],
+                all(8),
+                vec![Refresh { account: 1 }, Refresh { account: 0 }, send(0, 3)],
+                all(8),
+            ]),
+            true,
+        ),
+        (
+            "relay-and-restarts",
+            true,
+            script(vec![
+                vec![send(0, 1), send(3, 2), send(4, 3)],
+                vec![Duplicate { index: 0 }, Reorder { first: 0, second: 9 }, Drop { index: 5 }],
+                vec![
+                    Restart { device: 2 },
+                    Duplicate { index: 12 },
+                    Reorder { first: 1, second: 20 },
+                ],
+                all(40),
+                vec![Restart { device: 3 }, send(2, 4)],
+                all(10),
+            ]),
+            false,
+        ),
+    ]
+}
+
+/// Writes the seed corpora of the group targets. Deterministic; run with
+/// `cargo test --test fuzz_replay -- --ignored generate_group_corpus`.
+#[test]
+#[ignore = "writes the checked-in seed corpus"]
+fn generate_group_corpus() {
+    let fixture = fuzzing::build_group_message_fixture();
+    for (i, pending) in fixture.pending.iter().enumerate() {
+        write_seed("group_message", &format!("pending-{i}"), &pending.wire);
+    }
+    for (i, wire) in fixture.delivered.iter().enumerate() {
+        write_seed("group_message", &format!("delivered-{i}"), wire);
+    }
+    for (i, wire) in fixture.keyless.iter().enumerate() {
+        write_seed("group_message", &format!("no-key-{i}"), wire);
+    }
+    let message = &fixture.pending[0].wire;
+    let mut tampered = message.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    write_seed("group_message", "tampered-signature", &tampered);
+    let mut moved = message.clone();
+    moved[2] ^= 0x80;
+    write_seed("group_message", "other-group", &moved);
+    write_seed("group_message", "header-only", &message[..2 + 16 + 12 + 4 + 4 + 32 + 12]);
+    write_seed("group_message", "empty", &[]);
+
+    for (name, content) in fuzzing::distribution_seeds() {
+        write_seed("group_distribution", name, &content);
+    }
+    let seeds = fuzzing::distribution_seeds();
+    let unheld = &seeds.iter().find(|(n, _)| *n == "unheld-key").unwrap().1;
+    let ahead = &seeds.iter().find(|(n, _)| *n == "key-2-ahead").unwrap().1;
+    let mut last = unheld.clone();
+    last[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+    write_seed("group_distribution", "unheld-key-last-iteration", &last);
+    let mut replaced = ahead.clone();
+    replaced[56..88].copy_from_slice(&unheld[56..88]);
+    write_seed("group_distribution", "key-2-id-other-signing-key", &replaced);
+    write_seed("group_distribution", "zeros", &[0u8; fuzzing::DISTRIBUTION_LEN]);
+    write_seed("group_distribution", "one-short", &unheld[..fuzzing::DISTRIBUTION_LEN - 1]);
+    write_seed("group_distribution", "one-long", &[&unheld[..], &[0]].concat());
+    write_seed("group_distribution", "empty", &[]);
+
+    for (name, three, events, kept_out) in group_scripts() {
+        let bytes = fuzzing::encode_group_events(three, &events);
+        assert_eq!(fuzzing::decode_group_events(&bytes), (three, events.clone()), "{name}");
+        let stats = fuzzing::run_group_events(&bytes);
+        eprintln!("{name}: {stats:?}");
+        assert!(stats.read > 0 && stats.events == events.len(), "{name}: {stats:?}");
+        assert!(!kept_out || stats.kept_out > 0, "{name} kept nobody out: {stats:?}");
+        write_seed("group_events", name, &bytes);
+    }
 }

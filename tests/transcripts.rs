@@ -31,6 +31,8 @@
 mod common;
 #[path = "transcripts/content.rs"]
 mod content;
+#[path = "transcripts/group.rs"]
+mod group;
 #[path = "transcripts/linking.rs"]
 mod linking;
 #[path = "transcripts/replay.rs"]
@@ -67,6 +69,7 @@ const VECTORS: &[(&str, Generator, Replayer)] = &[
     // The blob format is about to change (key commitment in the header): regenerate with
     // MULTIDEVICE_REGENERATE_VECTORS=blob,history after updating `content::record_blob`.
     ("blob", content::blob, replay::blob),
+    ("group", group::group, replay::group),
 ];
 
 fn directory() -> PathBuf {
@@ -141,7 +144,8 @@ vector_tests!(
     fanout,
     history,
     security_code,
-    blob
+    blob,
+    group
 );
 
 #[test]

@@ -409,15 +409,15 @@ impl Device {
 }
 
 /// The fields of a group message's header that do not come from the sender key.
-struct GroupHeader<'a> {
-    group: GroupId,
-    sender: DeviceAddress,
-    membership: &'a [u8; 32],
-    nonce: &'a [u8; NONCE_LEN],
+pub(crate) struct GroupHeader<'a> {
+    pub(crate) group: GroupId,
+    pub(crate) sender: DeviceAddress,
+    pub(crate) membership: &'a [u8; 32],
+    pub(crate) nonce: &'a [u8; NONCE_LEN],
 }
 
 /// Steps the sender key and seals one group message under it.
-fn seal_group_message(
+pub(crate) fn seal_group_message(
     key: &mut SenderKey,
     header: &GroupHeader<'_>,
     message_id: &[u8; MESSAGE_ID_LEN],

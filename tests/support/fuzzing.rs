@@ -9,7 +9,7 @@
 //! include it by path.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -18,10 +18,10 @@ use multidevice::consts::{
 };
 use multidevice::{
     AccountId, AccountStatus, CompanionPairing, Conversation, Device, DeviceAddress, DeviceId,
-    DeviceListError, Fingerprint, LogoutRequest, MessageKind, PairingCode, PrekeyBundle,
-    PrekeyUpload, PrimaryPairing, PublicIdentity, QrLinkApproval, QrLinkOffer, ReceiveError,
-    Received, SessionError, SessionMessage, SignedDeviceIdentity, SignedDeviceList, Timestamp,
-    VerifiedPrekeyBundle, hazmat,
+    DeviceListError, Fingerprint, GroupId, GroupSend, LogoutRequest, MessageKind, PairingCode,
+    PrekeyBundle, PrekeyUpload, PrimaryPairing, PublicIdentity, QrLinkApproval, QrLinkOffer,
+    ReceiveError, Received, SessionError, SessionMessage, SignedDeviceIdentity, SignedDeviceList,
+    Timestamp, VerifiedPrekeyBundle, hazmat,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -46,9 +46,14 @@ const TAG_LEN: usize = 16;
 const MIN_MESSAGE_LEN: usize = ADDRESSES_END + HEADER_LEN + TAG_LEN;
 /// Shortest prekey fields: identity (128), base key (32), signed prekey id (4), flag (1).
 const MIN_PREKEY_FIELDS_LEN: usize = PublicIdentity::LEN + 32 + 4 + 1;
-/// The kinds in the order of their wire bytes 0..=3.
-const KINDS: [MessageKind; 4] =
-    [MessageKind::Raw, MessageKind::Direct, MessageKind::OwnCopy, MessageKind::History];
+/// The kinds in the order of their wire bytes 0..=4.
+const KINDS: [MessageKind; 5] = [
+    MessageKind::Raw,
+    MessageKind::Direct,
+    MessageKind::OwnCopy,
+    MessageKind::History,
+    MessageKind::SenderKey,
+];
 
 /// Address of device `device` of account `account`.
 pub(crate) fn address(account: u64, device: u32) -> DeviceAddress {
@@ -99,7 +104,7 @@ pub(crate) fn session_message(data: &[u8]) {
     let expected_type = if message.is_prekey_message() { 2 } else { 1 };
     assert_eq!(data.get(1), Some(&expected_type));
     let kind = data.get(KIND_OFFSET).copied();
-    assert!(matches!(kind, Some(0..=3)), "accepted kind byte {kind:?}");
+    assert!(matches!(kind, Some(0..=4)), "accepted kind byte {kind:?}");
     assert_eq!(kind.and_then(|k| KINDS.get(usize::from(k))), Some(&message.kind()));
     assert_eq!(address_at(data, SENDER_OFFSET), Some(message.sender()));
     assert_eq!(address_at(data, RECIPIENT_OFFSET), Some(message.recipient()));
@@ -1374,4 +1379,1050 @@ fn publish(published: &mut Vec<(u64, Vec<DeviceAddress>, Vec<u8>)>, list: &Signe
         let devices = verified.devices().iter().map(|d| d.address()).collect();
         published.push((list.version(), devices, list.to_bytes()));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Groups: group messages and sender-key distributions through `Device::receive`, and a
+// stateful model of a group over several accounts.
+// ---------------------------------------------------------------------------------------------
+
+/// Length of a sender-key distribution's content: group id (16), key id (4), iteration (4),
+/// chain key (32), signing public key (32).
+pub(crate) const DISTRIBUTION_LEN: usize = 88;
+
+/// A companion linked to `primary` with the direct API at `now`, holding its new list; the
+/// list's bytes.
+fn link_companion(rng: &mut StdRng, primary: &mut Device, now: Timestamp) -> (Device, Vec<u8>) {
+    let mut companion = Device::new(rng, address(primary.account().0, 99), now);
+    let approval = primary
+        .approve_companion(companion.public_identity(), now)
+        .unwrap_or_else(|_| unreachable_fixture());
+    let signed =
+        companion.countersign_approval(&approval).unwrap_or_else(|_| unreachable_fixture());
+    let list = primary.add_companion(&signed, now).unwrap_or_else(|_| unreachable_fixture());
+    let bytes = list.to_bytes();
+    companion.process_device_list(&bytes, now).unwrap_or_else(|_| unreachable_fixture());
+    (companion, bytes)
+}
+
+/// The newest list `device` holds for its own account, as signed.
+fn own_list(device: &Device) -> Vec<u8> {
+    device.device_list(device.account()).unwrap_or_else(unreachable_fixture).signed_bytes().to_vec()
+}
+
+/// A bundle without a one-time prekey: always valid, never used up.
+fn plain_bundle(device: &Device) -> PrekeyBundle {
+    device.prekey_upload().bundle(None)
+}
+
+/// The envelope of `send` for `recipient`.
+fn distribution_for(send: &GroupSend, recipient: DeviceAddress) -> Vec<u8> {
+    send.distribution
+        .iter()
+        .find(|e| e.recipient == recipient)
+        .map(|e| e.bytes.clone())
+        .unwrap_or_else(unreachable_fixture)
+}
+
+/// What a genuine input of a group target gives when it is accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum GroupExpect {
+    /// A group message.
+    Group {
+        /// The group.
+        group: GroupId,
+        /// The sending device.
+        sender: DeviceAddress,
+        /// The message id it chose.
+        message_id: [u8; 16],
+        /// The membership digest it stated.
+        membership: [u8; 32],
+        /// Its own list version.
+        list_version: u64,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A sender key.
+    SenderKey {
+        /// The group.
+        group: GroupId,
+        /// The device whose key it is.
+        sender: DeviceAddress,
+    },
+}
+
+impl GroupExpect {
+    fn message(send: &GroupSend, group: GroupId, sender: &Device, members: &[u64]) -> Self {
+        let members: Vec<AccountId> = members.iter().map(|&a| AccountId(a)).collect();
+        GroupExpect::Group {
+            group,
+            sender: sender.address(),
+            message_id: send.message_id,
+            membership: group.membership_digest(&members),
+            list_version: sender.device_list(sender.account()).map_or(0, |l| l.version()),
+            payload: Vec::new(),
+        }
+    }
+
+    fn with_payload(mut self, text: &[u8]) -> Self {
+        if let GroupExpect::Group { payload, .. } = &mut self {
+            *payload = text.to_vec();
+        }
+        self
+    }
+
+    /// Asserts that `received` is exactly this.
+    fn check(&self, received: &Received) {
+        match (self, received) {
+            (
+                GroupExpect::Group { group, sender, message_id, membership, list_version, payload },
+                Received::Group(got),
+            ) => {
+                assert_eq!((got.group, got.sender), (*group, *sender));
+                assert_eq!(&got.message_id, message_id);
+                assert_eq!(&got.membership_digest, membership);
+                assert_eq!(got.sender_list_version, *list_version);
+                assert_eq!(got.payload.as_slice(), payload.as_slice());
+            }
+            (GroupExpect::SenderKey { group, sender }, Received::SenderKey(got)) => {
+                assert_eq!((got.group, got.sender), (*group, *sender));
+            }
+            (expected, got) => panic!("expected {expected:?}, accepted {got:?}"),
+        }
+    }
+}
+
+/// A genuine input the group message fixture has not received yet: it is accepted once.
+pub(crate) struct GroupPending {
+    /// The bytes.
+    pub(crate) wire: Vec<u8>,
+    /// What it gives.
+    pub(crate) expect: GroupExpect,
+}
+
+/// The receiver the `group_message` target attacks, and inputs for seeding its corpus.
+pub(crate) struct GroupMessageFixture {
+    /// Bob's persisted state.
+    pub(crate) receiver: Vec<u8>,
+    /// Inputs accepted at that state, once each.
+    pub(crate) pending: Vec<GroupPending>,
+    /// Inputs Bob already accepted (replays).
+    pub(crate) delivered: Vec<Vec<u8>>,
+    /// Genuine group messages Bob holds no key for.
+    pub(crate) keyless: Vec<Vec<u8>>,
+}
+
+/// Alice (1:0, companion 1:1) sends to a group with Bob (2:0) and Carol (3:0). Bob takes key 1's
+/// distribution and the third of five messages under it (keeping two skipped keys, two
+/// messages ahead); Carol leaves, so Alice's next send rotates to key 2, whose distribution and
+/// first message Bob takes, and the two after it wait. Still waiting at Bob: the companion's
+/// own key and a second group's key (each a distribution on its pairwise session), whose
+/// messages he cannot read yet.
+pub(crate) fn build_group_message_fixture() -> GroupMessageFixture {
+    let mut rng = seeded(0x6A0);
+    let now = NOW;
+    let mut a0 = fresh_device(&mut rng, address(1, 0), 0);
+    let (mut a1, list_a) = link_companion(&mut rng, &mut a0, now);
+    let mut b0 = fresh_device(&mut rng, address(2, 0), 0);
+    let c0 = fresh_device(&mut rng, address(3, 0), 0);
+    let (list_b, list_c) = (own_list(&b0), own_list(&c0));
+    for device in [&mut a0, &mut a1] {
+        for list in [&list_b, &list_c] {
+            device.process_device_list(list, now).unwrap_or_else(|_| unreachable_fixture());
+        }
+    }
+    b0.process_device_list(&list_a, now).unwrap_or_else(|_| unreachable_fixture());
+    let bundles = [plain_bundle(&a1), plain_bundle(&b0), plain_bundle(&c0), plain_bundle(&a0)];
+    let members = [AccountId(2), AccountId(3)];
+    let group = a0.create_group(&mut rng, &members).unwrap_or_else(|_| unreachable_fixture());
+    a1.set_group_members(group, &members).unwrap_or_else(|_| unreachable_fixture());
+    let send = |from: &mut Device, group: GroupId, text: &[u8], rng: &mut StdRng| {
+        from.encrypt_group(rng, group, &bundles, text, now)
+            .unwrap_or_else(|_| unreachable_fixture())
+    };
+    let mut pending = Vec::new();
+    let mut delivered = Vec::new();
+    let mut keyless = Vec::new();
+    let take = |device: &mut Device, wire: &[u8], delivered: &mut Vec<Vec<u8>>| {
+        device.receive(wire, None, now).unwrap_or_else(|_| unreachable_fixture());
+        delivered.push(wire.to_vec());
+    };
+
+    let texts: [&[u8]; 5] = [b"key 1 #0", b"key 1 #1", b"key 1 #2", b"key 1 #3", b"key 1 #4"];
+    let first: Vec<(GroupSend, &[u8])> =
+        texts.iter().map(|text| (send(&mut a0, group, text, &mut rng), *text)).collect();
+    let bob = b0.address();
+    take(&mut b0, &distribution_for(&first[0].0, bob), &mut delivered);
+    take(&mut b0, &first[2].0.message, &mut delivered);
+    for (i, (sent, text)) in first.iter().enumerate() {
+        if i != 2 {
+            let expect = GroupExpect::message(sent, group, &a0, &[1, 2, 3]).with_payload(text);
+            pending.push(GroupPending { wire: sent.message.clone(), expect });
+        }
+    }
+
+    a0.set_group_members(group, &[AccountId(2)]).unwrap_or_else(|_| unreachable_fixture());
+    let texts: [&[u8]; 3] = [b"key 2 #0", b"key 2 #1", b"key 2 #2"];
+    let second: Vec<(GroupSend, &[u8])> =
+        texts.iter().map(|text| (send(&mut a0, group, text, &mut rng), *text)).collect();
+    assert!(second[0].0.rotated, "Carol's leaving rotates the key");
+    take(&mut b0, &distribution_for(&second[0].0, bob), &mut delivered);
+    take(&mut b0, &second[0].0.message, &mut delivered);
+    for (sent, text) in &second[1..] {
+        let expect = GroupExpect::message(sent, group, &a0, &[1, 2]).with_payload(text);
+        pending.push(GroupPending { wire: sent.message.clone(), expect });
+    }
+
+    let own = send(&mut a1, group, b"from the companion", &mut rng);
+    pending.push(GroupPending {
+        wire: distribution_for(&own, b0.address()),
+        expect: GroupExpect::SenderKey { group, sender: a1.address() },
+    });
+    keyless.push(own.message);
+    let other =
+        a0.create_group(&mut rng, &[AccountId(2)]).unwrap_or_else(|_| unreachable_fixture());
+    let sent = send(&mut a0, other, b"another group", &mut rng);
+    pending.push(GroupPending {
+        wire: distribution_for(&sent, b0.address()),
+        expect: GroupExpect::SenderKey { group: other, sender: a0.address() },
+    });
+    keyless.push(sent.message);
+
+    let receiver = b0.to_bytes().to_vec();
+    // Every pending input is accepted at the fixture state, to what it is expected to give.
+    for input in &pending {
+        let mut bob = restore(&receiver);
+        let got = bob.receive(&input.wire, None, now).unwrap_or_else(|_| unreachable_fixture());
+        input.expect.check(&got);
+    }
+    GroupMessageFixture { receiver, pending, delivered, keyless }
+}
+
+struct GroupMessageTarget {
+    fixture: GroupMessageFixture,
+    live: Mutex<Device>,
+}
+
+fn group_message_target() -> &'static GroupMessageTarget {
+    static TARGET: OnceLock<GroupMessageTarget> = OnceLock::new();
+    TARGET.get_or_init(|| {
+        let fixture = build_group_message_fixture();
+        let live = Mutex::new(restore(&fixture.receiver));
+        GroupMessageTarget { fixture, live }
+    })
+}
+
+/// Feeds `data` to a device holding two sender keys of one sending device in a group (and
+/// skipped keys of the first): no panic; only a pending genuine input is accepted, to exactly
+/// what its sender sent, once; a pending one is never refused; any refusal leaves the state
+/// byte-identical.
+pub(crate) fn group_message(data: &[u8]) {
+    let target = group_message_target();
+    let state = target.fixture.receiver.as_slice();
+    let mut device = lock(&target.live);
+    let pending = target.fixture.pending.iter().find(|p| p.wire == data);
+    match device.receive(data, None, NOW) {
+        Ok(received) => {
+            let expected = pending.expect("only a genuine pending input is accepted");
+            assert_eq!(
+                received.sender(),
+                match &expected.expect {
+                    GroupExpect::Group { sender, .. } | GroupExpect::SenderKey { sender, .. } => {
+                        *sender
+                    }
+                }
+            );
+            expected.expect.check(&received);
+            let after = device.to_bytes();
+            assert!(device.receive(data, None, NOW).is_err(), "accepted twice");
+            assert_eq!(device.to_bytes(), after, "a refused replay changed state");
+            *device = restore(state);
+        }
+        Err(error) => {
+            assert!(pending.is_none(), "a genuine pending input was refused: {error:?}");
+            assert_eq!(device.to_bytes().as_slice(), state, "changed by {error:?}");
+        }
+    }
+}
+
+/// The sender and receiver the `group_distribution` target puts a distribution between, and
+/// what it checks a distribution against.
+pub(crate) struct DistributionFixture {
+    /// Alice's persisted state: an established session to Bob.
+    pub(crate) sender: Vec<u8>,
+    /// Bob's persisted state: keys 1 and 2 of Alice's group.
+    pub(crate) receiver: Vec<u8>,
+    /// Alice's list version and digest, which every `Inner` she sends announces.
+    pub(crate) announcement: (u64, [u8; 32]),
+    /// The group Bob holds Alice's keys for.
+    pub(crate) group: GroupId,
+    /// The keys Bob holds: key id and signing public key.
+    pub(crate) held: Vec<(u32, [u8; 32])>,
+    /// Group messages Bob already read, under both keys.
+    pub(crate) delivered: Vec<Vec<u8>>,
+    /// A message under key 2 that Bob has not read yet, and its payload.
+    pub(crate) pending: (Vec<u8>, Vec<u8>),
+    /// The signing seed and public key of a sender key Bob does not hold (Alice's, of a group
+    /// of her own), so a message under a distributed key with that public key can be sealed.
+    pub(crate) known_signing: ([u8; 32], [u8; 32]),
+    /// Distribution contents for seeds: key 1 behind Bob's chain, key 2 ahead of it, and the
+    /// key Bob does not hold.
+    pub(crate) seeds: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// The distribution content of `sender`'s current key for `group`: what a device newly reached
+/// would get now.
+pub(crate) fn current_distribution(sender: &Device, group: GroupId) -> Vec<u8> {
+    let key = multidevice::test_support::group_sender_key(sender, group)
+        .unwrap_or_else(unreachable_fixture);
+    [
+        &group.0[..],
+        &key.key_id.to_be_bytes(),
+        &key.iteration.to_be_bytes(),
+        &key.chain_key[..],
+        &key.signing_public,
+    ]
+    .concat()
+}
+
+fn distribution_fixture() -> &'static DistributionFixture {
+    static FIXTURE: OnceLock<DistributionFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let mut rng = seeded(0xD157);
+        let now = NOW;
+        let mut a0 = fresh_device(&mut rng, address(1, 0), 0);
+        let mut b0 = fresh_device(&mut rng, address(2, 0), 0);
+        let c0 = fresh_device(&mut rng, address(3, 0), 0);
+        for list in [own_list(&b0), own_list(&c0)] {
+            a0.process_device_list(&list, now).unwrap_or_else(|_| unreachable_fixture());
+        }
+        b0.process_device_list(&own_list(&a0), now).unwrap_or_else(|_| unreachable_fixture());
+        let bundles = [plain_bundle(&b0), plain_bundle(&c0)];
+        let group = a0
+            .create_group(&mut rng, &[AccountId(2), AccountId(3)])
+            .unwrap_or_else(|_| unreachable_fixture());
+        let send = |a0: &mut Device, group: GroupId, text: &[u8], rng: &mut StdRng| {
+            a0.encrypt_group(rng, group, &bundles, text, now)
+                .unwrap_or_else(|_| unreachable_fixture())
+        };
+        let read = |b0: &mut Device, wire: &[u8]| {
+            b0.receive(wire, None, now).unwrap_or_else(|_| unreachable_fixture());
+        };
+        let mut delivered = Vec::new();
+        let first = send(&mut a0, group, b"key 1 #0", &mut rng);
+        let behind = current_distribution(&a0, group);
+        let second = send(&mut a0, group, b"key 1 #1", &mut rng);
+        let bob = b0.address();
+        read(&mut b0, &distribution_for(&first, bob));
+        for message in [first.message, second.message] {
+            read(&mut b0, &message);
+            delivered.push(message);
+        }
+        a0.set_group_members(group, &[AccountId(2)]).unwrap_or_else(|_| unreachable_fixture());
+        let third = send(&mut a0, group, b"key 2 #0", &mut rng);
+        assert!(third.rotated);
+        read(&mut b0, &distribution_for(&third, bob));
+        read(&mut b0, &third.message);
+        delivered.push(third.message);
+        let payload = b"key 2 #1".to_vec();
+        let fourth = send(&mut a0, group, &payload, &mut rng);
+        let ahead = current_distribution(&a0, group);
+        // Bob answers, so Alice's session to him is confirmed and her next message is an
+        // ordinary one.
+        let ack = b0
+            .encrypt_fanout(&mut rng, &[AccountId(1)], &[], b"ack", now)
+            .unwrap_or_else(|_| unreachable_fixture());
+        let envelope = ack.envelopes.first().unwrap_or_else(unreachable_fixture);
+        a0.receive(&envelope.bytes, None, now).unwrap_or_else(|_| unreachable_fixture());
+        // A key Bob never gets.
+        let own = a0.create_group(&mut rng, &[]).unwrap_or_else(|_| unreachable_fixture());
+        send(&mut a0, own, b"to myself", &mut rng);
+        let known = multidevice::test_support::group_sender_key(&a0, own)
+            .unwrap_or_else(unreachable_fixture);
+        let unheld = current_distribution(&a0, own);
+        let held = [&behind, &ahead]
+            .iter()
+            .map(|d| (u32::from_be_bytes(array(&d[16..20])), array(&d[56..88])))
+            .collect();
+        let list = a0.device_list(AccountId(1)).unwrap_or_else(unreachable_fixture);
+        DistributionFixture {
+            sender: a0.to_bytes().to_vec(),
+            receiver: b0.to_bytes().to_vec(),
+            announcement: (list.version(), list.digest()),
+            group,
+            held,
+            delivered,
+            pending: (fourth.message, payload),
+            known_signing: (*known.signing_seed, known.signing_public),
+            seeds: vec![("key-1-behind", behind), ("key-2-ahead", ahead), ("unheld-key", unheld)],
+        }
+    })
+}
+
+fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    bytes.try_into().unwrap_or_else(|_| unreachable_fixture())
+}
+
+/// Distribution contents for the `group_distribution` seeds.
+pub(crate) fn distribution_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    distribution_fixture().seeds.clone()
+}
+
+/// `data` as the content of a genuine, authorized `SenderKey` message from Alice to Bob. No
+/// panic; anything but 88 bytes is refused as content, with Bob's state unchanged; 88 bytes are
+/// taken as the key of the group they name. Whatever was taken, no message Bob read decrypts
+/// again, a key Bob holds is kept as it is (the message waiting under key 2 still reads unless
+/// the distribution replaced key 2's id with another signing key), and a key Bob did not hold
+/// is used from exactly the iteration and chain key distributed.
+pub(crate) fn group_distribution(data: &[u8]) {
+    let fixture = distribution_fixture();
+    let mut sender = restore(&fixture.sender);
+    let mut receiver = restore(&fixture.receiver);
+    let mut rng = seeded(0x5EA1);
+    let (version, digest) = fixture.announcement;
+    let inner = [&version.to_be_bytes()[..], &digest, data].concat();
+    let Ok(envelope) = multidevice::test_support::seal_inner(
+        &mut sender,
+        &mut rng,
+        receiver.address(),
+        MessageKind::SenderKey,
+        &inner,
+        &[],
+    ) else {
+        assert!(inner.len() > MAX_MESSAGE_PLAINTEXT, "Alice could not seal {} bytes", inner.len());
+        return;
+    };
+    let result = receiver.receive(&envelope, None, NOW);
+    if data.len() != DISTRIBUTION_LEN {
+        assert!(
+            matches!(result, Err(ReceiveError::Content(_))),
+            "{} bytes of distribution gave {result:?}",
+            data.len()
+        );
+        assert_eq!(receiver.to_bytes().as_slice(), fixture.receiver.as_slice());
+        return;
+    }
+    let group = GroupId(array(&data[..16]));
+    let key_id = u32::from_be_bytes(array(&data[16..20]));
+    let iteration = u32::from_be_bytes(array(&data[20..24]));
+    let chain_key: [u8; 32] = array(&data[24..56]);
+    let signing_public: [u8; 32] = array(&data[56..88]);
+    match result {
+        Ok(Received::SenderKey(key)) => {
+            assert_eq!((key.group, key.sender), (group, sender.address()));
+        }
+        other => panic!("a well-formed distribution gave {other:?}"),
+    }
+    for message in &fixture.delivered {
+        let again = receiver.receive(message, None, NOW);
+        assert!(again.is_err(), "a group message read before decrypted again: {again:?}");
+    }
+    let replaced_key_2 = fixture.held.get(1).is_some_and(|(id, public)| {
+        group == fixture.group && key_id == *id && signing_public != *public
+    });
+    let (message, payload) = &fixture.pending;
+    let got = receiver.receive(message, None, NOW);
+    if replaced_key_2 {
+        assert!(got.is_err(), "read under a replaced key: {got:?}");
+    } else {
+        match got {
+            Ok(Received::Group(got)) => assert_eq!(got.payload.as_slice(), payload.as_slice()),
+            other => panic!("the message waiting under key 2 gave {other:?}"),
+        }
+    }
+    let (seed, public) = fixture.known_signing;
+    if signing_public == public {
+        let parts = multidevice::test_support::GroupMessageParts {
+            group,
+            sender: sender.address(),
+            key_id,
+            iteration,
+            chain_key,
+            signing_seed: seed,
+            membership: [7; 32],
+            nonce: [9; 12],
+            message_id: [5; 16],
+            list_version: version,
+            list_digest: digest,
+            payload: b"under the distributed key",
+        };
+        if let Some(message) = multidevice::test_support::seal_group_message(&parts) {
+            match receiver.receive(&message, None, NOW) {
+                Ok(Received::Group(got)) => {
+                    assert_eq!(got.payload.as_slice(), b"under the distributed key");
+                }
+                other => panic!("a message under a distributed key gave {other:?}"),
+            }
+            assert!(receiver.receive(&message, None, NOW).is_err(), "read twice");
+        } else {
+            assert_eq!(iteration, u32::MAX);
+        }
+    }
+}
+
+/// Group events are decoded until the input runs out or this many were read.
+pub(crate) const MAX_GROUP_EVENTS: usize = 64;
+/// Accounts in the group model: 1 (primary and a companion), 2 (the same), 3 (a primary).
+const GROUP_ACCOUNTS: u64 = 3;
+/// Companions an account may have in the model.
+const GROUP_MAX_COMPANIONS: usize = 2;
+
+/// One step of the group model. Indices pick modulo their count.
+#[derive(Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupEvent {
+    /// Device `from` (any device ever made, removed ones included) sends `len` filler bytes to
+    /// the group: its distribution envelopes go to the relay, and its group message to every
+    /// other device.
+    Send {
+        /// Which device.
+        from: u8,
+        /// Filler length.
+        len: u8,
+    },
+    /// The relay delivers an in-flight envelope.
+    Deliver {
+        /// Which one.
+        index: u8,
+    },
+    /// The relay drops an in-flight envelope.
+    Drop {
+        /// Which one.
+        index: u8,
+    },
+    /// The relay queues a second copy of an in-flight envelope.
+    Duplicate {
+        /// Which one.
+        index: u8,
+    },
+    /// The relay swaps two in-flight envelopes.
+    Reorder {
+        /// First position.
+        first: u8,
+        /// Second position.
+        second: u8,
+    },
+    /// An account's primary removes one of its companions; every device gets the list.
+    RemoveCompanion {
+        /// Which account.
+        account: u8,
+        /// Which companion.
+        which: u8,
+    },
+    /// An account leaves the group: every device of the remaining members sets the new
+    /// membership (the leaving account's devices keep their old view).
+    RemoveMember {
+        /// Which account.
+        account: u8,
+    },
+    /// An account joins the group: every device of every member sets the new membership.
+    AddMember {
+        /// Which account.
+        account: u8,
+    },
+    /// An account's primary links a new companion (while it has fewer than two); every device
+    /// gets the list.
+    Link {
+        /// Which account.
+        account: u8,
+    },
+    /// An account's primary re-signs its list; every device gets it.
+    Refresh {
+        /// Which account.
+        account: u8,
+    },
+    /// Time moves on by `days % 21` days.
+    AdvanceDays {
+        /// Days.
+        days: u8,
+    },
+    /// A device restarts from its persisted state.
+    Restart {
+        /// Which device.
+        device: u8,
+    },
+}
+
+const GROUP_EVENT_VARIANTS: u32 = 12;
+
+impl GroupEvent {
+    fn variant(&self) -> u32 {
+        match self {
+            GroupEvent::Send { .. } => 0,
+            GroupEvent::Deliver { .. } => 1,
+            GroupEvent::Drop { .. } => 2,
+            GroupEvent::Duplicate { .. } => 3,
+            GroupEvent::Reorder { .. } => 4,
+            GroupEvent::RemoveCompanion { .. } => 5,
+            GroupEvent::RemoveMember { .. } => 6,
+            GroupEvent::AddMember { .. } => 7,
+            GroupEvent::Link { .. } => 8,
+            GroupEvent::Refresh { .. } => 9,
+            GroupEvent::AdvanceDays { .. } => 10,
+            GroupEvent::Restart { .. } => 11,
+        }
+    }
+}
+
+/// Decodes a group model input: whether account 3 starts as a member, then the events.
+pub(crate) fn decode_group_events(data: &[u8]) -> (bool, Vec<GroupEvent>) {
+    let mut input = Unstructured::new(data);
+    let three = bool::arbitrary(&mut input).unwrap_or(false);
+    let mut events = Vec::new();
+    while !input.is_empty() && events.len() < MAX_GROUP_EVENTS {
+        match GroupEvent::arbitrary(&mut input) {
+            Ok(event) => events.push(event),
+            Err(_) => break,
+        }
+    }
+    (three, events)
+}
+
+/// Encodes a group model input that [`decode_group_events`] turns back into `three` and
+/// `events`, for writing seeds; the same mirror of `arbitrary`'s derive as [`encode_events`].
+pub(crate) fn encode_group_events(three: bool, events: &[GroupEvent]) -> Vec<u8> {
+    let mut out = vec![u8::from(three)];
+    for event in events {
+        let tag = (u64::from(event.variant()) << 32).div_ceil(u64::from(GROUP_EVENT_VARIANTS));
+        out.extend_from_slice(&u32::try_from(tag).unwrap_or(u32::MAX).to_le_bytes());
+        match *event {
+            GroupEvent::Send { from: a, len: b }
+            | GroupEvent::Reorder { first: a, second: b }
+            | GroupEvent::RemoveCompanion { account: a, which: b } => {
+                out.extend_from_slice(&[a, b])
+            }
+            GroupEvent::Deliver { index: a }
+            | GroupEvent::Drop { index: a }
+            | GroupEvent::Duplicate { index: a }
+            | GroupEvent::RemoveMember { account: a }
+            | GroupEvent::AddMember { account: a }
+            | GroupEvent::Link { account: a }
+            | GroupEvent::Refresh { account: a }
+            | GroupEvent::AdvanceDays { days: a }
+            | GroupEvent::Restart { device: a } => out.push(a),
+        }
+    }
+    out
+}
+
+/// The starting world of the group model, persisted: every device introduced to every
+/// account, and a group made on 1:0.
+struct GroupStart {
+    /// Every device's state: 1:0, 1:1, 2:0, 2:1, 3:0.
+    devices: Vec<Vec<u8>>,
+    /// Every account's newest list.
+    lists: Vec<(AccountId, Vec<u8>)>,
+    group: GroupId,
+}
+
+fn group_start() -> &'static GroupStart {
+    static START: OnceLock<GroupStart> = OnceLock::new();
+    START.get_or_init(|| {
+        let mut rng = seeded(0x6E7);
+        let now = NOW;
+        let mut devices = Vec::new();
+        let mut lists = Vec::new();
+        for account in 1..=GROUP_ACCOUNTS {
+            let mut primary = fresh_device(&mut rng, address(account, 0), 0);
+            if account < GROUP_ACCOUNTS {
+                let (companion, list) = link_companion(&mut rng, &mut primary, now);
+                devices.push(primary);
+                devices.push(companion);
+                lists.push((AccountId(account), list));
+            } else {
+                lists.push((AccountId(account), own_list(&primary)));
+                devices.push(primary);
+            }
+        }
+        for device in &mut devices {
+            for (account, list) in &lists {
+                if *account != device.account() {
+                    device.process_device_list(list, now).unwrap_or_else(|_| unreachable_fixture());
+                }
+            }
+        }
+        let group = devices
+            .first_mut()
+            .unwrap_or_else(unreachable_fixture)
+            .create_group(&mut rng, &[])
+            .unwrap_or_else(|_| unreachable_fixture());
+        GroupStart {
+            devices: devices.iter().map(|d| d.to_bytes().to_vec()).collect(),
+            lists,
+            group,
+        }
+    })
+}
+
+/// A device of the group model and what its state lineage accepted.
+struct GroupDevice {
+    device: Device,
+    /// Group messages (indices into `GroupWorld::sent`) this lineage decrypted.
+    read: BTreeSet<usize>,
+}
+
+/// A group message as sent.
+struct GroupSent {
+    sender: DeviceAddress,
+    message_id: [u8; 16],
+    payload: Vec<u8>,
+    /// Every device (address and identity) the sender reached when it sent: only these may
+    /// ever read it.
+    reach: BTreeSet<(DeviceAddress, [u8; 32])>,
+}
+
+/// An envelope on the relay: a distribution (pairwise) or a group message.
+#[derive(Clone)]
+struct GroupEnvelope {
+    /// Index into `GroupWorld::devices`.
+    to: usize,
+    /// Index into `GroupWorld::sent`.
+    sent: usize,
+    distribution: bool,
+    bytes: Vec<u8>,
+}
+
+/// What a group run did, for choosing seeds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupStats {
+    /// Events run.
+    pub(crate) events: usize,
+    /// Group messages sent.
+    pub(crate) sent: usize,
+    /// Sends that rotated the key.
+    pub(crate) rotated: usize,
+    /// Distributions taken.
+    pub(crate) keys: usize,
+    /// Group messages decrypted.
+    pub(crate) read: usize,
+    /// Envelopes refused.
+    pub(crate) refused: usize,
+    /// Group messages refused by a device outside their reach.
+    pub(crate) kept_out: usize,
+}
+
+struct GroupWorld {
+    rng: StdRng,
+    now: Timestamp,
+    group: GroupId,
+    /// The accounts in the group, as the app knows it.
+    members: BTreeSet<AccountId>,
+    devices: Vec<GroupDevice>,
+    lists: BTreeMap<AccountId, Vec<u8>>,
+    in_flight: Vec<GroupEnvelope>,
+    sent: Vec<GroupSent>,
+    stats: GroupStats,
+}
+
+/// The devices `sender` reaches in `group` now, by the lists it holds: every device of every
+/// member account its newest list names (never the sender itself), companions only while that
+/// list is current, none of an account with a pending identity change.
+fn group_reach(sender: &Device, group: GroupId) -> BTreeSet<(DeviceAddress, [u8; 32])> {
+    let mut reach = BTreeSet::new();
+    let Some(members) = sender.group_members(group) else {
+        return reach;
+    };
+    let stale: BTreeSet<AccountId> = sender.lists_to_fetch().into_iter().map(|(a, _)| a).collect();
+    for &account in members {
+        let Some(list) = sender.device_list(account) else { continue };
+        if sender.identity_change_pending(account) {
+            continue;
+        }
+        for device in list.devices() {
+            let address = device.address();
+            if address != sender.address()
+                && (address.device.is_primary() || !stale.contains(&account))
+            {
+                reach.insert((address, *device.identity().fingerprint().as_bytes()));
+            }
+        }
+    }
+    reach
+}
+
+impl GroupWorld {
+    fn new(three: bool) -> Self {
+        let start = group_start();
+        let devices = start
+            .devices
+            .iter()
+            .map(|bytes| GroupDevice { device: restore(bytes), read: BTreeSet::new() })
+            .collect();
+        let members: BTreeSet<AccountId> = (1..=if three { 3 } else { 2 }).map(AccountId).collect();
+        let mut world = Self {
+            rng: seeded(0x6E70),
+            now: NOW,
+            group: start.group,
+            members,
+            devices,
+            lists: start.lists.iter().cloned().collect(),
+            in_flight: Vec::new(),
+            sent: Vec::new(),
+            stats: GroupStats::default(),
+        };
+        world.apply_membership(None);
+        world
+    }
+
+    /// Every device of a member account (and of `joining`) sets the membership.
+    fn apply_membership(&mut self, joining: Option<AccountId>) {
+        let members: Vec<AccountId> = self.members.iter().copied().collect();
+        for entry in &mut self.devices {
+            let account = entry.device.account();
+            if self.members.contains(&account) || joining == Some(account) {
+                entry
+                    .device
+                    .set_group_members(self.group, &members)
+                    .expect("at most three members");
+            }
+        }
+    }
+
+    /// Every device processes `list`, which the server now serves for its account.
+    fn publish(&mut self, list: &[u8], account: AccountId) {
+        self.lists.insert(account, list.to_vec());
+        for entry in &mut self.devices {
+            let _ = entry.device.process_device_list(list, self.now);
+        }
+    }
+
+    fn account(&self, index: u8) -> AccountId {
+        AccountId(u64::from(index) % GROUP_ACCOUNTS + 1)
+    }
+
+    fn primary_index(&self, account: AccountId) -> usize {
+        self.devices
+            .iter()
+            .position(|d| d.device.address() == DeviceAddress::new(account, DeviceId::PRIMARY))
+            .expect("every account has its primary")
+    }
+
+    /// The companions `account`'s primary lists now.
+    fn listed_companions(&self, account: AccountId) -> Vec<DeviceId> {
+        let primary = &self.devices[self.primary_index(account)].device;
+        primary.device_list(account).map_or_else(Vec::new, |list| {
+            list.devices().iter().map(|d| d.address().device).filter(|d| !d.is_primary()).collect()
+        })
+    }
+
+    fn run(&mut self, event: &GroupEvent) {
+        self.stats.events += 1;
+        let now = self.now;
+        match *event {
+            GroupEvent::Send { from, len } => {
+                if let Some(i) = pick(self.devices.len(), from) {
+                    self.send(i, len);
+                }
+            }
+            GroupEvent::Deliver { index } => {
+                if let Some(i) = pick(self.in_flight.len(), index) {
+                    let envelope = self.in_flight.remove(i);
+                    self.deliver(&envelope);
+                }
+            }
+            GroupEvent::Drop { index } => {
+                if let Some(i) = pick(self.in_flight.len(), index) {
+                    self.in_flight.remove(i);
+                }
+            }
+            GroupEvent::Duplicate { index } => {
+                if let Some(i) = pick(self.in_flight.len(), index) {
+                    let copy = self.in_flight[i].clone();
+                    self.in_flight.push(copy);
+                }
+            }
+            GroupEvent::Reorder { first, second } => {
+                let len = self.in_flight.len();
+                if let (Some(i), Some(j)) = (pick(len, first), pick(len, second)) {
+                    self.in_flight.swap(i, j);
+                }
+            }
+            GroupEvent::RemoveCompanion { account, which } => {
+                let account = self.account(account);
+                let companions = self.listed_companions(account);
+                if let Some(i) = pick(companions.len(), which) {
+                    let primary = self.primary_index(account);
+                    if let Ok(list) =
+                        self.devices[primary].device.remove_companion(companions[i], now)
+                    {
+                        self.publish(&list.to_bytes(), account);
+                    }
+                }
+            }
+            GroupEvent::RemoveMember { account } => {
+                let account = self.account(account);
+                if self.members.len() > 1 && self.members.remove(&account) {
+                    self.apply_membership(None);
+                }
+            }
+            GroupEvent::AddMember { account } => {
+                let account = self.account(account);
+                if self.members.insert(account) {
+                    self.apply_membership(Some(account));
+                }
+            }
+            GroupEvent::Link { account } => {
+                let account = self.account(account);
+                if self.listed_companions(account).len() < GROUP_MAX_COMPANIONS {
+                    self.link(account);
+                }
+            }
+            GroupEvent::Refresh { account } => {
+                let account = self.account(account);
+                let primary = self.primary_index(account);
+                if let Ok(list) = self.devices[primary].device.refresh_device_list(now) {
+                    self.publish(&list.to_bytes(), account);
+                }
+            }
+            GroupEvent::AdvanceDays { days } => {
+                self.now = self.now.plus_secs(u64::from(days % 21) * DAY_SECS);
+            }
+            GroupEvent::Restart { device } => {
+                if let Some(i) = pick(self.devices.len(), device) {
+                    let device = &mut self.devices[i].device;
+                    let bytes = device.to_bytes();
+                    *device = Device::from_bytes(&bytes).expect("a device's own bytes load");
+                    assert_eq!(device.to_bytes(), bytes, "restarting changed the state");
+                }
+            }
+        }
+    }
+
+    fn link(&mut self, account: AccountId) {
+        let now = self.now;
+        let primary = self.primary_index(account);
+        let mut companion = Device::new(&mut self.rng, address(account.0, 99), now);
+        let Ok(approval) =
+            self.devices[primary].device.approve_companion(companion.public_identity(), now)
+        else {
+            return;
+        };
+        let Ok(signed) = companion.countersign_approval(&approval) else { return };
+        let Ok(list) = self.devices[primary].device.add_companion(&signed, now) else { return };
+        for (other, bytes) in &self.lists {
+            if *other != account {
+                let _ = companion.process_device_list(bytes, now);
+            }
+        }
+        self.devices.push(GroupDevice { device: companion, read: BTreeSet::new() });
+        self.publish(&list.to_bytes(), account);
+        if self.members.contains(&account) {
+            self.apply_membership(None);
+        }
+    }
+
+    fn send(&mut self, from: usize, len: u8) {
+        let id = self.sent.len();
+        let payload = plaintext(id, len);
+        let now = self.now;
+        let bundles: Vec<PrekeyBundle> =
+            self.devices.iter().map(|d| plain_bundle(&d.device)).collect();
+        let group = self.group;
+        let sender = &mut self.devices[from].device;
+        raise_clock(sender, now);
+        let reach = group_reach(sender, group);
+        let before = sender.to_bytes();
+        let send = match sender.encrypt_group(&mut self.rng, group, &bundles, &payload, now) {
+            Ok(send) => send,
+            Err(error) => {
+                assert_eq!(sender.to_bytes(), before, "a refused send changed state: {error:?}");
+                return;
+            }
+        };
+        let address = sender.address();
+        self.stats.sent += 1;
+        self.stats.rotated += usize::from(send.rotated);
+        let mut covered = BTreeSet::new();
+        for envelope in &send.distribution {
+            let recipient = envelope.recipient;
+            assert!(covered.insert(recipient), "two distributions for {recipient}");
+            let identity = reach
+                .iter()
+                .find(|(a, _)| *a == recipient)
+                .map(|(_, f)| *f)
+                .unwrap_or_else(|| panic!("a distribution for {recipient}, outside the reach"));
+            let to = self
+                .devices
+                .iter()
+                .position(|d| {
+                    d.device.address() == recipient
+                        && d.device.public_identity().fingerprint().as_bytes() == &identity
+                })
+                .expect("every reached device is in the model");
+            self.in_flight.push(GroupEnvelope {
+                to,
+                sent: id,
+                distribution: true,
+                bytes: envelope.bytes.clone(),
+            });
+        }
+        for to in (0..self.devices.len()).filter(|&i| i != from) {
+            self.in_flight.push(GroupEnvelope {
+                to,
+                sent: id,
+                distribution: false,
+                bytes: send.message.clone(),
+            });
+        }
+        self.sent.push(GroupSent { sender: address, message_id: send.message_id, payload, reach });
+    }
+
+    fn deliver(&mut self, envelope: &GroupEnvelope) {
+        let now = self.now;
+        let sent = &self.sent[envelope.sent];
+        let entry = &mut self.devices[envelope.to];
+        let device = &mut entry.device;
+        raise_clock(device, now);
+        let before = device.to_bytes();
+        let me = (device.address(), *device.public_identity().fingerprint().as_bytes());
+        match device.receive(&envelope.bytes, None, now) {
+            Ok(Received::SenderKey(key)) => {
+                assert!(envelope.distribution, "a group message was taken as a sender key");
+                assert_eq!((key.group, key.sender), (self.group, sent.sender));
+                self.stats.keys += 1;
+            }
+            Ok(Received::Group(message)) => {
+                assert!(!envelope.distribution, "a distribution was taken as a group message");
+                assert_eq!((message.group, message.sender), (self.group, sent.sender));
+                assert_eq!(message.message_id, sent.message_id);
+                assert_eq!(message.payload.as_slice(), sent.payload.as_slice());
+                assert!(
+                    sent.reach.contains(&me),
+                    "{} read message {} from {}, which did not reach it",
+                    me.0,
+                    envelope.sent,
+                    sent.sender
+                );
+                assert!(entry.read.insert(envelope.sent), "message {} read twice", envelope.sent);
+                self.stats.read += 1;
+            }
+            Ok(other) => panic!("a group envelope gave {other:?}"),
+            Err(error) => {
+                self.stats.refused += 1;
+                if !envelope.distribution && !sent.reach.contains(&me) {
+                    self.stats.kept_out += 1;
+                }
+                assert_eq!(device.to_bytes(), before, "changed by {error:?}");
+            }
+        }
+    }
+}
+
+/// Runs a group model input and reports what happened.
+pub(crate) fn run_group_events(data: &[u8]) -> GroupStats {
+    let (three, events) = decode_group_events(data);
+    let mut world = GroupWorld::new(three);
+    for event in &events {
+        world.run(event);
+    }
+    world.stats
+}
+
+/// The stateful group target: sends from any device, a relay that delivers, drops, duplicates
+/// and reorders distributions and group messages, companions linked and removed, accounts
+/// leaving and joining, lists re-signed, days passing, restarts. No device outside a message's
+/// reach when it was sent (its sender's members' listed devices, companions only on a current
+/// list) ever reads it; every read is exactly what the stated sender sent; nothing is read twice
+/// on one state lineage; a refused envelope changes nothing but the clock mark.
+pub(crate) fn group_events(data: &[u8]) {
+    run_group_events(data);
 }

@@ -25,7 +25,7 @@ fn link(primary: &mut Dev, companion: &mut Dev, time: u64) -> Vec<u8> {
 
 /// One envelope of a fan-out whose session is new: setup, then the message.
 #[allow(clippy::too_many_arguments)]
-fn record_first_envelope(
+pub(crate) fn record_first_envelope(
     v: &mut Vector,
     p: &str,
     sender: &Dev,

@@ -365,3 +365,65 @@ pub(crate) fn blob(file: &File) {
     assert_eq!(again, ciphertext);
     assert_eq!(descriptor.to_bytes().as_slice(), file.hex("descriptor.bytes"));
 }
+
+pub(crate) fn group(file: &File) {
+    let now = time(file, "time");
+    let mut sender = device(file, "s0", 0);
+    let mut recipient = device(file, "r0", 1);
+    let list_s = file.hex("lists.account40");
+    let list_r = file.hex("lists.account50");
+    assert_eq!(sender.device_list(AccountId(40)).unwrap().signed_bytes(), list_s);
+    assert_eq!(recipient.device_list(AccountId(50)).unwrap().signed_bytes(), list_r);
+    sender.process_device_list(&list_r, now).unwrap();
+    recipient.process_device_list(&list_s, now).unwrap();
+    let mut rng = named(file, &["group.id"]);
+    let group = sender.create_group(&mut rng, &[AccountId(50)]).unwrap();
+    rng.finish();
+    assert_eq!(group.0[..], file.hex("group.id"));
+    let members = [AccountId(40), AccountId(50)];
+    assert_eq!(group.membership_digest(&members)[..], file.hex("membership.digest"));
+    let bundle = PrekeyBundle::try_from(&file.hex("r0.bundle")[..]).unwrap();
+    let mut rng = named(
+        file,
+        &[
+            "sender_key.key_id",
+            "sender_key.chain_key",
+            "sender_key.signing_seed",
+            "distribution.base_key_secret",
+            "distribution.nonce",
+            "m1.message_id",
+            "m1.nonce",
+        ],
+    );
+    let first =
+        sender.encrypt_group(&mut rng, group, &[bundle], &file.hex("m1.payload"), now).unwrap();
+    rng.finish();
+    assert_eq!(first.distribution.len(), 1);
+    assert_eq!(first.distribution[0].recipient, recipient.address());
+    assert_eq!(first.distribution[0].bytes, file.hex("distribution.bytes"));
+    assert_eq!(first.message, file.hex("m1.bytes"));
+    let mut rng = named(file, &["m2.message_id", "m2.nonce"]);
+    let second = sender.encrypt_group(&mut rng, group, &[], &file.hex("m2.payload"), now).unwrap();
+    rng.finish();
+    assert_eq!(second.message, file.hex("m2.bytes"));
+    let public: [u8; 32] = file.hex("sender_key.signing_public").try_into().unwrap();
+    match recipient.receive(&file.hex("distribution.bytes"), None, now).unwrap() {
+        Received::SenderKey(key) => assert_eq!((key.group, key.sender), (group, sender.address())),
+        other => panic!("expected a sender key, got {other:?}"),
+    }
+    for p in ["m1", "m2"] {
+        let bytes = file.hex(&format!("{p}.bytes"));
+        // The signature is the last 64 bytes, over the labelled header and ciphertext.
+        let (signed, signature) = bytes.split_at(bytes.len() - 64);
+        let input = file.hex(&format!("{p}.signature_input"));
+        assert_eq!(&input[input.len() - signed.len()..], signed);
+        assert_eq!(signature, file.hex(&format!("{p}.signature")));
+        assert!(hazmat::verify_ed25519_strict(&public, &input, signature));
+        let Received::Group(message) = recipient.receive(&bytes, None, now).unwrap() else {
+            panic!("expected a group message")
+        };
+        assert_eq!(message.payload.as_slice(), file.hex(&format!("{p}.payload")));
+        assert_eq!(message.message_id[..], file.hex(&format!("{p}.message_id")));
+        assert_eq!(message.membership_digest[..], file.hex("membership.digest"));
+    }
+}

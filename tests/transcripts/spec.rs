@@ -35,6 +35,8 @@ pub(crate) mod label {
     pub(crate) const HASH_AD: &[u8] = b"multidevice/v1/hash/associated-data";
     pub(crate) const HASH_SESSION_ID: &[u8] = b"multidevice/v1/hash/session-id";
     pub(crate) const HASH_FINGERPRINT: &[u8] = b"multidevice/v1/hash/fingerprint";
+    pub(crate) const HASH_GROUP_MEMBERSHIP: &[u8] = b"multidevice/v1/hash/group-membership";
+    pub(crate) const SIG_GROUP_MESSAGE: &[u8] = b"multidevice/v1/sig/group-message";
 }
 
 pub(crate) fn cat(parts: &[&[u8]]) -> Vec<u8> {
@@ -413,4 +415,42 @@ pub(crate) fn security_code_half(
         })
         .collect();
     (d0, d1, digest, digits)
+}
+
+/// The membership digest's input (§20): `group id || count (u16) || account ids (u64 each)`,
+/// the distinct accounts in ascending order.
+pub(crate) fn group_membership_input(group: &[u8; 16], members: &[u64]) -> Vec<u8> {
+    let mut members = members.to_vec();
+    members.sort_unstable();
+    members.dedup();
+    let mut out = cat(&[group, &u16::try_from(members.len()).unwrap().to_be_bytes()]);
+    for account in members {
+        out.extend_from_slice(&be64(account));
+    }
+    out
+}
+
+/// A sender-key distribution's content (§20): `group id || key id (u32) || iteration (u32) ||
+/// chain key || signing public key`, 88 bytes.
+pub(crate) fn group_distribution(
+    group: &[u8; 16],
+    key_id: u32,
+    iteration: u32,
+    chain_key: &[u8; 32],
+    signing_public: &[u8; 32],
+) -> Vec<u8> {
+    cat(&[group, &be32(key_id), &be32(iteration), chain_key, signing_public])
+}
+
+/// A group message's header (§20), the AEAD's associated data: `0x01 || 0x50 || group id ||
+/// sender || key id || iteration || membership digest || nonce`.
+pub(crate) fn group_header(
+    group: &[u8; 16],
+    sender: &[u8],
+    key_id: u32,
+    iteration: u32,
+    membership: &[u8; 32],
+    nonce: &[u8; 12],
+) -> Vec<u8> {
+    cat(&[&[0x01, 0x50], group, sender, &be32(key_id), &be32(iteration), membership, nonce])
 }

@@ -1,0 +1,4 @@
+#![no_main]
+#[path = "../../tests/support/fuzzing.rs"]
+mod fuzzing;
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzzing::group_distribution(data));
