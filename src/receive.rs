@@ -131,6 +131,9 @@ pub struct ReceivedSenderKey {
     pub group: GroupId,
     /// The device whose key it is.
     pub sender: DeviceAddress,
+    /// False if the key was one already held or one this device had forgotten (a late or
+    /// replayed distribution): nothing about the group changed.
+    pub taken: bool,
 }
 
 /// A decrypted message and who sent it.
@@ -233,8 +236,8 @@ impl Device {
                 if receiver.sender_identity != sender_identity {
                     *receiver = GroupReceiver::new(sender_identity);
                 }
-                receiver.accept(key);
-                Received::SenderKey(ReceivedSenderKey { group, sender })
+                let taken = receiver.accept(key);
+                Received::SenderKey(ReceivedSenderKey { group, sender, taken })
             }
             Content::History(descriptor) => Received::History(ReceivedHistory {
                 sender,

@@ -19,6 +19,10 @@ use crate::keys::Fingerprint;
 /// sent just before a rotation still decrypt.
 pub(crate) const KEYS_PER_SENDER: usize = 2;
 
+/// Signing keys of forgotten keys remembered per sending device and group, so a late or
+/// replayed distribution of one cannot bring it back and reopen the messages read under it.
+pub(crate) const RETIRED_KEYS_PER_SENDER: usize = 8;
+
 /// One distributed key as a receiver holds it.
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct ReceiverKey {
@@ -41,6 +45,8 @@ pub(crate) struct GroupReceiver {
     pub(crate) sender_identity: Fingerprint,
     /// Oldest first, at most [`KEYS_PER_SENDER`].
     keys: VecDeque<ReceiverKey>,
+    /// Signing keys of keys forgotten, oldest first, at most [`RETIRED_KEYS_PER_SENDER`].
+    retired: VecDeque<[u8; 32]>,
 }
 
 /// A group message decrypted on an unchanged receiver, applied only by
@@ -61,32 +67,46 @@ enum Change {
 
 impl GroupReceiver {
     pub(crate) fn new(sender_identity: Fingerprint) -> Self {
-        Self { sender_identity, keys: VecDeque::new() }
+        Self { sender_identity, keys: VecDeque::new(), retired: VecDeque::new() }
     }
 
     /// True if restored state respects the bounds.
     pub(crate) fn within_limits(&self) -> bool {
         !self.keys.is_empty()
             && self.keys.len() <= KEYS_PER_SENDER
+            && self.retired.len() <= RETIRED_KEYS_PER_SENDER
             && self.keys.iter().all(|k| k.skipped.len() <= MAX_SKIPPED_KEYS)
     }
 
-    /// Takes a distributed key. A key already held is kept as it is (a replayed or late
-    /// distribution never winds a chain back); a new one becomes the current key, and the
-    /// oldest beyond [`KEYS_PER_SENDER`] is forgotten.
-    pub(crate) fn accept(&mut self, key: ReceiverKey) {
+    /// Takes a distributed key and says whether it was taken. A key already held is kept as
+    /// it is (a replayed or late distribution never winds a chain back) and a retired one is
+    /// not taken again; a new one becomes the current key, and the oldest beyond
+    /// [`KEYS_PER_SENDER`] is forgotten and retired. A key is its signing key: every sender key
+    /// has a fresh one, so a new signing key under a held key id replaces that key.
+    pub(crate) fn accept(&mut self, key: ReceiverKey) -> bool {
+        let signing = *key.signing_public.as_bytes();
         if self
             .keys
             .iter()
             .any(|k| k.key_id == key.key_id && k.signing_public == key.signing_public)
+            || self.retired.contains(&signing)
         {
-            return;
+            return false;
         }
-        self.keys.retain(|k| k.key_id != key.key_id);
+        let (replaced, kept): (VecDeque<_>, VecDeque<_>) = core::mem::take(&mut self.keys)
+            .into_iter()
+            .partition(|k| k.key_id == key.key_id || k.signing_public == key.signing_public);
+        self.keys = kept;
         self.keys.push_back(key);
-        while self.keys.len() > KEYS_PER_SENDER {
-            self.keys.pop_front();
+        let forgotten = self.keys.len().saturating_sub(KEYS_PER_SENDER);
+        let retiring: Vec<_> = replaced.into_iter().chain(self.keys.drain(..forgotten)).collect();
+        for old in retiring {
+            self.retired.push_back(*old.signing_public.as_bytes());
         }
+        while self.retired.len() > RETIRED_KEYS_PER_SENDER {
+            self.retired.pop_front();
+        }
+        true
     }
 
     /// Verifies and decrypts `message` without changing anything.
@@ -152,10 +172,13 @@ impl GroupReceiver {
 }
 
 impl ReceiverKey {
-    /// The key a distribution carries; refused if its signing key is not a valid point.
+    /// The key a distribution carries; refused if its signing key is not one a signature could
+    /// verify under (not canonical, not a point, or of small order).
     pub(crate) fn new(distribution: &Distribution<'_>) -> Result<Self, ReceiveError> {
-        let signing_public = VerifyingKey::from_bytes(&distribution.signing_public)
-            .map_err(|_| ReceiveError::Content(crate::error::DecodeError::InvalidSigningKey))?;
+        let signing_public = crypto::ed25519_public_key(&distribution.signing_public)
+            .ok()
+            .filter(|key| !key.is_weak())
+            .ok_or(ReceiveError::Content(crate::error::DecodeError::InvalidSigningKey))?;
         Ok(Self {
             key_id: distribution.key_id,
             iteration: distribution.iteration,

@@ -134,6 +134,7 @@ pub(super) enum InboxRecord {
     SenderKey {
         group: GroupId,
         sender: DeviceAddress,
+        taken: bool,
     },
     Redelivered {
         sender: DeviceAddress,
@@ -173,7 +174,7 @@ impl InboxRecord {
                 payload: SecretBytes(message.payload.to_vec()),
             },
             Received::SenderKey(key) => {
-                InboxRecord::SenderKey { group: key.group, sender: key.sender }
+                InboxRecord::SenderKey { group: key.group, sender: key.sender, taken: key.taken }
             }
             Received::Redelivered(message) => {
                 InboxRecord::Redelivered { sender: message.sender, message_id: message.message_id }
@@ -226,8 +227,12 @@ impl InboxRecord {
                 sender_list_version: *list_version,
                 payload: Zeroizing::new(payload.0.clone()),
             }),
-            InboxRecord::SenderKey { group, sender } => {
-                Received::SenderKey(ReceivedSenderKey { group: *group, sender: *sender })
+            InboxRecord::SenderKey { group, sender, taken } => {
+                Received::SenderKey(ReceivedSenderKey {
+                    group: *group,
+                    sender: *sender,
+                    taken: *taken,
+                })
             }
             InboxRecord::Redelivered { sender, message_id } => {
                 Received::Redelivered(Redelivered { sender: *sender, message_id: *message_id })

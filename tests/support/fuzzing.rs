@@ -13,9 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use arbitrary::{Arbitrary, Unstructured};
+use multidevice::DecodeError;
 use multidevice::consts::{
     DAY_SECS, MAX_COMPANIONS, MAX_MESSAGE_PLAINTEXT, MAX_ONE_TIME_PREKEYS, PRIMARY_INACTIVITY_SECS,
 };
+use multidevice::hazmat::Ed25519Rejection;
 use multidevice::{
     AccountId, AccountStatus, CompanionPairing, Conversation, Device, DeviceAddress, DeviceId,
     DeviceListError, Fingerprint, GroupId, GroupSend, LogoutRequest, MessageKind, PairingCode,
@@ -46,13 +48,14 @@ const TAG_LEN: usize = 16;
 const MIN_MESSAGE_LEN: usize = ADDRESSES_END + HEADER_LEN + TAG_LEN;
 /// Shortest prekey fields: identity (128), base key (32), signed prekey id (4), flag (1).
 const MIN_PREKEY_FIELDS_LEN: usize = PublicIdentity::LEN + 32 + 4 + 1;
-/// The kinds in the order of their wire bytes 0..=4.
-const KINDS: [MessageKind; 5] = [
+/// The kinds in the order of their wire bytes 0..=5.
+const KINDS: [MessageKind; 6] = [
     MessageKind::Raw,
     MessageKind::Direct,
     MessageKind::OwnCopy,
     MessageKind::History,
     MessageKind::SenderKey,
+    MessageKind::GroupCopy,
 ];
 
 /// Address of device `device` of account `account`.
@@ -104,7 +107,7 @@ pub(crate) fn session_message(data: &[u8]) {
     let expected_type = if message.is_prekey_message() { 2 } else { 1 };
     assert_eq!(data.get(1), Some(&expected_type));
     let kind = data.get(KIND_OFFSET).copied();
-    assert!(matches!(kind, Some(0..=4)), "accepted kind byte {kind:?}");
+    assert!(matches!(kind, Some(0..=5)), "accepted kind byte {kind:?}");
     assert_eq!(kind.and_then(|k| KINDS.get(usize::from(k))), Some(&message.kind()));
     assert_eq!(address_at(data, SENDER_OFFSET), Some(message.sender()));
     assert_eq!(address_at(data, RECIPIENT_OFFSET), Some(message.recipient()));
@@ -1780,7 +1783,8 @@ pub(crate) fn group_distribution(data: &[u8]) {
     let mut receiver = restore(&fixture.receiver);
     let mut rng = seeded(0x5EA1);
     let (version, digest) = fixture.announcement;
-    let inner = [&version.to_be_bytes()[..], &digest, data].concat();
+    let message_id = [0x5A; 16];
+    let inner = [&version.to_be_bytes()[..], &digest, &message_id, data].concat();
     let Ok(envelope) = multidevice::test_support::seal_inner(
         &mut sender,
         &mut rng,
@@ -1807,9 +1811,25 @@ pub(crate) fn group_distribution(data: &[u8]) {
     let iteration = u32::from_be_bytes(array(&data[20..24]));
     let chain_key: [u8; 32] = array(&data[24..56]);
     let signing_public: [u8; 32] = array(&data[56..88]);
+    let unusable = matches!(
+        hazmat::check_ed25519_strict(&signing_public, b"", &[0; 64]),
+        Err(Ed25519Rejection::NonCanonicalKey
+            | Ed25519Rejection::KeyNotOnCurve
+            | Ed25519Rejection::SmallOrderKey)
+    );
+    if unusable {
+        assert!(
+            matches!(result, Err(ReceiveError::Content(DecodeError::InvalidSigningKey))),
+            "a signing key no signature verifies under gave {result:?}"
+        );
+        assert_eq!(receiver.to_bytes().as_slice(), fixture.receiver.as_slice());
+        return;
+    }
+    let held = group == fixture.group && fixture.held.contains(&(key_id, signing_public));
     match result {
         Ok(Received::SenderKey(key)) => {
             assert_eq!((key.group, key.sender), (group, sender.address()));
+            assert_eq!(key.taken, !held, "a held key must be ignored, any other taken");
         }
         other => panic!("a well-formed distribution gave {other:?}"),
     }
@@ -1817,8 +1837,9 @@ pub(crate) fn group_distribution(data: &[u8]) {
         let again = receiver.receive(message, None, NOW);
         assert!(again.is_err(), "a group message read before decrypted again: {again:?}");
     }
+    // A key is replaced by a new one under its key id or with its signing key.
     let replaced_key_2 = fixture.held.get(1).is_some_and(|(id, public)| {
-        group == fixture.group && key_id == *id && signing_public != *public
+        group == fixture.group && ((key_id == *id) != (signing_public == *public))
     });
     let (message, payload) = &fixture.pending;
     let got = receiver.receive(message, None, NOW);

@@ -69,11 +69,17 @@ fn record_group_message(
         "AES-256-GCM(key = MK, nonce, aad = header, plaintext) ciphertext || tag (16)",
     );
     let signed = spec::cat(&[&header, &sealed]);
-    let signature_input = spec::labelled(label::SIG_GROUP_MESSAGE, &[&signed]);
+    let signed_digest = spec::sha256(&signed);
+    v.mid(
+        &format!("{p}.signed_digest"),
+        &signed_digest,
+        "SHA-256(header || ciphertext || tag): what the signature covers",
+    );
+    let signature_input = spec::labelled(label::SIG_GROUP_MESSAGE, &[&signed_digest]);
     v.mid(
         &format!("{p}.signature_input"),
         &signature_input,
-        "the exact bytes signed: \"multidevice/v1/sig/group-message\" || 0x00 || header || ciphertext || tag",
+        "the exact bytes signed: \"multidevice/v1/sig/group-message\" || 0x00 || SHA-256(header || ciphertext || tag)",
     );
     let signature = spec::sign(signing_seed, &signature_input);
     v.mid(
@@ -160,6 +166,11 @@ pub(crate) fn group() -> Vector {
                 "the Ed25519 secret seed of the sender key's signing key (RFC 8032)",
             ),
             (
+                "distribution.message_id",
+                16,
+                "the message id of the pairwise message carrying the distribution",
+            ),
+            (
                 "distribution.base_key_secret",
                 32,
                 "X25519 secret of the base key of s0's new session with r0",
@@ -181,11 +192,11 @@ pub(crate) fn group() -> Vector {
         &content,
         "distribution (88): group id || key id (u32) || iteration (u32, 0) || chain key || signing public key",
     );
-    let inner = spec::cat(&[&spec::be64(1), &digest, &content]);
+    let inner = spec::cat(&[&spec::be64(1), &digest, &draws[3], &content]);
     v.mid(
         "distribution.inner",
         &inner,
-        "Inner (SenderKey): sender list version (u64) || sender list digest || distribution, with no content type byte",
+        "Inner (SenderKey): sender list version (u64) || sender list digest || message id || distribution, with no content type byte",
     );
     assert_eq!(first.distribution.len(), 1);
     assert_eq!(first.distribution[0].recipient, r0.address());
@@ -195,8 +206,8 @@ pub(crate) fn group() -> Vector {
         &s0,
         &r0,
         0x04,
-        &array(&draws[3]),
         &array(&draws[4]),
+        &array(&draws[5]),
         &inner,
     );
     v.output(
@@ -205,7 +216,7 @@ pub(crate) fn group() -> Vector {
         &expected,
         "the distribution for r0: PrekeyMessage (type 0x02), kind 0x04 SenderKey",
     );
-    assert_eq!(first.message_id[..], draws[5][..]);
+    assert_eq!(first.message_id[..], draws[6][..]);
     let (expected, next) = record_group_message(
         &mut v,
         "m1",
@@ -216,7 +227,7 @@ pub(crate) fn group() -> Vector {
         &chain_key,
         &signing_seed,
         &membership,
-        (&draws[5], &array(&draws[6])),
+        (&draws[6], &array(&draws[7])),
         (1, &digest),
         payload,
     );

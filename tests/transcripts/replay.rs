@@ -4,6 +4,8 @@
 
 use std::io::Cursor;
 
+use sha2::{Digest, Sha256};
+
 use multidevice::blob::{self, BlobDescriptor, MediaType};
 use multidevice::{
     AccountId, CompanionPairing, Conversation, Device, DeviceAddress, DeviceId, PairingCode,
@@ -389,6 +391,7 @@ pub(crate) fn group(file: &File) {
             "sender_key.key_id",
             "sender_key.chain_key",
             "sender_key.signing_seed",
+            "distribution.message_id",
             "distribution.base_key_secret",
             "distribution.nonce",
             "m1.message_id",
@@ -413,10 +416,11 @@ pub(crate) fn group(file: &File) {
     }
     for p in ["m1", "m2"] {
         let bytes = file.hex(&format!("{p}.bytes"));
-        // The signature is the last 64 bytes, over the labelled header and ciphertext.
+        // The signature is the last 64 bytes, over the label and the SHA-256 of the header and
+        // ciphertext.
         let (signed, signature) = bytes.split_at(bytes.len() - 64);
         let input = file.hex(&format!("{p}.signature_input"));
-        assert_eq!(&input[input.len() - signed.len()..], signed);
+        assert_eq!(&input[input.len() - 32..], Sha256::digest(signed).as_slice());
         assert_eq!(signature, file.hex(&format!("{p}.signature")));
         assert!(hazmat::verify_ed25519_strict(&public, &input, signature));
         let Received::Group(message) = recipient.receive(&bytes, None, now).unwrap() else {
