@@ -37,6 +37,8 @@ mod group;
 mod linking;
 #[path = "transcripts/replay.rs"]
 mod replay;
+#[path = "transcripts/retry.rs"]
+mod retry;
 #[path = "transcripts/session.rs"]
 mod session;
 #[path = "transcripts/spec.rs"]
@@ -70,6 +72,7 @@ const VECTORS: &[(&str, Generator, Replayer)] = &[
     // MULTIDEVICE_REGENERATE_VECTORS=blob,history after updating `content::record_blob`.
     ("blob", content::blob, replay::blob),
     ("group", group::group, replay::group),
+    ("retry", retry::retry, replay::retry),
 ];
 
 fn directory() -> PathBuf {
@@ -145,7 +148,8 @@ vector_tests!(
     history,
     security_code,
     blob,
-    group
+    group,
+    retry
 );
 
 #[test]

@@ -2,7 +2,7 @@
 //! message computations recorded entry by entry.
 
 use multidevice::test_support::{self, SessionSecrets};
-use multidevice::{AccountId, Device, DeviceAddress, DeviceId, Timestamp};
+use multidevice::{AccountId, Device, DeviceAddress, DeviceId, PrekeyBundle, Timestamp};
 
 use crate::spec::{self, Identity};
 use crate::vector::{Tape, Vector};
@@ -166,6 +166,19 @@ pub(crate) fn spec_bundle(dev: &Dev, opk: Option<u32>) -> Vec<u8> {
         None => vec![0],
     };
     spec::cat(&[&[0x01, 0x10], &dev.addr(), &dev.identity.public, &spk, &opk])
+}
+
+/// `dev`'s `PrekeyBundle` with one-time prekey 1, recorded as `{p}.bundle` after checking it
+/// against §3.
+pub(crate) fn record_bundle(v: &mut Vector, p: &str, dev: &Dev) -> PrekeyBundle {
+    let bundle = dev.device.prekey_upload().bundle(Some(0));
+    v.output(
+        &format!("{p}.bundle"),
+        &bundle.to_bytes(),
+        &spec_bundle(dev, Some(1)),
+        &format!("{p}'s PrekeyBundle (one-time prekey 1)"),
+    );
+    bundle
 }
 
 /// Records the session setup of §4 from initiator `a`'s base key secret `ek` towards `b`, and

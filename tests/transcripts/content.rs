@@ -23,7 +23,8 @@ fn link(primary: &mut Dev, companion: &mut Dev, time: u64) -> Vec<u8> {
     list
 }
 
-/// One envelope of a fan-out whose session is new: setup, then the message.
+/// One envelope of a fan-out whose session is new: setup from the recipient's signed prekey 1
+/// and one-time prekey 1, then the message.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_first_envelope(
     v: &mut Vector,
@@ -35,15 +36,34 @@ pub(crate) fn record_first_envelope(
     nonce: &[u8; 12],
     plaintext: &[u8],
 ) -> (spec::Setup, Chain, Vec<u8>, Vec<u8>) {
-    let setup = record_setup(v, &format!("{p}.setup"), sender, ek, recipient, Some(1));
+    record_envelope_on_new_session(v, p, sender, recipient, Some(1), kind, ek, nonce, plaintext)
+}
+
+/// One envelope on a session set up just before it from the recipient's signed prekey 1 and,
+/// if `opk` names one, that one-time prekey: setup, then the message. Returns the setup, the
+/// sending chain after the message, the prekey fields and the message bytes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_envelope_on_new_session(
+    v: &mut Vector,
+    p: &str,
+    sender: &Dev,
+    recipient: &Dev,
+    opk: Option<u32>,
+    kind: u8,
+    ek: &[u8; 32],
+    nonce: &[u8; 12],
+    plaintext: &[u8],
+) -> (spec::Setup, Chain, Vec<u8>, Vec<u8>) {
+    let setup = record_setup(v, &format!("{p}.setup"), sender, ek, recipient, opk);
     let mut chain =
         Chain { ratchet_public: spec::x25519_public(ek), chain_key: setup.chain_key, counter: 0 };
-    let prekey = spec::prekey_fields(&sender.identity.public, &chain.ratchet_public, 1, Some(1));
-    v.mid(
-        &format!("{p}.prekey_fields"),
-        &prekey,
-        "PrekeyFields: PublicIdentity_sender || base_key || 1 || 0x01 || 1",
-    );
+    let prekey = spec::prekey_fields(&sender.identity.public, &chain.ratchet_public, 1, opk);
+    let description = match opk {
+        Some(id) => format!("PrekeyFields: PublicIdentity_sender || base_key || 1 || 0x01 || {id}"),
+        None => "PrekeyFields: PublicIdentity_sender || base_key || 1 || 0x00 (no one-time prekey)"
+            .to_owned(),
+    };
+    v.mid(&format!("{p}.prekey_fields"), &prekey, &description);
     let bytes = record_message(
         v,
         p,

@@ -2,7 +2,7 @@
 //! kind `SenderKey`, and group messages under it.
 
 use multidevice::test_support;
-use multidevice::{AccountId, Received, Timestamp};
+use multidevice::{AccountId, GroupId, GroupSend, PrekeyBundle, Received, Timestamp};
 
 use crate::common::*;
 use crate::content::record_first_envelope;
@@ -13,7 +13,7 @@ use crate::vector::{Kind, Tape, Vector};
 /// plaintext, ciphertext, signed bytes and signature, and returns the message the spec gives
 /// and the next chain key.
 #[allow(clippy::too_many_arguments)]
-fn record_group_message(
+pub(crate) fn record_group_message(
     v: &mut Vector,
     p: &str,
     group: &[u8; 16],
@@ -90,6 +90,159 @@ fn record_group_message(
     (spec::cat(&[&signed, &signature]), next)
 }
 
+/// The group device `creator` (named `s0` in the file) makes with the one other account
+/// `other` (above its own): records the group id it drew, the members and the membership
+/// digest. Returns the group and its membership digest.
+pub(crate) fn record_new_group(
+    v: &mut Vector,
+    tape: &mut Tape,
+    creator: &mut Dev,
+    other: u64,
+) -> (GroupId, [u8; 32]) {
+    let own = creator.address().account;
+    assert!(own.0 < other, "the members are recorded in ascending order");
+    let group = creator.device.create_group(tape, &[AccountId(other)]).unwrap();
+    let group_id =
+        array::<16>(&v.draws(tape, &[("group.id", 16, "the random 128-bit group id")])[0]);
+    assert_eq!(group.0, group_id);
+    v.hex(
+        Kind::Input,
+        "group.members",
+        &[spec::be64(own.0), spec::be64(other)].concat(),
+        &format!("the member accounts (u64 each): s0's own account and account {other}"),
+    );
+    let input = spec::group_membership_input(&group_id, &[own.0, other]);
+    v.mid(
+        "membership.input",
+        &input,
+        "group id || count (u16) || the distinct member account ids, ascending (u64 each)",
+    );
+    let membership = spec::h(label::HASH_GROUP_MEMBERSHIP, &[&input]);
+    v.output(
+        "membership.digest",
+        &group.membership_digest(&[AccountId(other), own]),
+        &membership,
+        "H(\"multidevice/v1/hash/group-membership\", membership.input): SHA-256 of the label, 0x00 and the input",
+    );
+    assert_eq!(creator.device.group_members(group).unwrap(), &[own, AccountId(other)]);
+    (group, membership)
+}
+
+/// A group's first send, recorded by [`record_first_group_send`].
+pub(crate) struct FirstSend {
+    /// What `encrypt_group` returned.
+    pub(crate) send: GroupSend,
+    pub(crate) key_id: u32,
+    pub(crate) signing_seed: [u8; 32],
+    pub(crate) signing_public: [u8; 32],
+    /// The sender key's chain key after the message.
+    pub(crate) next_chain_key: [u8; 32],
+}
+
+/// The first send of `group` by `sender` (named `s0` in the file, announcing list version 1
+/// with `digest`) when the one device it reaches is `recipient` (named `to`), whose session
+/// is set up from `bundle`: records the fresh sender key, the distribution inside a
+/// `PrekeyMessage` of kind `SenderKey` and the group message `p`, each checked against the
+/// spec.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_first_group_send(
+    v: &mut Vector,
+    tape: &mut Tape,
+    sender: &mut Dev,
+    (recipient, to): (&Dev, &str),
+    (group, membership, digest): (GroupId, &[u8; 32], &[u8; 32]),
+    bundle: PrekeyBundle,
+    (p, payload): (&str, &[u8]),
+    now: Timestamp,
+) -> FirstSend {
+    let group_id = group.0;
+    let first = sender.device.encrypt_group(tape, group, &[bundle], payload, now).unwrap();
+    assert!(!first.rotated && first.skipped.is_empty() && first.lists_needed.is_empty());
+    let draws = v.draws(
+        tape,
+        &[
+            ("sender_key.key_id", 4, "the key id, as a big-endian u32"),
+            ("sender_key.chain_key", 32, "the sender key's first chain key (iteration 0)"),
+            (
+                "sender_key.signing_seed",
+                32,
+                "the Ed25519 secret seed of the sender key's signing key (RFC 8032)",
+            ),
+            (
+                "distribution.message_id",
+                16,
+                "the message id of the pairwise message carrying the distribution",
+            ),
+            (
+                "distribution.base_key_secret",
+                32,
+                &format!("X25519 secret of the base key of s0's new session with {to}"),
+            ),
+            ("distribution.nonce", 12, "header nonce of the distribution message"),
+            (&format!("{p}.message_id"), 16, "the first group message's message id"),
+            (&format!("{p}.nonce"), 12, "the first group message's AES-GCM nonce"),
+        ],
+    );
+    let key_id = u32::from_be_bytes(array(&draws[0]));
+    v.int(Kind::Intermediate, "sender_key.key_id_u32", u64::from(key_id), "the key id as a number");
+    let chain_key = array::<32>(&draws[1]);
+    let signing_seed = array::<32>(&draws[2]);
+    let signing_public = spec::ed25519_public(&signing_seed);
+    v.mid("sender_key.signing_public", &signing_public, "the sender key's Ed25519 public key");
+    let content = spec::group_distribution(&group_id, key_id, 0, &chain_key, &signing_public);
+    v.mid(
+        "distribution.content",
+        &content,
+        "distribution (88): group id || key id (u32) || iteration (u32, 0) || chain key || signing public key",
+    );
+    let inner = spec::cat(&[&spec::be64(1), digest, &draws[3], &content]);
+    v.mid(
+        "distribution.inner",
+        &inner,
+        "Inner (SenderKey): sender list version (u64) || sender list digest || message id || distribution, with no content type byte",
+    );
+    assert_eq!(first.distribution.len(), 1);
+    assert_eq!(first.distribution[0].recipient, recipient.address());
+    let (_, _, _, expected) = record_first_envelope(
+        v,
+        "distribution",
+        sender,
+        recipient,
+        0x04,
+        &array(&draws[4]),
+        &array(&draws[5]),
+        &inner,
+    );
+    v.output(
+        "distribution.bytes",
+        &first.distribution[0].bytes,
+        &expected,
+        &format!("the distribution for {to}: PrekeyMessage (type 0x02), kind 0x04 SenderKey"),
+    );
+    assert_eq!(first.message_id[..], draws[6][..]);
+    let (expected, next_chain_key) = record_group_message(
+        v,
+        p,
+        &group_id,
+        &sender.addr(),
+        key_id,
+        0,
+        &chain_key,
+        &signing_seed,
+        membership,
+        (&draws[6], &array(&draws[7])),
+        (1, digest),
+        payload,
+    );
+    v.output(
+        &format!("{p}.bytes"),
+        &first.message,
+        &expected,
+        "GroupMessage: header || ciphertext || tag || signature (64), the same bytes for every recipient",
+    );
+    FirstSend { send: first, key_id, signing_seed, signing_public, next_chain_key }
+}
+
 /// Account 40's primary makes a group with account 50 and sends to it twice; account 50's
 /// primary takes the distribution, then both messages.
 pub(crate) fn group() -> Vector {
@@ -118,125 +271,24 @@ pub(crate) fn group() -> Vector {
         "digest of account 40's list: what s0 announces in every plaintext",
     );
 
-    let group = s0.device.create_group(&mut tape, &[AccountId(50)]).unwrap();
-    let group_id =
-        array::<16>(&v.draws(&mut tape, &[("group.id", 16, "the random 128-bit group id")])[0]);
-    assert_eq!(group.0, group_id);
-    v.hex(
-        Kind::Input,
-        "group.members",
-        &[spec::be64(40), spec::be64(50)].concat(),
-        "the member accounts (u64 each): s0's own account and account 50",
-    );
-    let input = spec::group_membership_input(&group_id, &[40, 50]);
-    v.mid(
-        "membership.input",
-        &input,
-        "group id || count (u16) || the distinct member account ids, ascending (u64 each)",
-    );
-    let membership = spec::h(label::HASH_GROUP_MEMBERSHIP, &[&input]);
-    v.output(
-        "membership.digest",
-        &group.membership_digest(&[AccountId(50), AccountId(40)]),
-        &membership,
-        "H(\"multidevice/v1/hash/group-membership\", membership.input): SHA-256 of the label, 0x00 and the input",
-    );
-    assert_eq!(s0.device.group_members(group).unwrap(), &[AccountId(40), AccountId(50)]);
+    let (group, membership) = record_new_group(&mut v, &mut tape, &mut s0, 50);
+    let group_id = group.0;
 
-    let bundle = r0.device.prekey_upload().bundle(Some(0));
-    v.output(
-        "r0.bundle",
-        &bundle.to_bytes(),
-        &spec_bundle(&r0, Some(1)),
-        "r0's PrekeyBundle (one-time prekey 1)",
-    );
+    let bundle = record_bundle(&mut v, "r0", &r0);
 
     // The first send: a fresh sender key, its distribution to r0, the first group message.
     let payload = b"Hello group: the first message under a new sender key.";
-    let first = s0.device.encrypt_group(&mut tape, group, &[bundle], payload, now).unwrap();
-    assert!(!first.rotated && first.skipped.is_empty() && first.lists_needed.is_empty());
-    let draws = v.draws(
-        &mut tape,
-        &[
-            ("sender_key.key_id", 4, "the key id, as a big-endian u32"),
-            ("sender_key.chain_key", 32, "the sender key's first chain key (iteration 0)"),
-            (
-                "sender_key.signing_seed",
-                32,
-                "the Ed25519 secret seed of the sender key's signing key (RFC 8032)",
-            ),
-            (
-                "distribution.message_id",
-                16,
-                "the message id of the pairwise message carrying the distribution",
-            ),
-            (
-                "distribution.base_key_secret",
-                32,
-                "X25519 secret of the base key of s0's new session with r0",
-            ),
-            ("distribution.nonce", 12, "header nonce of the distribution message"),
-            ("m1.message_id", 16, "the first group message's message id"),
-            ("m1.nonce", 12, "the first group message's AES-GCM nonce"),
-        ],
-    );
-    let key_id = u32::from_be_bytes(array(&draws[0]));
-    v.int(Kind::Intermediate, "sender_key.key_id_u32", u64::from(key_id), "the key id as a number");
-    let chain_key = array::<32>(&draws[1]);
-    let signing_seed = array::<32>(&draws[2]);
-    let signing_public = spec::ed25519_public(&signing_seed);
-    v.mid("sender_key.signing_public", &signing_public, "the sender key's Ed25519 public key");
-    let content = spec::group_distribution(&group_id, key_id, 0, &chain_key, &signing_public);
-    v.mid(
-        "distribution.content",
-        &content,
-        "distribution (88): group id || key id (u32) || iteration (u32, 0) || chain key || signing public key",
-    );
-    let inner = spec::cat(&[&spec::be64(1), &digest, &draws[3], &content]);
-    v.mid(
-        "distribution.inner",
-        &inner,
-        "Inner (SenderKey): sender list version (u64) || sender list digest || message id || distribution, with no content type byte",
-    );
-    assert_eq!(first.distribution.len(), 1);
-    assert_eq!(first.distribution[0].recipient, r0.address());
-    let (_, _, _, expected) = record_first_envelope(
-        &mut v,
-        "distribution",
-        &s0,
-        &r0,
-        0x04,
-        &array(&draws[4]),
-        &array(&draws[5]),
-        &inner,
-    );
-    v.output(
-        "distribution.bytes",
-        &first.distribution[0].bytes,
-        &expected,
-        "the distribution for r0: PrekeyMessage (type 0x02), kind 0x04 SenderKey",
-    );
-    assert_eq!(first.message_id[..], draws[6][..]);
-    let (expected, next) = record_group_message(
-        &mut v,
-        "m1",
-        &group_id,
-        &s0.addr(),
-        key_id,
-        0,
-        &chain_key,
-        &signing_seed,
-        &membership,
-        (&draws[6], &array(&draws[7])),
-        (1, &digest),
-        payload,
-    );
-    v.output(
-        "m1.bytes",
-        &first.message,
-        &expected,
-        "GroupMessage: header || ciphertext || tag || signature (64), the same bytes for every recipient",
-    );
+    let FirstSend { send: first, key_id, signing_seed, signing_public, next_chain_key: next } =
+        record_first_group_send(
+            &mut v,
+            &mut tape,
+            &mut s0,
+            (&r0, "r0"),
+            (group, &membership, &digest),
+            bundle,
+            ("m1", payload),
+            now,
+        );
 
     // The second send: the key is held by everyone reached, so only a message.
     let payload = b"And a second one, one chain step later.";

@@ -10,8 +10,8 @@ use multidevice::blob::{self, BlobDescriptor, MediaType};
 use multidevice::{
     AccountId, CompanionPairing, Conversation, Device, DeviceAddress, DeviceId, PairingCode,
     PrekeyBundle, PrekeyUpload, PrimaryPairing, PublicIdentity, QrLinkApproval, QrLinkOffer,
-    Received, SecurityCode, SignedDeviceIdentity, SignedDeviceList, Timestamp, build_history,
-    hazmat, import_history,
+    Received, RetryError, RetryReason, RetryRequest, SecurityCode, SignedDeviceIdentity,
+    SignedDeviceList, Timestamp, build_history, hazmat, import_history,
 };
 
 use crate::vector::{File, Replay};
@@ -19,11 +19,7 @@ use crate::vector::{File, Replay};
 /// The device `p` of a file, rebuilt from its recorded draws: `Device::new`, then its one-time
 /// prekeys.
 fn device(file: &File, p: &str, otks: usize) -> Device {
-    let address = file.hex(&format!("{p}.address"));
-    let address = DeviceAddress::new(
-        AccountId(u64::from_be_bytes(address[..8].try_into().unwrap())),
-        DeviceId(u32::from_be_bytes(address[8..].try_into().unwrap())),
-    );
+    let address = address(&file.hex(&format!("{p}.address")));
     let mut rng = Replay::new(vec![
         file.hex(&format!("{p}.identity.signing_seed")),
         file.hex(&format!("{p}.identity.agreement_secret")),
@@ -39,6 +35,14 @@ fn device(file: &File, p: &str, otks: usize) -> Device {
         rng.finish();
     }
     device
+}
+
+/// A `DeviceAddress` from its 12 bytes: account id (u64) || device id (u32).
+fn address(bytes: &[u8]) -> DeviceAddress {
+    DeviceAddress::new(
+        AccountId(u64::from_be_bytes(bytes[..8].try_into().unwrap())),
+        DeviceId(u32::from_be_bytes(bytes[8..].try_into().unwrap())),
+    )
 }
 
 fn named(file: &File, names: &[&str]) -> Replay {
@@ -368,6 +372,24 @@ pub(crate) fn blob(file: &File) {
     assert_eq!(descriptor.to_bytes().as_slice(), file.hex("descriptor.bytes"));
 }
 
+/// The draws of a group's first send, whose group message is `message`: the sender key, the
+/// distribution's message id, base key and nonce, the group message's id and nonce.
+fn first_group_send_draws(file: &File, message: &str) -> Replay {
+    let mut names: Vec<String> = [
+        "sender_key.key_id",
+        "sender_key.chain_key",
+        "sender_key.signing_seed",
+        "distribution.message_id",
+        "distribution.base_key_secret",
+        "distribution.nonce",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    names.push(format!("{message}.message_id"));
+    names.push(format!("{message}.nonce"));
+    Replay::new(names.iter().map(|n| file.hex(n)).collect())
+}
+
 pub(crate) fn group(file: &File) {
     let now = time(file, "time");
     let mut sender = device(file, "s0", 0);
@@ -385,19 +407,7 @@ pub(crate) fn group(file: &File) {
     let members = [AccountId(40), AccountId(50)];
     assert_eq!(group.membership_digest(&members)[..], file.hex("membership.digest"));
     let bundle = PrekeyBundle::try_from(&file.hex("r0.bundle")[..]).unwrap();
-    let mut rng = named(
-        file,
-        &[
-            "sender_key.key_id",
-            "sender_key.chain_key",
-            "sender_key.signing_seed",
-            "distribution.message_id",
-            "distribution.base_key_secret",
-            "distribution.nonce",
-            "m1.message_id",
-            "m1.nonce",
-        ],
-    );
+    let mut rng = first_group_send_draws(file, "m1");
     let first =
         sender.encrypt_group(&mut rng, group, &[bundle], &file.hex("m1.payload"), now).unwrap();
     rng.finish();
@@ -430,4 +440,180 @@ pub(crate) fn group(file: &File) {
         assert_eq!(message.message_id[..], file.hex(&format!("{p}.message_id")));
         assert_eq!(message.membership_digest[..], file.hex("membership.digest"));
     }
+}
+
+/// Checks the request `p` of the file field by field against its bytes, and its signature with
+/// the requester's identity signing key over the label, `0x00` and the signed bytes.
+fn check_request(file: &File, p: &str, requester: &PublicIdentity) -> RetryRequest {
+    let bytes = file.hex(&format!("{p}.bytes"));
+    let request = RetryRequest::try_from(&bytes[..]).unwrap();
+    assert_eq!(request.to_bytes(), bytes);
+    assert_eq!(request.requester, address(&file.hex(&format!("{p}.requester"))));
+    assert_eq!(request.sender, address(&file.hex(&format!("{p}.sender"))));
+    assert_eq!(request.message_ref[..], file.hex(&format!("{p}.message_ref")));
+    assert_eq!(u64::from(request.count), file.int(&format!("{p}.count")));
+    let reason = match file.int(&format!("{p}.reason")) {
+        1 => RetryReason::NoSession,
+        5 => RetryReason::NoSenderKey,
+        other => panic!("reason {other}"),
+    };
+    assert_eq!(request.reason, reason);
+    assert_eq!(request.issued_at, time(file, &format!("{p}.issued_at")));
+    let prekey = &request.signed_prekey;
+    assert_eq!(
+        [&prekey.id.to_be_bytes()[..], &prekey.public, &prekey.signature].concat(),
+        file.hex(&format!("{p}.signed_prekey"))
+    );
+    let (signed, signature) = bytes.split_at(bytes.len() - 64);
+    assert_eq!(signed, file.hex(&format!("{p}.signed_bytes")));
+    assert_eq!(signature, file.hex(&format!("{p}.signature")));
+    let input = file.hex(&format!("{p}.signature_input"));
+    assert_eq!(input, [&b"multidevice/v1/sig/retry-request\0"[..], signed].concat());
+    assert!(hazmat::verify_ed25519_strict(requester.signing_key_bytes(), &input, signature));
+    request
+}
+
+/// `device` receives the retry request `p` and answers it with the draws recorded for
+/// `answer`; the answer must be the recorded bytes, under the message id `id`.
+fn answer(
+    file: &File,
+    device: &mut Device,
+    (p, answer): (&str, &str),
+    id: &[u8],
+    now: Timestamp,
+) -> Vec<u8> {
+    let Received::RetryRequest(request) =
+        device.receive(&file.hex(&format!("{p}.bytes")), None, now).unwrap()
+    else {
+        panic!("expected a retry request")
+    };
+    let mut rng = file.replay(&format!("{answer}."));
+    let sent = device.answer_retry(&mut rng, &request, now).unwrap();
+    rng.finish();
+    assert_eq!(sent.message_id[..], *id);
+    assert!(sent.body.is_none());
+    assert_eq!(sent.envelope.bytes, file.hex(&format!("{answer}.bytes")));
+    sent.envelope.bytes
+}
+
+fn redelivered(
+    device: &mut Device,
+    bytes: &[u8],
+    sender: DeviceAddress,
+    id: &[u8],
+    now: Timestamp,
+) {
+    match device.receive(bytes, None, now).unwrap() {
+        Received::Redelivered(again) => {
+            assert_eq!(again.sender, sender);
+            assert_eq!(again.message_id[..], *id);
+        }
+        other => panic!("expected Redelivered, got {other:?}"),
+    }
+}
+
+pub(crate) fn retry(file: &File) {
+    let start = time(file, "time");
+    let mut s0 = device(file, "s0", 0);
+    let mut r0 = device(file, "r0", 1);
+    let mut g0 = device(file, "g0", 1);
+    for (dev, account, name) in
+        [(&s0, 60, "lists.account60"), (&r0, 70, "lists.account70"), (&g0, 80, "lists.account80")]
+    {
+        assert_eq!(dev.device_list(AccountId(account)).unwrap().signed_bytes(), file.hex(name));
+    }
+    s0.process_device_list(&file.hex("lists.account70"), start).unwrap();
+    s0.process_device_list(&file.hex("lists.account80"), start).unwrap();
+    r0.process_device_list(&file.hex("lists.account60"), start).unwrap();
+    g0.process_device_list(&file.hex("lists.account60"), start).unwrap();
+    let backup = r0.to_bytes();
+
+    // hello, reply and lost: a session s0 has heard back on.
+    let send = |from: &mut Device, to: AccountId, p: &str, bundles: &[PrekeyBundle]| {
+        let now = time(file, &format!("{p}.time"));
+        let payload = file.hex(&format!("{p}.payload"));
+        let mut rng = file.replay(&format!("{p}."));
+        let sent = from.encrypt_fanout(&mut rng, &[to], bundles, &payload, now).unwrap();
+        rng.finish();
+        assert_eq!(sent.envelopes[0].bytes, file.hex(&format!("{p}.bytes")));
+        assert_eq!(sent.message_id[..], file.hex(&format!("{p}.message_id")));
+        sent.envelopes[0].bytes.clone()
+    };
+    let bundle = PrekeyBundle::try_from(&file.hex("r0.bundle")[..]).unwrap();
+    let hello = send(&mut s0, AccountId(70), "hello", &[bundle]);
+    let got = read(&mut r0, &hello, None, time(file, "hello.time"));
+    assert_eq!(got, (file.hex("hello.payload"), Conversation::Direct));
+    let reply = send(&mut r0, AccountId(60), "reply", &[]);
+    let got = read(&mut s0, &reply, None, time(file, "reply.time"));
+    assert_eq!(got, (file.hex("reply.payload"), Conversation::Direct));
+    let lost = send(&mut s0, AccountId(70), "lost", &[]);
+    let lost_id = file.hex("lost.message_id");
+
+    // r0, restored from before the session, asks; the answer is read under lost's id.
+    let mut r0 = Device::from_bytes(&backup).unwrap();
+    let failure = r0.receive_or_retry(&lost, None, time(file, "request1.time")).unwrap_err();
+    assert_eq!(failure.retry.unwrap().to_bytes(), file.hex("request1.bytes"));
+    check_request(file, "request1", r0.public_identity());
+    let now = time(file, "answer1.time");
+    let answer1 = answer(file, &mut s0, ("request1", "answer1"), &lost_id, now);
+    match r0.receive(&answer1, None, now).unwrap() {
+        Received::Message(message) => {
+            assert_eq!(message.message_id[..], lost_id);
+            assert_eq!(message.payload.as_slice(), file.hex("lost.payload"));
+        }
+        other => panic!("expected a message, got {other:?}"),
+    }
+
+    // lost again: a second request, whose answer r0 has delivered.
+    let failure = r0.receive_or_retry(&lost, None, time(file, "request2.time")).unwrap_err();
+    assert_eq!(failure.retry.unwrap().to_bytes(), file.hex("request2.bytes"));
+    check_request(file, "request2", r0.public_identity());
+    let now = time(file, "answer2.time");
+    let answer2 = answer(file, &mut s0, ("request2", "answer2"), &lost_id, now);
+    redelivered(&mut r0, &answer2, s0.address(), &lost_id, now);
+    // request1 again is a replay: it verifies, but starts no session and draws nothing.
+    let Received::RetryRequest(replayed) =
+        s0.receive(&file.hex("request1.bytes"), None, now).unwrap()
+    else {
+        panic!("expected a retry request")
+    };
+    let mut rng = Replay::new(Vec::new());
+    assert!(matches!(s0.answer_retry(&mut rng, &replayed, now), Err(RetryError::Replayed)));
+
+    // The group: g0 reads the group message before the distribution.
+    let now = time(file, "group.time");
+    let mut rng = named(file, &["group.id"]);
+    let group = s0.create_group(&mut rng, &[AccountId(80)]).unwrap();
+    rng.finish();
+    let membership = group.membership_digest(&[AccountId(60), AccountId(80)]);
+    assert_eq!(membership[..], file.hex("membership.digest"));
+    let bundle = PrekeyBundle::try_from(&file.hex("g0.bundle")[..]).unwrap();
+    let mut rng = first_group_send_draws(file, "group_message");
+    let payload = file.hex("group_message.payload");
+    let sent = s0.encrypt_group(&mut rng, group, &[bundle], &payload, now).unwrap();
+    rng.finish();
+    assert_eq!(sent.distribution[0].bytes, file.hex("distribution.bytes"));
+    assert_eq!(sent.message, file.hex("group_message.bytes"));
+    let message_id = file.hex("group_message.message_id");
+    let now = time(file, "group_request.time");
+    let failure = g0.receive_or_retry(&sent.message, None, now).unwrap_err();
+    assert_eq!(failure.retry.unwrap().to_bytes(), file.hex("group_request.bytes"));
+    check_request(file, "group_request", g0.public_identity());
+    let now = time(file, "group_copy.time");
+    let copy = answer(file, &mut s0, ("group_request", "group_copy"), &message_id, now);
+    match g0.receive(&copy, None, now).unwrap() {
+        Received::Group(message) => {
+            assert_eq!((message.group, message.sender), (group, s0.address()));
+            assert_eq!(message.message_id[..], message_id);
+            assert_eq!(message.membership_digest, membership);
+            assert_eq!(message.payload.as_slice(), payload);
+        }
+        other => panic!("expected a group message, got {other:?}"),
+    }
+    let now = time(file, "late.time");
+    match g0.receive(&sent.distribution[0].bytes, None, now).unwrap() {
+        Received::SenderKey(key) => assert!(key.taken && key.group == group),
+        other => panic!("expected a sender key, got {other:?}"),
+    }
+    redelivered(&mut g0, &sent.message, s0.address(), &message_id, now);
 }

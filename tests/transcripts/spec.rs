@@ -5,7 +5,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256, Sha512};
 
@@ -37,6 +37,7 @@ pub(crate) mod label {
     pub(crate) const HASH_FINGERPRINT: &[u8] = b"multidevice/v1/hash/fingerprint";
     pub(crate) const HASH_GROUP_MEMBERSHIP: &[u8] = b"multidevice/v1/hash/group-membership";
     pub(crate) const SIG_GROUP_MESSAGE: &[u8] = b"multidevice/v1/sig/group-message";
+    pub(crate) const SIG_RETRY_REQUEST: &[u8] = b"multidevice/v1/sig/retry-request";
 }
 
 pub(crate) fn cat(parts: &[&[u8]]) -> Vec<u8> {
@@ -65,6 +66,13 @@ pub(crate) fn h(label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 /// Ed25519 (RFC 8032) over `message` with the key whose seed is `seed`.
 pub(crate) fn sign(seed: &[u8; 32], message: &[u8]) -> [u8; 64] {
     SigningKey::from_bytes(seed).sign(message).to_bytes()
+}
+
+/// ed25519-dalek's `verify_strict` of `signature` on `message` under `public` (§0 rules 2 to 6;
+/// the keys the vectors verify under are canonical, rule 1).
+pub(crate) fn verify_strict(public: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {
+    VerifyingKey::from_bytes(public)
+        .is_ok_and(|key| key.verify_strict(message, &Signature::from_bytes(signature)).is_ok())
 }
 
 pub(crate) fn ed25519_public(seed: &[u8; 32]) -> [u8; 32] {
@@ -453,4 +461,26 @@ pub(crate) fn group_header(
     nonce: &[u8; 12],
 ) -> Vec<u8> {
     cat(&[&[0x01, 0x50], group, sender, &be32(key_id), &be32(iteration), membership, nonce])
+}
+
+/// The bytes a retry request's signature covers (§21): `0x01 || 0x60 || requester || sender ||
+/// message ref || count (u8) || reason (u8) || issued at (u64) || SignedPrekeyPublic (100)`.
+pub(crate) fn retry_request_signed(
+    requester: &[u8],
+    sender: &[u8],
+    message_ref: &[u8; 16],
+    count: u8,
+    reason: u8,
+    issued_at: u64,
+    signed_prekey: &[u8],
+) -> Vec<u8> {
+    cat(&[
+        &[0x01, 0x60],
+        requester,
+        sender,
+        message_ref,
+        &[count, reason],
+        &be64(issued_at),
+        signed_prekey,
+    ])
 }
