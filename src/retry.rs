@@ -384,20 +384,30 @@ impl crate::device::Device {
         error: &ReceiveError,
         now: Timestamp,
     ) -> Option<RetryRequest> {
+        self.try_retry_request(envelope, error, now).ok()
+    }
+
+    /// [`crate::Device::retry_request`], saying why no request is made.
+    fn try_retry_request(
+        &mut self,
+        envelope: &[u8],
+        error: &ReceiveError,
+        now: Timestamp,
+    ) -> Result<RetryRequest, NoRetry> {
         self.observe(now);
-        let reason = RetryReason::for_error(error)?;
-        let sender = claimed_sender(envelope)?;
+        let reason = RetryReason::for_error(error).ok_or(NoRetry::NotRecoverable)?;
+        let sender = claimed_sender(envelope).ok_or(NoRetry::NotRecoverable)?;
         if sender == self.address {
-            return None;
+            return Err(NoRetry::NotRecoverable);
         }
-        let message_ref = message_ref(envelope)?;
+        let message_ref = message_ref(envelope).ok_or(NoRetry::NotRecoverable)?;
         let peer = self.peers.entry(sender).or_default();
         // A spent key on the very envelope that delivered a message is the server replaying
         // it, not a sender restored from a backup: nothing to ask for.
         if reason == RetryReason::KeyReused && peer.replayed(&message_ref) {
-            return None;
+            return Err(NoRetry::Replayed);
         }
-        let count = peer.next_retry(message_ref)?;
+        let count = peer.next_retry(message_ref).ok_or(NoRetry::GaveUp)?;
         let mut request = RetryRequest {
             requester: self.address,
             sender,
@@ -413,8 +423,18 @@ impl crate::device::Device {
             label::SIG_RETRY_REQUEST,
             &[&request.signed_bytes()],
         );
-        Some(request)
+        Ok(request)
     }
+}
+
+/// Why a failed envelope yields no retry request.
+enum NoRetry {
+    /// A fresh session cannot cure the failure, or the envelope names no other sender.
+    NotRecoverable,
+    /// The envelope delivered a message before: the server replays it.
+    Replayed,
+    /// Every retry for the envelope was asked for: the message is lost.
+    GaveUp,
 }
 
 /// The reference of an envelope or group message: its last 16 bytes.
@@ -500,7 +520,7 @@ pub struct ReceiveFailure {
     /// are left.
     pub retry: Option<Box<RetryRequest>>,
     /// True when the failure was recoverable but every retry was already asked for: the message
-    /// is lost, for the app to show.
+    /// is lost, for the app to show. False for a replay of an envelope that delivered a message.
     pub gave_up: bool,
 }
 
@@ -517,9 +537,15 @@ impl crate::device::Device {
         now: Timestamp,
     ) -> Result<crate::Received, ReceiveFailure> {
         self.receive(envelope, body, now).map_err(|error| {
-            let recoverable = RetryReason::for_error(&error).is_some();
-            let retry = self.retry_request(envelope, &error, now).map(Box::new);
-            ReceiveFailure { error, gave_up: recoverable && retry.is_none(), retry }
+            match self.try_retry_request(envelope, &error, now) {
+                Ok(request) => {
+                    ReceiveFailure { error, retry: Some(Box::new(request)), gave_up: false }
+                }
+                Err(NoRetry::GaveUp) => ReceiveFailure { error, retry: None, gave_up: true },
+                Err(NoRetry::NotRecoverable | NoRetry::Replayed) => {
+                    ReceiveFailure { error, retry: None, gave_up: false }
+                }
+            }
         })
     }
 
