@@ -402,9 +402,10 @@ impl crate::device::Device {
         }
         let message_ref = message_ref(envelope).ok_or(NoRetry::NotRecoverable)?;
         let peer = self.peers.entry(sender).or_default();
-        // A spent key on the very envelope that delivered a message is the server replaying
-        // it, not a sender restored from a backup: nothing to ask for.
-        if reason == RetryReason::KeyReused && peer.replayed(&message_ref) {
+        // Whatever the failure (a spent key, or a chain or session dropped since), the very
+        // envelope that delivered a message is the server replaying it, not a sender restored
+        // from a backup nor a lost session: nothing to ask for.
+        if peer.replayed(&message_ref) {
             return Err(NoRetry::Replayed);
         }
         let count = peer.next_retry(message_ref).ok_or(NoRetry::GaveUp)?;
