@@ -117,13 +117,19 @@ impl SentCache {
         }
     }
 
-    /// The entry that went to `device` as the bytes with `reference`.
+    /// The entry that went to `device` as the bytes with `reference`, unless it is older than
+    /// the age limit at `clock` (then it is as good as wiped, whether or not a send has wiped it
+    /// yet).
     pub(crate) fn find(
         &self,
         device: DeviceAddress,
         reference: &[u8; 16],
+        clock: Timestamp,
     ) -> Option<(u64, &SentMessage)> {
-        self.entries.iter().find_map(|(seq, entry)| {
+        let max_age = self.log.limits.max_age_secs;
+        let mut live =
+            self.entries.iter().filter(|(_, entry)| clock.secs_since(entry.created) <= max_age);
+        live.find_map(|(seq, entry)| {
             entry
                 .recipients
                 .iter()
@@ -575,8 +581,10 @@ impl crate::device::Device {
             Err(_) => return Err(RetryError::NotAuthorized(device)),
         };
         request.verify(&listed).map_err(|_| RetryError::NotAuthorized(device))?;
-        let (seq, entry) =
-            self.sent.find(device, &request.message_ref).ok_or(RetryError::NotCached)?;
+        let (seq, entry) = self
+            .sent
+            .find(device, &request.message_ref, self.clock)
+            .ok_or(RetryError::NotCached)?;
         let entry = entry.clone();
         let (answered, last_count) = entry
             .retries
