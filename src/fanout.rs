@@ -377,12 +377,16 @@ impl Device {
                 Err(reason) => message.skipped.push((address, reason)),
             }
         }
-        self.remember_sent(
-            message_id,
-            SentKind::Fanout { to: accounts },
-            payload,
-            message.envelopes.iter().map(|e| (e.recipient, e.bytes.as_slice())),
-        );
+        let kind = SentKind::Fanout { to: accounts };
+        let sent: Vec<_> = message
+            .envelopes
+            .iter()
+            .filter_map(|e| {
+                let mark = kind.identity_mark(self.listed_identity(e.recipient)?);
+                Some((e.recipient, mark, e.bytes.as_slice()))
+            })
+            .collect();
+        self.remember_sent(message_id, kind, payload, sent.into_iter());
         Ok(message)
     }
 

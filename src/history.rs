@@ -373,12 +373,15 @@ impl Device {
                 FanoutSkip::Session(error) => HistoryError::Session(error),
                 skip => HistoryError::NoSession(companion, skip),
             })?;
-        self.remember_sent(
-            message_id,
-            crate::retry::SentKind::History,
-            &descriptor,
-            core::iter::once((companion, bytes.as_slice())),
-        );
+        let kind = crate::retry::SentKind::History;
+        if let Some(mark) = self.listed_identity(companion).map(|i| kind.identity_mark(i)) {
+            self.remember_sent(
+                message_id,
+                kind,
+                &descriptor,
+                core::iter::once((companion, mark, bytes.as_slice())),
+            );
+        }
         Ok(Envelope { recipient: companion, bytes })
     }
 }

@@ -43,6 +43,20 @@ pub(crate) enum SentKind {
     Group { group: GroupId, membership: [u8; 32] },
 }
 
+impl SentKind {
+    /// What a cache entry of this kind records of the identity each recipient had: for a group
+    /// message, the identity's fingerprint (what the group's holders already record); for the
+    /// others, its signing key (read without hashing on the send path). A retry is answered only
+    /// to the identity the original went to, never to another one listed at the same address
+    /// since (a re-registered primary, say).
+    pub(crate) fn identity_mark(&self, identity: &PublicIdentity) -> [u8; 32] {
+        match self {
+            Self::Group { .. } => identity.fingerprint().0,
+            Self::Fanout { .. } | Self::History => *identity.signing_key_bytes(),
+        }
+    }
+}
+
 /// One sent message, kept for retries.
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct SentMessage {
@@ -50,9 +64,10 @@ pub(crate) struct SentMessage {
     pub(crate) created: Timestamp,
     pub(crate) kind: SentKind,
     pub(crate) payload: SecretBytes,
-    /// Every device it was encrypted for, with the reference of what it was sent (the last 16
-    /// bytes of its envelope, or of the group message).
-    pub(crate) recipients: Vec<(DeviceAddress, [u8; 16])>,
+    /// Every device it was encrypted for: its address, the mark of the identity it was
+    /// encrypted under ([`SentKind::identity_mark`]), and the reference of what it was sent (the
+    /// last 16 bytes of its envelope, or of the group message).
+    pub(crate) recipients: Vec<(DeviceAddress, [u8; 32], [u8; 16])>,
     /// Per device, the retries answered and the highest request count seen.
     pub(crate) retries: Vec<(DeviceAddress, u8, u8)>,
 }
@@ -117,15 +132,15 @@ impl SentCache {
         }
     }
 
-    /// The entry that went to `device` as the bytes with `reference`, unless it is older than
-    /// the age limit at `clock` (then it is as good as wiped, whether or not a send has wiped it
-    /// yet).
+    /// The entry that went to `device` as the bytes with `reference`, with the mark of the
+    /// identity it went to, unless it is older than the age limit at `clock` (then it is as good
+    /// as wiped, whether or not a send has wiped it yet).
     pub(crate) fn find(
         &self,
         device: DeviceAddress,
         reference: &[u8; 16],
         clock: Timestamp,
-    ) -> Option<(u64, &SentMessage)> {
+    ) -> Option<(u64, &SentMessage, [u8; 32])> {
         let max_age = self.log.limits.max_age_secs;
         let mut live =
             self.entries.iter().filter(|(_, entry)| clock.secs_since(entry.created) <= max_age);
@@ -133,8 +148,8 @@ impl SentCache {
             entry
                 .recipients
                 .iter()
-                .any(|(d, r)| *d == device && crypto::ct_eq(r, reference))
-                .then_some((*seq, entry))
+                .find(|(d, _, r)| *d == device && crypto::ct_eq(r, reference))
+                .map(|(_, mark, _)| (*seq, entry, *mark))
         })
     }
 
@@ -464,20 +479,21 @@ pub(crate) fn claimed_sender(envelope: &[u8]) -> Option<DeviceAddress> {
 
 impl crate::device::Device {
     /// Keeps a message just sent for retries: its id, what it was, its payload (unless larger
-    /// than [`crate::consts::MAX_MESSAGE_PLAINTEXT`], which is not kept) and the reference of
-    /// what each device got.
+    /// than [`crate::consts::MAX_MESSAGE_PLAINTEXT`], which is not kept) and, per device, the
+    /// mark of the identity it went to and the reference of what the device got.
     pub(crate) fn remember_sent<'a>(
         &mut self,
         message_id: [u8; 16],
         kind: SentKind,
         payload: &[u8],
-        sent: impl Iterator<Item = (DeviceAddress, &'a [u8])>,
+        sent: impl Iterator<Item = (DeviceAddress, [u8; 32], &'a [u8])>,
     ) {
         if payload.len() > crate::consts::MAX_MESSAGE_PLAINTEXT {
             return;
         }
-        let recipients: Vec<(DeviceAddress, [u8; 16])> =
-            sent.filter_map(|(device, bytes)| Some((device, message_ref(bytes)?))).collect();
+        let recipients: Vec<(DeviceAddress, [u8; 32], [u8; 16])> = sent
+            .filter_map(|(device, mark, bytes)| Some((device, mark, message_ref(bytes)?)))
+            .collect();
         if recipients.is_empty() {
             return;
         }
@@ -490,6 +506,12 @@ impl crate::device::Device {
             retries: Vec::new(),
         };
         self.sent.add(entry, self.clock);
+    }
+
+    /// The identity the newest list held for `address`'s account names there: the one a
+    /// message to it is encrypted under.
+    pub(crate) fn listed_identity(&self, address: DeviceAddress) -> Option<&PublicIdentity> {
+        self.accounts.get(&address.account)?.list.device(address).map(|d| d.identity())
     }
 
     /// Sets how many messages, and for how long, this device keeps for retries (defaults:
@@ -581,10 +603,14 @@ impl crate::device::Device {
             Err(_) => return Err(RetryError::NotAuthorized(device)),
         };
         request.verify(&listed).map_err(|_| RetryError::NotAuthorized(device))?;
-        let (seq, entry) = self
+        let (seq, entry, mark) = self
             .sent
             .find(device, &request.message_ref, self.clock)
             .ok_or(RetryError::NotCached)?;
+        // Sent to another identity at that address: never this one's to read.
+        if !crypto::ct_eq(&mark, &entry.kind.identity_mark(&listed)) {
+            return Err(RetryError::NotCached);
+        }
         let entry = entry.clone();
         let (answered, last_count) = entry
             .retries

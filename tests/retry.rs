@@ -976,13 +976,14 @@ fn a_replayed_envelope_from_a_dropped_chain_asks_for_nothing() {
 /// accepts. The server hands the new primary an envelope Alice sent the old one; it cannot read
 /// it and asks. Alice must not re-encrypt to the new identity what she sent the old one.
 #[test]
-#[ignore = "fails now: the cache binds recipients by address, not identity"]
 fn a_retry_never_reaches_a_new_identity_at_the_address_of_a_recipient() {
     let (mut rng, mut server, mut alice, mut bob) = world(52, 0, 0);
     confirmed(&mut rng, &mut server, &mut alice, &mut bob);
     let sent =
         send(&mut rng, &mut server, &mut alice.devices[0], AccountId(2), b"for the old phone", T0);
     let old_envelope = envelope_for(&sent, bob.devices[0].address()).unwrap();
+    let group = alice.devices[0].create_group(&mut rng, &[AccountId(2)]).unwrap();
+    let old_group = alice.devices[0].encrypt_group(&mut rng, group, &[], b"group", T0).unwrap();
     // The new registration, and Alice accepting the change.
     let mut new_bob = support::world::device_on(&mut rng, &mut server, support::addr(2, 0), T0);
     server.publish_own(&new_bob);
@@ -992,9 +993,14 @@ fn a_retry_never_reaches_a_new_identity_at_the_address_of_a_recipient() {
     new_bob.process_device_list(&server.newest(AccountId(1)), T0).unwrap();
     let failure = new_bob.receive_or_retry(&old_envelope, None, T0).unwrap_err();
     let request = failure.retry.expect("the new phone asks");
-    let verified = verified(&mut alice.devices[0], &request, T0);
-    let error = alice.devices[0].answer_retry(&mut rng, &verified, T0).unwrap_err();
-    assert_eq!(error, RetryError::NotCached, "sent to another identity");
+    let (group_request, _) = ask(&mut new_bob, &old_group.message, T0);
+    for request in [*request, group_request] {
+        let verified = verified(&mut alice.devices[0], &request, T0);
+        let before = snapshot(&alice.devices[0]);
+        let error = alice.devices[0].answer_retry(&mut rng, &verified, T0).unwrap_err();
+        assert_eq!(error, RetryError::NotCached, "sent to another identity");
+        assert_eq!(snapshot(&alice.devices[0]), before);
+    }
     // What Alice sends now reaches the new phone.
     let now_sent = send(&mut rng, &mut server, &mut alice.devices[0], AccountId(2), b"hi new", T0);
     assert_eq!(deliver_fanout(&mut new_bob, &now_sent, T0), b"hi new");

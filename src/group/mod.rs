@@ -296,12 +296,13 @@ impl Device {
         let key = state.key.as_mut().ok_or(GroupError::UnknownGroup(group))?;
         let header = GroupHeader { group, sender, membership: &membership, nonce: &nonce };
         send.message = seal_group_message(key, &header, &send.message_id, announcement, payload)?;
-        let holders: Vec<DeviceAddress> = state.holders.keys().copied().collect();
+        let holders: Vec<(DeviceAddress, [u8; 32])> =
+            state.holders.iter().map(|(address, identity)| (*address, identity.0)).collect();
         self.remember_sent(
             send.message_id,
             crate::retry::SentKind::Group { group, membership },
             payload,
-            holders.into_iter().map(|address| (address, send.message.as_slice())),
+            holders.into_iter().map(|(address, mark)| (address, mark, send.message.as_slice())),
         );
         Ok(send)
     }
