@@ -70,6 +70,8 @@ pub(crate) struct SentMessage {
     pub(crate) recipients: Vec<(DeviceAddress, [u8; 32], [u8; 16])>,
     /// Per device, the retries answered and the highest request count seen.
     pub(crate) retries: Vec<(DeviceAddress, u8, u8)>,
+    /// [`SentLog::issued`] once this message's id was issued.
+    pub(crate) issued: u64,
 }
 
 /// The bounds of the sent-message cache.
@@ -94,6 +96,12 @@ pub(crate) struct SentLog {
     /// Live entries by number, oldest first, with when they were sent.
     pub(crate) live: VecDeque<(u64, Timestamp)>,
     pub(crate) limits: SentCacheLimits,
+    /// Message ids this device has issued to any one peer device, counted the most one send
+    /// can give a device: one per fan-out, history message and retry answer, two for a group
+    /// message that came with a sender-key distribution. A receiver remembers the last
+    /// [`MESSAGE_ID_WINDOW`] ids per sending device, so a message followed by that many is no
+    /// longer answered ([`SentMessage::issued`]).
+    pub(crate) issued: u64,
 }
 
 /// The sent-message cache: the log, the entries loaded (all of them in memory, the ones an
@@ -107,6 +115,18 @@ pub(crate) struct SentCache {
 }
 
 impl SentCache {
+    /// Counts `ids` message ids issued to a peer device by one send.
+    pub(crate) fn issue(&mut self, ids: u64) {
+        self.log.issued = self.log.issued.saturating_add(ids);
+    }
+
+    /// True while fewer than [`MESSAGE_ID_WINDOW`] ids followed `entry`'s: every receiver that
+    /// delivered it still remembers its id, so a retry of it is delivered at most once.
+    fn recognizable(&self, entry: &SentMessage) -> bool {
+        let window = u64::try_from(MESSAGE_ID_WINDOW).unwrap_or(u64::MAX);
+        self.log.issued.saturating_sub(entry.issued) < window
+    }
+
     /// Keeps `message`, then wipes whatever the limits no longer allow at `clock`.
     pub(crate) fn add(&mut self, message: SentMessage, clock: Timestamp) {
         let seq = self.log.next;
@@ -488,6 +508,8 @@ impl crate::device::Device {
         payload: &[u8],
         sent: impl Iterator<Item = (DeviceAddress, [u8; 32], &'a [u8])>,
     ) {
+        // Counted whether it is kept or not: a receiver's window counts it either way.
+        self.sent.issue(1);
         if payload.len() > crate::consts::MAX_MESSAGE_PLAINTEXT {
             return;
         }
@@ -504,6 +526,7 @@ impl crate::device::Device {
             payload: SecretBytes(payload.to_vec()),
             recipients,
             retries: Vec::new(),
+            issued: self.sent.log.issued,
         };
         self.sent.add(entry, self.clock);
     }
@@ -607,8 +630,12 @@ impl crate::device::Device {
             .sent
             .find(device, &request.message_ref, self.clock)
             .ok_or(RetryError::NotCached)?;
-        // Sent to another identity at that address: never this one's to read.
-        if !crypto::ct_eq(&mark, &entry.kind.identity_mark(&listed)) {
+        // Sent to another identity at that address: never this one's to read. Or followed by
+        // so many messages that the requester may have forgotten its id: answered, it could be
+        // delivered twice.
+        if !crypto::ct_eq(&mark, &entry.kind.identity_mark(&listed))
+            || !self.sent.recognizable(entry)
+        {
             return Err(RetryError::NotCached);
         }
         let entry = entry.clone();
@@ -712,6 +739,7 @@ impl crate::device::Device {
             kept.retries.retain(|(d, _, _)| *d != device);
             kept.retries.push((device, answered + 1, request.count));
         }
+        self.sent.issue(1);
         Ok(RetryAnswer {
             message_id: entry.message_id,
             envelope: Envelope { recipient: device, bytes },

@@ -80,7 +80,7 @@
 //! - `DEDUP_WINDOW` (the store's):
 //!   `dedup_window_recognizes_n_envelopes_and_leaves_older_ones_to_the_ratchet`.
 //! - `MESSAGE_ID_WINDOW`: tests/retry.rs
-//!   `the_message_id_window_recognizes_the_256th_newest_and_not_the_257th`.
+//!   `the_message_id_window_recognizes_the_256th_newest_and_the_sender_answers_nothing_older`.
 //! - `MAX_RETRIES`: tests/retry.rs `the_receiver_asks_max_retries_times_then_gives_up` and
 //!   `the_sender_answers_max_retries_times_then_gives_up`.
 //! - `DEFAULT_SENT_CACHE_ENTRIES`: tests/retry.rs

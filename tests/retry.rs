@@ -898,11 +898,13 @@ fn answer_for_old(
     respond(rng, &mut alice.devices[0], &request, now).unwrap()
 }
 
-/// `MESSAGE_ID_WINDOW`: a message re-encrypted after 255 more from its sender (the 256th newest)
-/// is recognized as a redelivery; after 256 more it has left the window and is delivered again.
-/// The receiver cannot tell past the window: exactly once holds within it only.
+/// `MESSAGE_ID_WINDOW`, both sides. The receiver recognizes a re-encryption of the 256th newest
+/// message from a sender as a redelivery (N). The sender, whose cache keeps 1,000 messages,
+/// answers for a message followed by 255 of its message ids and refuses (`NotCached`, nothing
+/// changed) once 256 followed (N + 1; the answer was one): past the window the receiver could
+/// not tell the message from a new one, and would deliver it again.
 #[test]
-fn the_message_id_window_recognizes_the_256th_newest_and_not_the_257th() {
+fn the_message_id_window_recognizes_the_256th_newest_and_the_sender_answers_nothing_older() {
     let (mut rng, mut server, mut alice, mut bob) = world(40, 0, 0);
     alice.devices[0].set_sent_cache_limits(SentCacheLimits {
         max_entries: 1_000,
@@ -918,11 +920,14 @@ fn the_message_id_window_recognizes_the_256th_newest_and_not_the_257th() {
     }
     let answer = answer_for_old(&mut rng, &mut alice, &mut bob, &first, 1, T0);
     redelivered(&mut bob.devices[0], &answer.envelope.bytes, None, T0, first.message_id);
-    let sent =
-        alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &[], b"one more", T0).unwrap();
-    deliver_fanout(&mut bob.devices[0], &sent, T0);
-    let answer = answer_for_old(&mut rng, &mut alice, &mut bob, &first, 2, T0);
-    assert_eq!(take_answer(&mut bob.devices[0], &answer, T0).1, b"first", "delivered again");
+    let bytes = envelope_for(&first, bob.devices[0].address()).unwrap();
+    let sender = alice.devices[0].address();
+    let request = signed_request(&bob.devices[0], sender, &bytes[bytes.len() - 16..], 2);
+    let verified = verified(&mut alice.devices[0], &request, T0);
+    let before = snapshot(&alice.devices[0]);
+    let error = alice.devices[0].answer_retry(&mut rng, &verified, T0).unwrap_err();
+    assert_eq!(error, RetryError::NotCached);
+    assert_eq!(snapshot(&alice.devices[0]), before);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1383,12 +1388,12 @@ fn a_history_message_is_retried_as_history() {
 }
 
 /// With the default limits, the server replays an envelope Bob delivered just past his window
-/// of 256 message ids, while Alice still holds the message in her cache of 256 (one sender-key
+/// of 256 message ids, while Alice still holds the message in her cache of 256 (a sender-key
 /// distribution took a window slot but no cache entry). The ratchet refuses the replay as a
-/// spent key, the envelope is no longer known as delivered, so Bob asks; Alice answers, and Bob
-/// delivers the message a second time.
+/// spent key and the envelope is no longer known as delivered, so Bob asks. Alice counts the
+/// 256 ids she issued since (the distribution's included) and refuses: no second delivery, and
+/// no fresh session.
 #[test]
-#[ignore = "design: exactly once holds only within the message-id window, and the sender's cache can outlast it"]
 fn a_replay_just_past_the_window_is_not_delivered_twice_with_the_default_limits() {
     let (mut rng, mut server, mut alice, mut bob) = world(56, 0, 0);
     let first = send(&mut rng, &mut server, &mut alice.devices[0], AccountId(2), b"first", T0);
@@ -1406,9 +1411,10 @@ fn a_replay_just_past_the_window_is_not_delivered_twice_with_the_default_limits(
     let replay = envelope_for(&first, bob.devices[0].address()).unwrap();
     let failure = bob.devices[0].receive_or_retry(&replay, None, T0).unwrap_err();
     assert_eq!(failure.error, ReceiveError::Session(SessionError::Duplicate));
-    if let Some(request) = failure.retry
-        && let Ok(answer) = respond(&mut rng, &mut alice.devices[0], &request, T0)
-    {
-        redelivered(&mut bob.devices[0], &answer.envelope.bytes, None, T0, first.message_id);
-    }
+    let request = failure.retry.expect("past the window, a replay looks like a restored sender");
+    let verified = verified(&mut alice.devices[0], &request, T0);
+    let before = snapshot(&alice.devices[0]);
+    let error = alice.devices[0].answer_retry(&mut rng, &verified, T0).unwrap_err();
+    assert_eq!(error, RetryError::NotCached);
+    assert_eq!(snapshot(&alice.devices[0]), before);
 }

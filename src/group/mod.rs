@@ -401,6 +401,11 @@ impl Device {
         }
         let everyone = send.skipped.is_empty() && send.lists_needed.is_empty();
         let epoch = self.list_epoch;
+        if !delivered.is_empty() {
+            // A device given the key gets two ids with this send: the distribution's, then the
+            // group message's.
+            self.sent.issue(1);
+        }
         let state = self.groups.get_mut(&group).ok_or(GroupError::UnknownGroup(group))?;
         state.holders.extend(delivered);
         // Only when every device reached holds the key can later sends skip this work.
