@@ -1254,6 +1254,37 @@ mod stored {
         assert_eq!(messages, 0, "the one message was acknowledged; nothing else to show");
     }
 
+    /// A stored device deletes the row of what it remembers of a device once a list removes it.
+    #[test]
+    fn a_stored_device_deletes_the_peer_row_of_a_removed_device() {
+        let (mut r, mut server, mut carol, bob) = world(62, 0, 0);
+        let memory = MemoryStore::new();
+        let mut stored =
+            StoredDevice::import(memory.clone(), &key(), &mut r, &bob.devices[0].to_bytes())
+                .unwrap();
+        let bob0 = stored.address();
+        let companion = support::world::link(&mut r, &mut server, &mut carol, T0);
+        stored.process_device_list(&server.newest(AccountId(1)), T0).unwrap();
+        let device = carol.device(companion);
+        device.process_device_list(&server.newest(AccountId(2)), T0).unwrap();
+        let bundle = server.bundle(bob0);
+        let sent = carol
+            .device(companion)
+            .encrypt_fanout(&mut r, &[AccountId(2)], &[bundle], b"hi", T0)
+            .unwrap();
+        let inbound = stored.receive(&envelope_for(&sent, bob0).unwrap(), None, T0).unwrap();
+        stored.acknowledge(inbound.id).unwrap();
+        let rows = |memory: &MemoryStore| {
+            memory.rows().into_iter().filter(|(table, _, _)| *table == Table::Peer).count()
+        };
+        assert_eq!(rows(&memory), 1);
+        let removal = carol.devices[0].remove_companion(companion.device, T0).unwrap();
+        stored.process_device_list(&removal.to_bytes(), T0).unwrap();
+        assert_eq!(rows(&memory), 0);
+        let mut stored = reopen(stored);
+        assert!(stored.session_info(companion).unwrap().is_none());
+    }
+
     /// The cache is one row per message, encrypted at rest: tightening the limits on a stored
     /// device deletes the rows at once, and the plaintext is never in the store in the clear.
     #[test]
@@ -1417,4 +1448,35 @@ fn a_replay_just_past_the_window_is_not_delivered_twice_with_the_default_limits(
     let error = alice.devices[0].answer_retry(&mut rng, &verified, T0).unwrap_err();
     assert_eq!(error, RetryError::NotCached);
     assert_eq!(snapshot(&alice.devices[0]), before);
+}
+
+/// What a device remembers about a sending device (its delivered ids, the retries it asked of
+/// it) goes when that device leaves its account's list, as its sessions do: a peer account
+/// that links and removes companions one after another does not grow the receiver.
+#[test]
+fn what_a_receiver_remembers_of_a_removed_device_goes_with_it() {
+    let (mut rng, mut server, mut carol, mut bob) = world(57, 0, 0);
+    let bob0 = bob.devices[0].address();
+    let mut sizes = Vec::new();
+    for _ in 0..12 {
+        let companion = support::world::link(&mut rng, &mut server, &mut carol, T0);
+        bob.devices[0].process_device_list(&server.newest(AccountId(1)), T0).unwrap();
+        let device = carol.device(companion);
+        device.process_device_list(&server.newest(AccountId(2)), T0).unwrap();
+        let bundle = server.bundle(bob0);
+        for i in 0..20u8 {
+            let sent = carol
+                .device(companion)
+                .encrypt_fanout(&mut rng, &[AccountId(2)], std::slice::from_ref(&bundle), &[i], T0)
+                .unwrap();
+            deliver_fanout(&mut bob.devices[0], &sent, T0);
+        }
+        let removal = carol.devices[0].remove_companion(companion.device, T0).unwrap();
+        server.publish(&removal);
+        carol.devices.retain(|d| d.address() != companion);
+        bob.devices[0].process_device_list(&removal.to_bytes(), T0).unwrap();
+        assert!(!bob.devices[0].has_session(companion));
+        sizes.push(snapshot(&bob.devices[0]).len());
+    }
+    assert!(sizes[11] <= sizes[1] + 64, "Bob grows with every removed device: {sizes:?}");
 }
