@@ -399,6 +399,12 @@ fn a_missing_sender_key_is_answered_pairwise_and_the_next_send_redistributes_it(
     let key = &send.distribution.iter().find(|e| e.recipient == bob0).unwrap().bytes;
     bob.devices[0].receive(key, None, T0).unwrap();
     redelivered(&mut bob.devices[0], &send.message, None, T0, send.message_id);
+    // Replayed again, the group message (and the answer) ask for nothing.
+    for replay in [&send.message, &answer.envelope.bytes] {
+        let failure = bob.devices[0].receive_or_retry(replay, None, T0).unwrap_err();
+        assert_eq!(failure.error, ReceiveError::Session(SessionError::Duplicate));
+        assert!(failure.retry.is_none() && !failure.gave_up);
+    }
     // The next send gives Bob's primary the key again, and only him.
     let next = alice.devices[0].encrypt_group(&mut rng, group, &[], b"next", T0).unwrap();
     let reached: Vec<DeviceAddress> = next.distribution.iter().map(|e| e.recipient).collect();
@@ -1479,4 +1485,59 @@ fn what_a_receiver_remembers_of_a_removed_device_goes_with_it() {
         sizes.push(snapshot(&bob.devices[0]).len());
     }
     assert!(sizes[11] <= sizes[1] + 64, "Bob grows with every removed device: {sizes:?}");
+}
+
+/// The server delivers two answers for one message in reverse order, duplicates each, and
+/// conversation goes on both ways: the message is delivered once, the rest are a redelivery or
+/// a duplicate that asks for nothing, and both sides converge on one session.
+#[test]
+fn reordered_and_duplicated_answers_deliver_once_and_the_sessions_converge() {
+    let (mut rng, mut server, mut alice, mut bob, sent, first) = lost_message(58);
+    let bytes = envelope_for(&sent, bob.devices[0].address()).unwrap();
+    let (second, _) = ask(&mut bob.devices[0], &bytes, T0);
+    let one = respond(&mut rng, &mut alice.devices[0], &first, T0).unwrap();
+    let two = respond(&mut rng, &mut alice.devices[0], &second, T0).unwrap();
+    assert_eq!(take_answer(&mut bob.devices[0], &two, T0).1, b"m");
+    redelivered(&mut bob.devices[0], &one.envelope.bytes, None, T0, sent.message_id);
+    for answer in [&one, &two] {
+        let failure =
+            bob.devices[0].receive_or_retry(&answer.envelope.bytes, None, T0).unwrap_err();
+        assert_eq!(failure.error, ReceiveError::Session(SessionError::Duplicate));
+        assert!(failure.retry.is_none() && !failure.gave_up);
+    }
+    for round in 0..4u8 {
+        let b = send(&mut rng, &mut server, &mut bob.devices[0], AccountId(1), &[round], T0);
+        assert_eq!(deliver_fanout(&mut alice.devices[0], &b, T0), [round]);
+        let a = send(&mut rng, &mut server, &mut alice.devices[0], AccountId(2), &[round], T0);
+        assert_eq!(deliver_fanout(&mut bob.devices[0], &a, T0), [round]);
+    }
+    let alice0 = alice.devices[0].address();
+    let bob0 = bob.devices[0].address();
+    assert_eq!(
+        alice.devices[0].session_info(bob0).unwrap().active_session,
+        bob.devices[0].session_info(alice0).unwrap().active_session
+    );
+}
+
+/// The server tampers with the answer (a byte of its ciphertext). The receiver cannot read it and
+/// asks about it, but an answer is not itself in the sender's cache (`NotCached`); the message
+/// is recovered when the original envelope is delivered again and asked about once more.
+#[test]
+fn a_tampered_answer_is_not_retried_itself_but_the_original_still_is() {
+    let (mut rng, _, mut alice, mut bob, sent, first) = lost_message(59);
+    let answer = respond(&mut rng, &mut alice.devices[0], &first, T0).unwrap();
+    let mut tampered = answer.envelope.bytes.clone();
+    let at = tampered.len() - 20;
+    tampered[at] ^= 1;
+    let (request, error) = ask(&mut bob.devices[0], &tampered, T0);
+    assert_eq!(error, ReceiveError::Session(SessionError::AuthenticationFailed));
+    assert_eq!(
+        respond(&mut rng, &mut alice.devices[0], &request, T0).unwrap_err(),
+        RetryError::NotCached
+    );
+    let bytes = envelope_for(&sent, bob.devices[0].address()).unwrap();
+    let (again, _) = ask(&mut bob.devices[0], &bytes, T0);
+    assert_eq!(again.count, 2);
+    let answer = respond(&mut rng, &mut alice.devices[0], &again, T0).unwrap();
+    assert_eq!(take_answer(&mut bob.devices[0], &answer, T0).1, b"m");
 }
