@@ -1541,3 +1541,29 @@ fn a_tampered_answer_is_not_retried_itself_but_the_original_still_is() {
     let answer = respond(&mut rng, &mut alice.devices[0], &again, T0).unwrap();
     assert_eq!(take_answer(&mut bob.devices[0], &answer, T0).1, b"m");
 }
+
+/// The restored receiver asks, and before the answer arrives starts a session of its own to the
+/// sender (a message of its own, from a fresh bundle): the answer and that message cross. Both
+/// are read, and the two sides converge on one session.
+#[test]
+fn an_answer_crossing_a_new_session_from_the_receiver_converges() {
+    let (mut rng, mut server, mut alice, mut bob, sent, request) = lost_message(63);
+    let alice0 = alice.devices[0].address();
+    let bob0 = bob.devices[0].address();
+    let own = bob.devices[0]
+        .encrypt_fanout(&mut rng, &[AccountId(1)], &[server.bundle(alice0)], b"mine", T0)
+        .unwrap();
+    let answer = respond(&mut rng, &mut alice.devices[0], &request, T0).unwrap();
+    assert_eq!(deliver_fanout(&mut alice.devices[0], &own, T0), b"mine");
+    assert_eq!(take_answer(&mut bob.devices[0], &answer, T0), (sent.message_id, b"m".to_vec()));
+    for round in 0..4u8 {
+        let a = send(&mut rng, &mut server, &mut alice.devices[0], AccountId(2), &[round], T0);
+        assert_eq!(deliver_fanout(&mut bob.devices[0], &a, T0), [round]);
+        let b = send(&mut rng, &mut server, &mut bob.devices[0], AccountId(1), &[round], T0);
+        assert_eq!(deliver_fanout(&mut alice.devices[0], &b, T0), [round]);
+    }
+    assert_eq!(
+        alice.devices[0].session_info(bob0).unwrap().active_session,
+        bob.devices[0].session_info(alice0).unwrap().active_session
+    );
+}
