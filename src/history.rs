@@ -367,21 +367,15 @@ impl Device {
             content: Content::History(&descriptor),
         }
         .encode();
-        let bytes = self
-            .seal_authorized(rng, companion, MessageKind::History, &plaintext, bundles)
+        let (bytes, mark) = self
+            .seal_authorized_marked(rng, companion, MessageKind::History, &plaintext, bundles)
             .map_err(|skip| match skip {
                 FanoutSkip::Session(error) => HistoryError::Session(error),
                 skip => HistoryError::NoSession(companion, skip),
             })?;
+        let sent = crate::retry::message_ref(&bytes).map(|reference| (companion, mark, reference));
         let kind = crate::retry::SentKind::History;
-        if let Some(mark) = self.listed_identity(companion).map(|i| kind.identity_mark(i)) {
-            self.remember_sent(
-                message_id,
-                kind,
-                &descriptor,
-                core::iter::once((companion, mark, bytes.as_slice())),
-            );
-        }
+        self.remember_sent(message_id, kind, &descriptor, sent.into_iter().collect());
         Ok(Envelope { recipient: companion, bytes })
     }
 }

@@ -43,18 +43,28 @@ pub(crate) enum SentKind {
     Group { group: GroupId, membership: [u8; 32] },
 }
 
+/// What the cache records of the identity a recipient had, so a retry is answered only to the
+/// identity the original went to, never to another one listed at the same address since (a
+/// re-registered primary, say): 16 bytes of it, as many as a message reference (finding another
+/// identity that matches them is a 2^128 second preimage).
+pub(crate) type IdentityMark = [u8; 16];
+
 impl SentKind {
-    /// What a cache entry of this kind records of the identity each recipient had: for a group
-    /// message, the identity's fingerprint (what the group's holders already record); for the
-    /// others, its signing key (read without hashing on the send path). A retry is answered only
-    /// to the identity the original went to, never to another one listed at the same address
-    /// since (a re-registered primary, say).
-    pub(crate) fn identity_mark(&self, identity: &PublicIdentity) -> [u8; 32] {
+    /// The [`IdentityMark`] an entry of this kind records: for a group message, the start of the
+    /// identity's fingerprint (what the group's holders already record); for the others, the
+    /// start of its signing key (read without hashing on the send path, by
+    /// `Device::seal_authorized_marked`).
+    pub(crate) fn identity_mark(&self, identity: &PublicIdentity) -> IdentityMark {
         match self {
-            Self::Group { .. } => identity.fingerprint().0,
-            Self::Fanout { .. } | Self::History => *identity.signing_key_bytes(),
+            Self::Group { .. } => mark_of(&identity.fingerprint().0),
+            Self::Fanout { .. } | Self::History => mark_of(identity.signing_key_bytes()),
         }
     }
+}
+
+/// The first 16 bytes of `bytes` (of 32: the chunk is always there).
+pub(crate) fn mark_of(bytes: &[u8; 32]) -> IdentityMark {
+    bytes.first_chunk::<16>().copied().unwrap_or_default()
 }
 
 /// One sent message, kept for retries.
@@ -67,7 +77,7 @@ pub(crate) struct SentMessage {
     /// Every device it was encrypted for: its address, the mark of the identity it was
     /// encrypted under ([`SentKind::identity_mark`]), and the reference of what it was sent (the
     /// last 16 bytes of its envelope, or of the group message).
-    pub(crate) recipients: Vec<(DeviceAddress, [u8; 32], [u8; 16])>,
+    pub(crate) recipients: Vec<(DeviceAddress, IdentityMark, [u8; 16])>,
     /// Per device, the retries answered and the highest request count seen.
     pub(crate) retries: Vec<(DeviceAddress, u8, u8)>,
     /// [`SentLog::issued`] once this message's id was issued.
@@ -160,7 +170,7 @@ impl SentCache {
         device: DeviceAddress,
         reference: &[u8; 16],
         clock: Timestamp,
-    ) -> Option<(u64, &SentMessage, [u8; 32])> {
+    ) -> Option<(u64, &SentMessage, IdentityMark)> {
         let max_age = self.log.limits.max_age_secs;
         let mut live =
             self.entries.iter().filter(|(_, entry)| clock.secs_since(entry.created) <= max_age);
@@ -501,21 +511,18 @@ impl crate::device::Device {
     /// Keeps a message just sent for retries: its id, what it was, its payload (unless larger
     /// than [`crate::consts::MAX_MESSAGE_PLAINTEXT`], which is not kept) and, per device, the
     /// mark of the identity it went to and the reference of what the device got.
-    pub(crate) fn remember_sent<'a>(
+    pub(crate) fn remember_sent(
         &mut self,
         message_id: [u8; 16],
         kind: SentKind,
         payload: &[u8],
-        sent: impl Iterator<Item = (DeviceAddress, [u8; 32], &'a [u8])>,
+        recipients: Vec<(DeviceAddress, IdentityMark, [u8; 16])>,
     ) {
         // Counted whether it is kept or not: a receiver's window counts it either way.
         self.sent.issue(1);
         if payload.len() > crate::consts::MAX_MESSAGE_PLAINTEXT {
             return;
         }
-        let recipients: Vec<(DeviceAddress, [u8; 32], [u8; 16])> = sent
-            .filter_map(|(device, mark, bytes)| Some((device, mark, message_ref(bytes)?)))
-            .collect();
         if recipients.is_empty() {
             return;
         }
@@ -529,12 +536,6 @@ impl crate::device::Device {
             issued: self.sent.log.issued,
         };
         self.sent.add(entry, self.clock);
-    }
-
-    /// The identity the newest list held for `address`'s account names there: the one a
-    /// message to it is encrypted under.
-    pub(crate) fn listed_identity(&self, address: DeviceAddress) -> Option<&PublicIdentity> {
-        self.accounts.get(&address.account)?.list.device(address).map(|d| d.identity())
     }
 
     /// Sets how many messages, and for how long, this device keeps for retries (defaults:

@@ -296,14 +296,14 @@ impl Device {
         let key = state.key.as_mut().ok_or(GroupError::UnknownGroup(group))?;
         let header = GroupHeader { group, sender, membership: &membership, nonce: &nonce };
         send.message = seal_group_message(key, &header, &send.message_id, announcement, payload)?;
-        let holders: Vec<(DeviceAddress, [u8; 32])> =
-            state.holders.iter().map(|(address, identity)| (*address, identity.0)).collect();
-        self.remember_sent(
-            send.message_id,
-            crate::retry::SentKind::Group { group, membership },
-            payload,
-            holders.into_iter().map(|(address, mark)| (address, mark, send.message.as_slice())),
-        );
+        let reference = crate::retry::message_ref(&send.message).unwrap_or_default();
+        let holders = state
+            .holders
+            .iter()
+            .map(|(address, identity)| (*address, crate::retry::mark_of(&identity.0), reference))
+            .collect();
+        let kind = crate::retry::SentKind::Group { group, membership };
+        self.remember_sent(send.message_id, kind, payload, holders);
         Ok(send)
     }
 
