@@ -1291,6 +1291,48 @@ mod stored {
         assert!(stored.session_info(companion).unwrap().is_none());
     }
 
+    /// The group path through the store: a group message without its sender key queues a
+    /// request; the stored sender answers it pairwise and its next group send, after a restart,
+    /// gives the receiver the key again.
+    #[test]
+    fn a_stored_group_message_without_its_key_is_answered_and_redistributed() {
+        let (mut r, mut server, alice, bob) = world(64, 0, 0);
+        let mut stored_alice =
+            StoredDevice::import(MemoryStore::new(), &key(), &mut r, &alice.devices[0].to_bytes())
+                .unwrap();
+        let mut stored_bob =
+            StoredDevice::import(MemoryStore::new(), &key(), &mut r, &bob.devices[0].to_bytes())
+                .unwrap();
+        let bob0 = stored_bob.address();
+        let group = stored_alice.create_group(&mut r, &[AccountId(2)]).unwrap();
+        let bundles = server.bundles(&[AccountId(1), AccountId(2)]);
+        let send = stored_alice.encrypt_group(&mut r, group, &bundles, b"g", T0).unwrap();
+        assert_eq!(send.distribution[0].recipient, bob0);
+        let error = stored_bob.receive(&send.message, None, T0).unwrap_err();
+        assert!(matches!(error, ReceiveError::NoSenderKey { .. }));
+        let outbox = stored_bob.outbox().unwrap();
+        let request = outbox[0].envelopes[0].bytes.clone();
+        let inbound = stored_alice.receive(&request, None, T0).unwrap();
+        let Received::RetryRequest(verified) = &inbound.received else { panic!() };
+        let answer = stored_alice.answer_retry(&mut r, verified, T0).unwrap();
+        match stored_bob.receive(&answer.envelope.bytes, None, T0).unwrap().received {
+            Received::Group(message) => {
+                assert_eq!((message.group, message.message_id), (group, send.message_id));
+                assert_eq!(message.payload.as_slice(), b"g");
+            }
+            other => panic!("expected the group message, got {other:?}"),
+        }
+        let mut stored_alice = reopen(stored_alice);
+        let next = stored_alice.encrypt_group(&mut r, group, &[], b"next", T0).unwrap();
+        let reached: Vec<DeviceAddress> = next.distribution.iter().map(|e| e.recipient).collect();
+        assert_eq!(reached, [bob0]);
+        stored_bob.receive(&next.distribution[0].bytes, None, T0).unwrap();
+        match stored_bob.receive(&next.message, None, T0).unwrap().received {
+            Received::Group(message) => assert_eq!(message.payload.as_slice(), b"next"),
+            other => panic!("expected the group message, got {other:?}"),
+        }
+    }
+
     /// The cache is one row per message, encrypted at rest: tightening the limits on a stored
     /// device deletes the rows at once, and the plaintext is never in the store in the clear.
     #[test]
