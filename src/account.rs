@@ -545,6 +545,7 @@ impl Device {
         }
         let removed = self.delete_account_sessions(account);
         self.group_keys.retain(|(sender, _), _| sender.account != account);
+        self.peers.retain(|sender, _| sender.account != account);
         self.lists_changed();
         let mut known = KnownAccount::new(list.clone());
         if let Some(old) = self.accounts.remove(&account) {
@@ -646,6 +647,9 @@ impl Device {
                 })
         };
         self.group_keys.retain(|(sender, _), _| !gone(sender));
+        // So does what this device remembers of it (its delivered ids, the retries asked of
+        // it): kept per listed device only, it stays bounded by the lists.
+        self.peers.retain(|sender, _| !gone(sender));
         self.lists_changed();
         if account == self.address.account {
             let names_me = self.names_me(&list);
@@ -876,6 +880,7 @@ impl Device {
             self.accounts.remove(&account);
             self.delete_account_sessions(account);
             self.group_keys.retain(|(sender, _), _| sender.account != account);
+            self.peers.retain(|sender, _| sender.account != account);
             self.lists_changed();
         }
         // Nor was a pending change to another identity: the own account keeps the identity it

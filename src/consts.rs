@@ -162,7 +162,9 @@ pub const MAX_ANSWERED_PAIRING_CODES: usize = 16;
 pub const MAX_GROUP_MEMBERS: usize = 1024;
 
 /// Message ids remembered per sending device, so a message delivered again (re-encrypted for a
-/// retry, or replayed on a fresh session) is recognized: the last this many.
+/// retry, or replayed on a fresh session) is recognized: the last this many. A sender answers a
+/// retry only for a message followed by fewer than this many of its messages, so the receiver
+/// always recognizes a message it already delivered, whatever the sent cache's limits.
 pub const MESSAGE_ID_WINDOW: usize = 256;
 
 /// Retries a sender answers per message and device, and a receiver asks for; past them the

@@ -997,8 +997,9 @@ pub enum RetryError {
     /// under the identity that signed the request: fetch its account's list.
     #[error("{0} is not authorized by its account's list")]
     NotAuthorized(DeviceAddress),
-    /// The message is no longer in the sent-message cache (older than its limits), or was never
-    /// sent to the requester: it cannot be recovered.
+    /// The message is no longer in the sent-message cache (older than its limits, or followed
+    /// by `MESSAGE_ID_WINDOW` messages or more, past what a receiver remembers), or was never
+    /// sent to the requester (under the identity it has now): it cannot be recovered.
     #[error("the message is not in the sent-message cache")]
     NotCached,
     /// The request is not newer than one already answered for this message and device: a

@@ -21,7 +21,7 @@ use crate::error::{DecodeError, FanoutError, KeyError, ReceiveError, SessionErro
 use crate::group::GroupId;
 use crate::keys::{AccountId, DeviceAddress, Timestamp};
 use crate::prekeys::PrekeyBundle;
-use crate::retry::SentKind;
+use crate::retry::{IdentityMark, SentKind, mark_of, message_ref};
 use crate::session::message::MessageKind;
 use crate::wire::{Codec, Reader};
 
@@ -358,6 +358,7 @@ impl Device {
         };
         let direct = inner(Vec::new());
         let own_copy = inner(accounts.clone());
+        let mut sent = Vec::with_capacity(targets.len());
         let mut message = FanoutMessage {
             message_id,
             envelopes: Vec::with_capacity(targets.len()),
@@ -372,17 +373,17 @@ impl Device {
             } else {
                 (MessageKind::Direct, &direct)
             };
-            match self.seal_authorized(rng, address, kind, plaintext, bundles) {
-                Ok(bytes) => message.envelopes.push(Envelope { recipient: address, bytes }),
+            match self.seal_authorized_marked(rng, address, kind, plaintext, bundles) {
+                Ok((bytes, mark)) => {
+                    if let Some(reference) = message_ref(&bytes) {
+                        sent.push((address, mark, reference));
+                    }
+                    message.envelopes.push(Envelope { recipient: address, bytes });
+                }
                 Err(reason) => message.skipped.push((address, reason)),
             }
         }
-        self.remember_sent(
-            message_id,
-            SentKind::Fanout { to: accounts },
-            payload,
-            message.envelopes.iter().map(|e| (e.recipient, e.bytes.as_slice())),
-        );
+        self.remember_sent(message_id, SentKind::Fanout { to: accounts }, payload, sent);
         Ok(message)
     }
 
@@ -437,12 +438,26 @@ impl Device {
         plaintext: &[u8],
         bundles: &[PrekeyBundle],
     ) -> Result<Vec<u8>, FanoutSkip> {
+        self.seal_authorized_marked(rng, address, kind, plaintext, bundles).map(|(bytes, _)| bytes)
+    }
+
+    /// [`Device::seal_authorized`], with the mark of the identity the message was sealed for,
+    /// as the sent-message cache keeps it for a fan-out or history message.
+    pub(crate) fn seal_authorized_marked(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        address: DeviceAddress,
+        kind: MessageKind,
+        plaintext: &[u8],
+        bundles: &[PrekeyBundle],
+    ) -> Result<(Vec<u8>, IdentityMark), FanoutSkip> {
         let listed = self
             .accounts
             .get(&address.account)
             .and_then(|known| known.list.device(address))
             .map(AuthorizedDevice::identity)
             .ok_or(FanoutSkip::StaleList)?;
+        let mark = mark_of(listed.signing_key_bytes());
         let own = self.identity.public();
         // A session under another identity is never used; it is replaced only once a bundle
         // under the listed identity has set up a new one, so a refusal changes nothing.
@@ -451,6 +466,7 @@ impl Device {
             && let Some(session) = record.active_mut()
         {
             return seal_message(rng, session, kind, self.address, address, own, plaintext)
+                .map(|bytes| (bytes, mark))
                 .map_err(FanoutSkip::Session);
         }
         let bundle =
@@ -460,7 +476,9 @@ impl Device {
         }
         let verified = bundle.clone().verify().map_err(FanoutSkip::BadBundle)?;
         self.start_session_with(rng, &verified).map_err(FanoutSkip::Session)?;
-        self.seal(rng, address, kind, plaintext).map_err(FanoutSkip::Session)
+        self.seal(rng, address, kind, plaintext)
+            .map(|bytes| (bytes, mark))
+            .map_err(FanoutSkip::Session)
     }
 }
 

@@ -367,18 +367,15 @@ impl Device {
             content: Content::History(&descriptor),
         }
         .encode();
-        let bytes = self
-            .seal_authorized(rng, companion, MessageKind::History, &plaintext, bundles)
+        let (bytes, mark) = self
+            .seal_authorized_marked(rng, companion, MessageKind::History, &plaintext, bundles)
             .map_err(|skip| match skip {
                 FanoutSkip::Session(error) => HistoryError::Session(error),
                 skip => HistoryError::NoSession(companion, skip),
             })?;
-        self.remember_sent(
-            message_id,
-            crate::retry::SentKind::History,
-            &descriptor,
-            core::iter::once((companion, bytes.as_slice())),
-        );
+        let sent = crate::retry::message_ref(&bytes).map(|reference| (companion, mark, reference));
+        let kind = crate::retry::SentKind::History;
+        self.remember_sent(message_id, kind, &descriptor, sent.into_iter().collect());
         Ok(Envelope { recipient: companion, bytes })
     }
 }

@@ -220,7 +220,13 @@ impl Device {
         let list_refresh_needed =
             self.accounts.get(&sender.account).is_some_and(|known| !self.companions_current(known));
         let message_id = inner.message_id;
+        let reference = message_ref(envelope).ok_or(ReceiveError::Session(
+            crate::error::SessionError::Decode(crate::error::DecodeError::Truncated { needed: 16 }),
+        ))?;
         if self.peers.get(&sender).is_some_and(|peer| peer.delivered(&message_id)) {
+            // The envelope is remembered too: a replay of it is a replay, not a failure to ask
+            // about.
+            self.peers.entry(sender).or_default().deliver(message_id, reference);
             self.commit(opened);
             return Ok(Received::Redelivered(Redelivered { sender, message_id }));
         }
@@ -276,9 +282,6 @@ impl Device {
                 }
             }
         };
-        let reference = message_ref(envelope).ok_or(ReceiveError::Session(
-            crate::error::SessionError::Decode(crate::error::DecodeError::Truncated { needed: 16 }),
-        ))?;
         self.peers.entry(sender).or_default().deliver(message_id, reference);
         self.commit(opened);
         Ok(received)
@@ -325,10 +328,13 @@ impl Device {
         }
         let message_id = opened.message_id;
         let peer = self.peers.entry(sender).or_default();
-        if peer.delivered(&message_id) {
+        let again = peer.delivered(&message_id);
+        // Remembered even when delivered before: a replay of it is a replay, not a failure to ask
+        // about.
+        peer.deliver(message_id, reference);
+        if again {
             return Ok(Received::Redelivered(Redelivered { sender, message_id }));
         }
-        peer.deliver(message_id, reference);
         Ok(Received::Group(ReceivedGroupMessage {
             group,
             sender,

@@ -43,6 +43,30 @@ pub(crate) enum SentKind {
     Group { group: GroupId, membership: [u8; 32] },
 }
 
+/// What the cache records of the identity a recipient had, so a retry is answered only to the
+/// identity the original went to, never to another one listed at the same address since (a
+/// re-registered primary, say): 16 bytes of it, as many as a message reference (finding another
+/// identity that matches them is a 2^128 second preimage).
+pub(crate) type IdentityMark = [u8; 16];
+
+impl SentKind {
+    /// The [`IdentityMark`] an entry of this kind records: for a group message, the start of the
+    /// identity's fingerprint (what the group's holders already record); for the others, the
+    /// start of its signing key (read without hashing on the send path, by
+    /// `Device::seal_authorized_marked`).
+    pub(crate) fn identity_mark(&self, identity: &PublicIdentity) -> IdentityMark {
+        match self {
+            Self::Group { .. } => mark_of(&identity.fingerprint().0),
+            Self::Fanout { .. } | Self::History => mark_of(identity.signing_key_bytes()),
+        }
+    }
+}
+
+/// The first 16 bytes of `bytes` (of 32: the chunk is always there).
+pub(crate) fn mark_of(bytes: &[u8; 32]) -> IdentityMark {
+    bytes.first_chunk::<16>().copied().unwrap_or_default()
+}
+
 /// One sent message, kept for retries.
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct SentMessage {
@@ -50,11 +74,14 @@ pub(crate) struct SentMessage {
     pub(crate) created: Timestamp,
     pub(crate) kind: SentKind,
     pub(crate) payload: SecretBytes,
-    /// Every device it was encrypted for, with the reference of what it was sent (the last 16
-    /// bytes of its envelope, or of the group message).
-    pub(crate) recipients: Vec<(DeviceAddress, [u8; 16])>,
+    /// Every device it was encrypted for: its address, the mark of the identity it was
+    /// encrypted under ([`SentKind::identity_mark`]), and the reference of what it was sent (the
+    /// last 16 bytes of its envelope, or of the group message).
+    pub(crate) recipients: Vec<(DeviceAddress, IdentityMark, [u8; 16])>,
     /// Per device, the retries answered and the highest request count seen.
     pub(crate) retries: Vec<(DeviceAddress, u8, u8)>,
+    /// [`SentLog::issued`] once this message's id was issued.
+    pub(crate) issued: u64,
 }
 
 /// The bounds of the sent-message cache.
@@ -79,6 +106,12 @@ pub(crate) struct SentLog {
     /// Live entries by number, oldest first, with when they were sent.
     pub(crate) live: VecDeque<(u64, Timestamp)>,
     pub(crate) limits: SentCacheLimits,
+    /// Message ids this device has issued to any one peer device, counted the most one send
+    /// can give a device: one per fan-out, history message and retry answer, two for a group
+    /// message that came with a sender-key distribution. A receiver remembers the last
+    /// [`MESSAGE_ID_WINDOW`] ids per sending device, so a message followed by that many is no
+    /// longer answered ([`SentMessage::issued`]).
+    pub(crate) issued: u64,
 }
 
 /// The sent-message cache: the log, the entries loaded (all of them in memory, the ones an
@@ -92,6 +125,18 @@ pub(crate) struct SentCache {
 }
 
 impl SentCache {
+    /// Counts `ids` message ids issued to a peer device by one send.
+    pub(crate) fn issue(&mut self, ids: u64) {
+        self.log.issued = self.log.issued.saturating_add(ids);
+    }
+
+    /// True while fewer than [`MESSAGE_ID_WINDOW`] ids followed `entry`'s: every receiver that
+    /// delivered it still remembers its id, so a retry of it is delivered at most once.
+    fn recognizable(&self, entry: &SentMessage) -> bool {
+        let window = u64::try_from(MESSAGE_ID_WINDOW).unwrap_or(u64::MAX);
+        self.log.issued.saturating_sub(entry.issued) < window
+    }
+
     /// Keeps `message`, then wipes whatever the limits no longer allow at `clock`.
     pub(crate) fn add(&mut self, message: SentMessage, clock: Timestamp) {
         let seq = self.log.next;
@@ -117,18 +162,24 @@ impl SentCache {
         }
     }
 
-    /// The entry that went to `device` as the bytes with `reference`.
+    /// The entry that went to `device` as the bytes with `reference`, with the mark of the
+    /// identity it went to, unless it is older than the age limit at `clock` (then it is as good
+    /// as wiped, whether or not a send has wiped it yet).
     pub(crate) fn find(
         &self,
         device: DeviceAddress,
         reference: &[u8; 16],
-    ) -> Option<(u64, &SentMessage)> {
-        self.entries.iter().find_map(|(seq, entry)| {
+        clock: Timestamp,
+    ) -> Option<(u64, &SentMessage, IdentityMark)> {
+        let max_age = self.log.limits.max_age_secs;
+        let mut live =
+            self.entries.iter().filter(|(_, entry)| clock.secs_since(entry.created) <= max_age);
+        live.find_map(|(seq, entry)| {
             entry
                 .recipients
                 .iter()
-                .any(|(d, r)| *d == device && crypto::ct_eq(r, reference))
-                .then_some((*seq, entry))
+                .find(|(d, _, r)| *d == device && crypto::ct_eq(r, reference))
+                .map(|(_, mark, _)| (*seq, entry, *mark))
         })
     }
 
@@ -384,20 +435,31 @@ impl crate::device::Device {
         error: &ReceiveError,
         now: Timestamp,
     ) -> Option<RetryRequest> {
+        self.try_retry_request(envelope, error, now).ok()
+    }
+
+    /// [`crate::Device::retry_request`], saying why no request is made.
+    fn try_retry_request(
+        &mut self,
+        envelope: &[u8],
+        error: &ReceiveError,
+        now: Timestamp,
+    ) -> Result<RetryRequest, NoRetry> {
         self.observe(now);
-        let reason = RetryReason::for_error(error)?;
-        let sender = claimed_sender(envelope)?;
+        let reason = RetryReason::for_error(error).ok_or(NoRetry::NotRecoverable)?;
+        let sender = claimed_sender(envelope).ok_or(NoRetry::NotRecoverable)?;
         if sender == self.address {
-            return None;
+            return Err(NoRetry::NotRecoverable);
         }
-        let message_ref = message_ref(envelope)?;
+        let message_ref = message_ref(envelope).ok_or(NoRetry::NotRecoverable)?;
         let peer = self.peers.entry(sender).or_default();
-        // A spent key on the very envelope that delivered a message is the server replaying
-        // it, not a sender restored from a backup: nothing to ask for.
-        if reason == RetryReason::KeyReused && peer.replayed(&message_ref) {
-            return None;
+        // Whatever the failure (a spent key, or a chain or session dropped since), the very
+        // envelope that delivered a message is the server replaying it, not a sender restored
+        // from a backup nor a lost session: nothing to ask for.
+        if peer.replayed(&message_ref) {
+            return Err(NoRetry::Replayed);
         }
-        let count = peer.next_retry(message_ref)?;
+        let count = peer.next_retry(message_ref).ok_or(NoRetry::GaveUp)?;
         let mut request = RetryRequest {
             requester: self.address,
             sender,
@@ -413,8 +475,18 @@ impl crate::device::Device {
             label::SIG_RETRY_REQUEST,
             &[&request.signed_bytes()],
         );
-        Some(request)
+        Ok(request)
     }
+}
+
+/// Why a failed envelope yields no retry request.
+enum NoRetry {
+    /// A fresh session cannot cure the failure, or the envelope names no other sender.
+    NotRecoverable,
+    /// The envelope delivered a message before: the server replays it.
+    Replayed,
+    /// Every retry for the envelope was asked for: the message is lost.
+    GaveUp,
 }
 
 /// The reference of an envelope or group message: its last 16 bytes.
@@ -437,20 +509,20 @@ pub(crate) fn claimed_sender(envelope: &[u8]) -> Option<DeviceAddress> {
 
 impl crate::device::Device {
     /// Keeps a message just sent for retries: its id, what it was, its payload (unless larger
-    /// than [`crate::consts::MAX_MESSAGE_PLAINTEXT`], which is not kept) and the reference of
-    /// what each device got.
-    pub(crate) fn remember_sent<'a>(
+    /// than [`crate::consts::MAX_MESSAGE_PLAINTEXT`], which is not kept) and, per device, the
+    /// mark of the identity it went to and the reference of what the device got.
+    pub(crate) fn remember_sent(
         &mut self,
         message_id: [u8; 16],
         kind: SentKind,
         payload: &[u8],
-        sent: impl Iterator<Item = (DeviceAddress, &'a [u8])>,
+        recipients: Vec<(DeviceAddress, IdentityMark, [u8; 16])>,
     ) {
+        // Counted whether it is kept or not: a receiver's window counts it either way.
+        self.sent.issue(1);
         if payload.len() > crate::consts::MAX_MESSAGE_PLAINTEXT {
             return;
         }
-        let recipients: Vec<(DeviceAddress, [u8; 16])> =
-            sent.filter_map(|(device, bytes)| Some((device, message_ref(bytes)?))).collect();
         if recipients.is_empty() {
             return;
         }
@@ -461,6 +533,7 @@ impl crate::device::Device {
             payload: SecretBytes(payload.to_vec()),
             recipients,
             retries: Vec::new(),
+            issued: self.sent.log.issued,
         };
         self.sent.add(entry, self.clock);
     }
@@ -500,7 +573,7 @@ pub struct ReceiveFailure {
     /// are left.
     pub retry: Option<Box<RetryRequest>>,
     /// True when the failure was recoverable but every retry was already asked for: the message
-    /// is lost, for the app to show.
+    /// is lost, for the app to show. False for a replay of an envelope that delivered a message.
     pub gave_up: bool,
 }
 
@@ -517,9 +590,15 @@ impl crate::device::Device {
         now: Timestamp,
     ) -> Result<crate::Received, ReceiveFailure> {
         self.receive(envelope, body, now).map_err(|error| {
-            let recoverable = RetryReason::for_error(&error).is_some();
-            let retry = self.retry_request(envelope, &error, now).map(Box::new);
-            ReceiveFailure { error, gave_up: recoverable && retry.is_none(), retry }
+            match self.try_retry_request(envelope, &error, now) {
+                Ok(request) => {
+                    ReceiveFailure { error, retry: Some(Box::new(request)), gave_up: false }
+                }
+                Err(NoRetry::GaveUp) => ReceiveFailure { error, retry: None, gave_up: true },
+                Err(NoRetry::NotRecoverable | NoRetry::Replayed) => {
+                    ReceiveFailure { error, retry: None, gave_up: false }
+                }
+            }
         })
     }
 
@@ -551,8 +630,18 @@ impl crate::device::Device {
             Err(_) => return Err(RetryError::NotAuthorized(device)),
         };
         request.verify(&listed).map_err(|_| RetryError::NotAuthorized(device))?;
-        let (seq, entry) =
-            self.sent.find(device, &request.message_ref).ok_or(RetryError::NotCached)?;
+        let (seq, entry, mark) = self
+            .sent
+            .find(device, &request.message_ref, self.clock)
+            .ok_or(RetryError::NotCached)?;
+        // Sent to another identity at that address: never this one's to read. Or followed by
+        // so many messages that the requester may have forgotten its id: answered, it could be
+        // delivered twice.
+        if !crypto::ct_eq(&mark, &entry.kind.identity_mark(&listed))
+            || !self.sent.recognizable(entry)
+        {
+            return Err(RetryError::NotCached);
+        }
         let entry = entry.clone();
         let (answered, last_count) = entry
             .retries
@@ -654,6 +743,7 @@ impl crate::device::Device {
             kept.retries.retain(|(d, _, _)| *d != device);
             kept.retries.push((device, answered + 1, request.count));
         }
+        self.sent.issue(1);
         Ok(RetryAnswer {
             message_id: entry.message_id,
             envelope: Envelope { recipient: device, bytes },

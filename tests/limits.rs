@@ -79,6 +79,16 @@
 //!   `answered_pairing_codes_are_bounded_at_n_and_n_plus_one_until_the_oldest_expires`.
 //! - `DEDUP_WINDOW` (the store's):
 //!   `dedup_window_recognizes_n_envelopes_and_leaves_older_ones_to_the_ratchet`.
+//! - `MESSAGE_ID_WINDOW`: tests/retry.rs
+//!   `the_message_id_window_recognizes_the_256th_newest_and_the_sender_answers_nothing_older`.
+//! - `MAX_RETRIES`: tests/retry.rs `the_receiver_asks_max_retries_times_then_gives_up` and
+//!   `the_sender_answers_max_retries_times_then_gives_up`.
+//! - `DEFAULT_SENT_CACHE_ENTRIES`: tests/retry.rs
+//!   `the_sent_cache_keeps_the_default_number_of_entries_at_n_and_n_plus_one` (a configured
+//!   number: `the_sent_cache_keeps_a_configured_number_of_entries_at_n_and_n_plus_one`).
+//! - `DEFAULT_SENT_CACHE_AGE_SECS`: tests/retry.rs
+//!   `the_sent_cache_keeps_messages_for_the_default_age_at_n_and_n_plus_one` (a configured age:
+//!   `the_sent_cache_keeps_messages_for_a_configured_age_at_n_and_n_plus_one`).
 //!
 //! `DAY_SECS` is a unit, not a limit. `every_error_says_what_to_do` pins `action()` for every
 //! variant of every public error enum.
@@ -101,8 +111,9 @@ use multidevice::consts::MAX_GROUP_MEMBERS;
 use multidevice::consts::{
     DAY_SECS, DEVICE_LIST_TTL_SECS, MAX_ANNOUNCEMENTS, MAX_ANSWERED_PAIRING_CODES,
     MAX_FORWARD_JUMP_CEILING, MAX_MESSAGE_PLAINTEXT, MAX_ONE_TIME_PREKEYS, MAX_REFUSED_IDENTITIES,
-    MAX_SKIPPED_KEYS, ONE_TIME_PREKEY_LIFETIME_SECS, ONE_TIME_PREKEY_TARGET,
-    PAIRING_CODE_LIFETIME_SECS, QR_CLOCK_SKEW_SECS, QR_OFFER_LIFETIME_SECS, USED_LINK_REFERENCES,
+    MAX_RETRIES, MAX_SKIPPED_KEYS, ONE_TIME_PREKEY_LIFETIME_SECS, ONE_TIME_PREKEY_TARGET,
+    PAIRING_CODE_LIFETIME_SECS, PRIMARY_INACTIVITY_SECS, QR_CLOCK_SKEW_SECS,
+    QR_OFFER_LIFETIME_SECS, USED_LINK_REFERENCES,
 };
 use multidevice::hazmat;
 use multidevice::store::{
@@ -113,9 +124,9 @@ use multidevice::{
     Device, DeviceAddress, DeviceId, DeviceListError, FanoutError, FanoutSkip, HISTORY_MEDIA_TYPE,
     HISTORY_WINDOW_SECS, HistoryError, INLINE_THRESHOLD, KeyError, LinkError, LinkingMetadata,
     MAX_FANOUT_PAYLOAD, MAX_HISTORY_RECORD, MessageKind, PairingCode, PrekeyBundle, PrekeyUpload,
-    PrimaryPairing, QR_PREFIX, QrLinkApproval, QrLinkOffer, ReceiveError, Received, SessionError,
-    SessionMessage, SignatureKind, SignedDeviceIdentity, StoredDevice, Timestamp, build_history,
-    import_history, render_pixels, test_support,
+    PrimaryPairing, QR_PREFIX, QrLinkApproval, QrLinkOffer, ReceiveError, Received, RetryError,
+    SentCacheLimits, SessionError, SessionMessage, SignatureKind, SignedDeviceIdentity,
+    StoredDevice, Timestamp, build_history, import_history, render_pixels, test_support,
 };
 use rand::rngs::StdRng;
 use sha2::{Digest, Sha256};
@@ -1617,6 +1628,89 @@ impl std::io::Read for Failing {
     }
 }
 
+/// `RetryError`: provoked where the API reaches it. Bob answers Carol's devices, which lost
+/// their sessions with him; Carol's companion answers Bob.
+fn retry_errors(pins: &mut Pins) {
+    let (mut rng, mut server, mut carol, mut bob) = fixture(7950);
+    let bob_address = bob.devices[0].address();
+    let (carol0, carol1) = (carol.devices[0].address(), carol.devices[1].address());
+    let bundles = server.bundles(&[AccountId(1)]);
+    let hello = bob.devices[0].encrypt_fanout(&mut rng, &[AccountId(1)], &bundles, b"hi", T0);
+    let hello = hello.unwrap();
+    for device in &mut carol.devices {
+        read(device, &envelope_for(&hello, device.address()).unwrap(), T0).unwrap();
+    }
+    let bundle = server.bundle(bob_address);
+    let reply =
+        carol.devices[1].encrypt_fanout(&mut rng, &[AccountId(2)], &[bundle], b"back", T0).unwrap();
+    read(&mut bob.devices[0], &envelope_for(&reply, bob_address).unwrap(), T0).unwrap();
+    // Each side loses its sessions; the next messages fail and ask for retries.
+    for device in &mut carol.devices {
+        device.delete_sessions(bob_address);
+    }
+    let lost = bob.devices[0].encrypt_fanout(&mut rng, &[AccountId(1)], &[], b"m", T0).unwrap();
+    let asks = |device: &mut Device, bytes: &[u8]| {
+        let failure = device.receive_or_retry(bytes, None, T0).unwrap_err();
+        let error = failure.error;
+        *failure.retry.unwrap_or_else(|| panic!("{error:?}"))
+    };
+    let verify = |device: &mut Device, request: &multidevice::RetryRequest| match device
+        .receive(&request.to_bytes(), None, T0)
+        .unwrap()
+    {
+        Received::RetryRequest(verified) => verified,
+        other => panic!("expected a retry request, got {other:?}"),
+    };
+    let to_carol0 = envelope_for(&lost, carol0).unwrap();
+    let first = asks(&mut carol.devices[0], &to_carol0);
+    let to_carol1 = envelope_for(&lost, carol1).unwrap();
+    let from_companion = asks(&mut carol.devices[1], &to_carol1);
+    // Carol's companion, asked by Bob, answers only while it is signed in.
+    // (A group message whose sender key Bob never got.)
+    let group = carol.devices[1].create_group(&mut rng, &[AccountId(2)]).unwrap();
+    let bundles = server.bundles(&[AccountId(1), AccountId(2)]);
+    let send = carol.devices[1].encrypt_group(&mut rng, group, &bundles, b"c", T0).unwrap();
+    let request = asks(&mut bob.devices[0], &send.message);
+    let verified = verify(&mut carol.devices[1], &request);
+    let late = T0.plus_secs(PRIMARY_INACTIVITY_SECS + 1);
+    pin!(pins, RetryError, carol.devices[1].answer_retry(&mut rng, &verified, late).unwrap_err(),
+        RetryError::Session(SessionError::SignedOut) => Action::RetryLater);
+
+    let bob0 = &mut bob.devices[0];
+    let verified = verify(bob0, &first);
+    bob0.answer_retry(&mut rng, &verified, T0).unwrap();
+    pin!(pins, RetryError, bob0.answer_retry(&mut rng, &verified, T0).unwrap_err(),
+        RetryError::Replayed => Action::Drop);
+    let mut last = verified;
+    for _ in 1..MAX_RETRIES {
+        last = verify(bob0, &asks(&mut carol.devices[0], &to_carol0));
+        bob0.answer_retry(&mut rng, &last, T0).unwrap();
+    }
+    pin!(pins, RetryError, bob0.answer_retry(&mut rng, &last, T0).unwrap_err(),
+        RetryError::GaveUp { .. } => Action::AskUser);
+    let companion = verify(bob0, &from_companion);
+    let limits = SentCacheLimits { max_entries: 0, ..SentCacheLimits::default() };
+    bob0.set_sent_cache_limits(limits);
+    pin!(pins, RetryError, bob0.answer_retry(&mut rng, &companion, T0).unwrap_err(),
+        RetryError::NotCached => Action::Drop);
+    bob0.set_sent_cache_limits(SentCacheLimits::default());
+    let removal = carol.devices[0].remove_companion(carol1.device, T0).unwrap();
+    bob.devices[0].process_device_list(&removal.to_bytes(), T0).unwrap();
+    let error = pin!(pins, RetryError,
+        bob.devices[0].answer_retry(&mut rng, &companion, T0).unwrap_err(),
+        RetryError::NotAuthorized(_) => Action::FetchList(AccountId(1)));
+    assert_eq!(error, RetryError::NotAuthorized(carol1));
+
+    // A stored device whose store fails.
+    let key = StoreKey::from_bytes(&[7; 32]);
+    let faulty = Faulty::default();
+    let mut stored =
+        StoredDevice::import(faulty.clone(), &key, &mut rng, &bob.devices[0].to_bytes()).unwrap();
+    faulty.fail_with(Some(StoreError::Injected));
+    pin!(pins, RetryError, stored.answer_retry(&mut rng, &companion, T0).unwrap_err(),
+        RetryError::Store(StoreError::Injected) => Action::RetryLater);
+}
+
 /// `GroupError`: provoked where the API reaches it.
 fn group_errors(pins: &mut Pins) {
     let mut rng = rng(7301);
@@ -1658,6 +1752,7 @@ fn every_error_says_what_to_do() {
     store_errors(&mut pins);
     blob_errors(&mut pins);
     group_errors(&mut pins);
+    retry_errors(&mut pins);
     let sources = [include_str!("../src/error.rs")];
     for name in [
         "DecodeError",
@@ -1672,6 +1767,7 @@ fn every_error_says_what_to_do() {
         "BlobError",
         "MediaTypeError",
         "GroupError",
+        "RetryError",
     ] {
         let source = sources.iter().find(|s| s.contains(&format!("pub enum {name} {{"))).unwrap();
         let declared = declared_variants(source, name);

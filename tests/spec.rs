@@ -19,7 +19,7 @@ use multidevice::{
     AccountId, CompanionPairing, Conversation, DecodeError, Device, DeviceAddress, DeviceId,
     DeviceListError, KeyError, LinkError, LinkingMetadata, LogoutRequest, MessageKind, PairingCode,
     PairingCodeError, PrekeyBundle, PrekeyUpload, PrimaryPairing, PublicIdentity, QrLinkApproval,
-    QrLinkOffer, ReceiveError, Received, SessionError, SessionMessage, SignatureKind,
+    QrLinkOffer, ReceiveError, Received, RetryRequest, SessionError, SessionMessage, SignatureKind,
     SignedDeviceIdentity, SignedDeviceList, Timestamp, test_support,
 };
 use rand::rngs::StdRng;
@@ -1718,6 +1718,50 @@ fn parser_checks_pairing_messages() {
     other[2] ^= 1;
     assert_eq!(check(&other), Err(LinkError::WrongAttempt));
     assert_eq!(check(&confirm), Ok(()));
+}
+
+/// §17 RetryRequest: fixed layout; count 1..=5 and a known reason when parsed; both
+/// signatures (the request's and its signed prekey's) checked when received, not when parsed.
+#[test]
+fn parser_checks_retry_request() {
+    let (mut rng, mut server, mut alice, mut bob) = two_accounts(1109);
+    let bundles = server.bundles(&[AccountId(2)]);
+    let sent = alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &bundles, b"x", T0);
+    let envelope = envelope_for(&sent.unwrap(), addr(2, 0)).unwrap();
+    let error = ReceiveError::Session(SessionError::AuthenticationFailed);
+    let request = bob.devices[0].retry_request(&envelope, &error, T0).unwrap().to_bytes();
+    assert_eq!(request.len(), 2 + 214);
+    let parse = |b: &[u8]| decode(RetryRequest::try_from(b));
+    assert_eq!(parse(&request), Ok(()));
+    common_steps(&request, 0x60, 214, true, parse, |e| e);
+    // Count at 42, reason at 43.
+    for (at, value, ok) in [
+        (42, 0, false),
+        (42, 1, true),
+        (42, 5, true),
+        (42, 6, false),
+        (43, 0, false),
+        (43, 1, true),
+        (43, 5, true),
+        (43, 6, false),
+    ] {
+        let mut edited = request.clone();
+        edited[at] = value;
+        let expected = if ok { Ok(()) } else { Err(DecodeError::OutOfRange) };
+        assert_eq!(parse(&edited), expected, "byte {at} = {value}");
+    }
+    // Signatures are not the parser's: a flipped request signature, or signed prekey
+    // signature, parses.
+    for at in [request.len() - 1, 2 + 50 + 100 - 1] {
+        let mut forged = request.clone();
+        forged[at] ^= 1;
+        assert_eq!(parse(&forged), Ok(()));
+        assert!(alice.devices[0].receive(&forged, None, T0).is_err());
+    }
+    assert!(matches!(
+        alice.devices[0].receive(&request, None, T0).unwrap(),
+        Received::RetryRequest(_)
+    ));
 }
 
 /// §15: the persisted-state encoding is marked non-normative: no peer depends on it.

@@ -296,13 +296,14 @@ impl Device {
         let key = state.key.as_mut().ok_or(GroupError::UnknownGroup(group))?;
         let header = GroupHeader { group, sender, membership: &membership, nonce: &nonce };
         send.message = seal_group_message(key, &header, &send.message_id, announcement, payload)?;
-        let holders: Vec<DeviceAddress> = state.holders.keys().copied().collect();
-        self.remember_sent(
-            send.message_id,
-            crate::retry::SentKind::Group { group, membership },
-            payload,
-            holders.into_iter().map(|address| (address, send.message.as_slice())),
-        );
+        let reference = crate::retry::message_ref(&send.message).unwrap_or_default();
+        let holders = state
+            .holders
+            .iter()
+            .map(|(address, identity)| (*address, crate::retry::mark_of(&identity.0), reference))
+            .collect();
+        let kind = crate::retry::SentKind::Group { group, membership };
+        self.remember_sent(send.message_id, kind, payload, holders);
         Ok(send)
     }
 
@@ -400,6 +401,11 @@ impl Device {
         }
         let everyone = send.skipped.is_empty() && send.lists_needed.is_empty();
         let epoch = self.list_epoch;
+        if !delivered.is_empty() {
+            // A device given the key gets two ids with this send: the distribution's, then the
+            // group message's.
+            self.sent.issue(1);
+        }
         let state = self.groups.get_mut(&group).ok_or(GroupError::UnknownGroup(group))?;
         state.holders.extend(delivered);
         // Only when every device reached holds the key can later sends skip this work.

@@ -65,8 +65,9 @@ pub(super) struct Scope {
     pub(super) group_key_devices: Vec<DeviceAddress>,
     /// Single received sender keys to read, by sending device and group.
     pub(super) group_keys: Vec<(DeviceAddress, GroupId)>,
-    /// Also read every received sender key of every device the held lists of `accounts` name:
-    /// for calls that may change a list, since a device leaving takes its keys with it.
+    /// Also read every received sender key and peer record of every device the held lists of
+    /// `accounts` name: for calls that may change a list, since a device leaving takes its keys
+    /// and what is remembered of it with it.
     pub(super) listed_group_keys: bool,
     /// Read every group and every received sender key: exporting the whole state.
     pub(super) every_group: bool,
@@ -379,6 +380,13 @@ pub(super) fn load(txn: &mut Sealed<'_>, scope: &Scope) -> Result<(Device, Loade
     }
     let mut peers = BTreeMap::new();
     let mut wanted_peers = scope.peers.clone();
+    if scope.listed_group_keys {
+        for account in &loaded.session_accounts {
+            if let Some(known) = accounts.get(account) {
+                wanted_peers.extend(known.list.devices().iter().map(|d| d.address()));
+            }
+        }
+    }
     if scope.every_peer {
         for (natural, _, _) in txn.scan(Table::Peer, &[])? {
             wanted_peers
@@ -588,6 +596,9 @@ pub(super) fn save(
             }
             _ => txn.put(Table::Peer, &peer.to_bytes(), &bytes)?,
         }
+    }
+    for peer in loaded.peers.keys().filter(|p| !device.peers.contains_key(p)) {
+        txn.delete(Table::Peer, &peer.to_bytes())?;
     }
     Ok(())
 }
