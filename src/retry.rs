@@ -619,9 +619,6 @@ impl crate::device::Device {
     ) -> Result<RetryAnswer, crate::error::RetryError> {
         use crate::error::RetryError;
         self.observe(now);
-        // Nothing past the cache's limits is ever answered, however long ago the last send was.
-        let clock = self.clock;
-        self.sent.prune(clock);
         self.require_active()?;
         let request = request.request();
         let device = request.requester;
