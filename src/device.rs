@@ -30,7 +30,7 @@ use crate::prekeys::{
     LegacyPrekeys, OneTimePrekey, OneTimePrekeyPublic, PrekeyStore, PrekeyUpload,
     SignedPrekeyPublic, SignedPrekeys, VerifiedPrekeyBundle,
 };
-use crate::retry::{PeerRecord, SentCache, SentLog, SentMessage};
+use crate::retry::{HolderSet, PeerRecord, SentCache, SentLog, SentMessage};
 use crate::session::handshake;
 use crate::session::message::{MessageKind, SessionMessage, write_prefix};
 use crate::session::ratchet::{Commit, Session};
@@ -134,6 +134,8 @@ pub(crate) type GroupKeys = BTreeMap<(DeviceAddress, GroupId), GroupReceiver>;
 pub(crate) type Peers = BTreeMap<DeviceAddress, PeerRecord>;
 /// The sent-message cache's entries, by number.
 pub(crate) type SentEntries = BTreeMap<u64, SentMessage>;
+/// The sent-message cache's holder sets, by number.
+pub(crate) type HolderSets = BTreeMap<u64, HolderSet>;
 
 /// The persisted form: the format version, the device's own record, then every other record.
 /// Only [`Device::from_bytes`] reads it, and it validates what it read.
@@ -148,6 +150,7 @@ type StateRef<'a> = (
     &'a Peers,
     &'a SentLog,
     &'a SentEntries,
+    &'a HolderSets,
 );
 type StateOwned = (
     u16,
@@ -160,6 +163,7 @@ type StateOwned = (
     Peers,
     SentLog,
     SentEntries,
+    HolderSets,
 );
 /// Persisted format 2, imported by [`Device::from_bytes`].
 type LegacyState = (
@@ -543,6 +547,7 @@ impl Device {
             &self.peers,
             &self.sent.log,
             &self.sent.entries,
+            &self.sent.holder_sets,
         );
         crate::wiping::to_wiped_bytes(&state)
     }
@@ -606,9 +611,15 @@ impl Device {
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
-        let (_, meta, one_time, sessions, accounts, groups, group_keys, peers, log, entries) =
+        let (_, meta, one_time, sessions, accounts, groups, group_keys, peers, log, entries, sets) =
             state;
-        let sent = SentCache { log, entries, evicted: Vec::new() };
+        let sent = SentCache {
+            log,
+            entries,
+            holder_sets: sets,
+            evicted: Vec::new(),
+            evicted_holder_sets: Vec::new(),
+        };
         let device = Self::from_records(
             meta,
             one_time,

@@ -383,7 +383,8 @@ impl Device {
                 Err(reason) => message.skipped.push((address, reason)),
             }
         }
-        self.remember_sent(message_id, SentKind::Fanout { to: accounts }, payload, sent);
+        let recipients = crate::retry::Recipients::Devices(sent);
+        self.remember_sent(message_id, SentKind::Fanout { to: accounts }, payload, recipients);
         Ok(message)
     }
 

@@ -375,7 +375,8 @@ impl Device {
             })?;
         let sent = crate::retry::message_ref(&bytes).map(|reference| (companion, mark, reference));
         let kind = crate::retry::SentKind::History;
-        self.remember_sent(message_id, kind, &descriptor, sent.into_iter().collect());
+        let recipients = crate::retry::Recipients::Devices(sent.into_iter().collect());
+        self.remember_sent(message_id, kind, &descriptor, recipients);
         Ok(Envelope { recipient: companion, bytes })
     }
 }

@@ -74,15 +74,31 @@ pub(crate) struct SentMessage {
     pub(crate) created: Timestamp,
     pub(crate) kind: SentKind,
     pub(crate) payload: SecretBytes,
-    /// Every device it was encrypted for: its address, the mark of the identity it was
-    /// encrypted under ([`SentKind::identity_mark`]), and the reference of what it was sent (the
-    /// last 16 bytes of its envelope, or of the group message).
-    pub(crate) recipients: Vec<(DeviceAddress, IdentityMark, [u8; 16])>,
+    /// Every device it was encrypted for, with the identity it was encrypted under and the
+    /// reference of what it was sent.
+    pub(crate) recipients: Recipients,
     /// Per device, the retries answered and the highest request count seen.
     pub(crate) retries: Vec<(DeviceAddress, u8, u8)>,
     /// [`SentLog::issued`] once this message's id was issued.
     pub(crate) issued: u64,
 }
+
+/// Who a cached message went to.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) enum Recipients {
+    /// Per device: its address, the mark of the identity it was encrypted under
+    /// ([`SentKind::identity_mark`]), and the reference of its envelope (its last 16 bytes).
+    Devices(Vec<(DeviceAddress, IdentityMark, [u8; 16])>),
+    /// A group message: the same bytes, with this reference (their last 16 bytes), for every
+    /// holder of the sender key, as the cache's holder set `set` records them. Messages sent to
+    /// the same holders share one set, so a send to a thousand accounts copies no holder.
+    Holders { set: u64, reference: [u8; 16] },
+}
+
+/// The holders of a group's sender key when messages were sent under it: each device, by
+/// address (ascending), with the mark of the identity it got the key under.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct HolderSet(pub(crate) Vec<(DeviceAddress, IdentityMark)>);
 
 /// The bounds of the sent-message cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,8 +119,13 @@ impl Default for SentCacheLimits {
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub(crate) struct SentLog {
     pub(crate) next: u64,
-    /// Live entries by number, oldest first, with when they were sent.
-    pub(crate) live: VecDeque<(u64, Timestamp)>,
+    /// Live entries by number, oldest first, with when they were sent and the holder set they
+    /// name (group messages).
+    pub(crate) live: VecDeque<(u64, Timestamp, Option<u64>)>,
+    /// The number of the next holder set.
+    pub(crate) next_holder_set: u64,
+    /// Live holder sets by number, with how many live entries name each.
+    pub(crate) holder_sets: BTreeMap<u64, u32>,
     pub(crate) limits: SentCacheLimits,
     /// Message ids this device has issued to any one peer device, counted the most one send
     /// can give a device: one per fan-out, history message and retry answer, two for a group
@@ -120,8 +141,12 @@ pub(crate) struct SentLog {
 pub(crate) struct SentCache {
     pub(crate) log: SentLog,
     pub(crate) entries: BTreeMap<u64, SentMessage>,
+    /// Holder sets loaded or made, by number.
+    pub(crate) holder_sets: BTreeMap<u64, HolderSet>,
     /// Entries evicted by this operation: a store deletes them.
     pub(crate) evicted: Vec<u64>,
+    /// Holder sets no live entry names any more since loading: a store deletes them.
+    pub(crate) evicted_holder_sets: Vec<u64>,
 }
 
 impl SentCache {
@@ -141,15 +166,38 @@ impl SentCache {
     pub(crate) fn add(&mut self, message: SentMessage, clock: Timestamp) {
         let seq = self.log.next;
         self.log.next = self.log.next.wrapping_add(1);
-        self.log.live.push_back((seq, message.created));
+        let set = match message.recipients {
+            Recipients::Holders { set, .. } => {
+                *self.log.holder_sets.entry(set).or_default() += 1;
+                Some(set)
+            }
+            Recipients::Devices(_) => None,
+        };
+        self.log.live.push_back((seq, message.created, set));
         self.entries.insert(seq, message);
         self.prune(clock);
     }
 
-    /// Wipes entries beyond the limits at `clock`.
+    /// The number of the holder set for a group's current holders: `current`, the set made when
+    /// they last changed, while an entry still names it; else a new one, made by `holders`.
+    pub(crate) fn holder_set(
+        &mut self,
+        current: Option<u64>,
+        holders: impl FnOnce() -> HolderSet,
+    ) -> u64 {
+        if let Some(set) = current.filter(|set| self.log.holder_sets.contains_key(set)) {
+            return set;
+        }
+        let set = self.log.next_holder_set;
+        self.log.next_holder_set = set.wrapping_add(1);
+        self.holder_sets.insert(set, holders());
+        set
+    }
+
+    /// Wipes entries beyond the limits at `clock`, and the holder sets only they named.
     pub(crate) fn prune(&mut self, clock: Timestamp) {
         let limits = self.log.limits;
-        while let Some(&(seq, created)) = self.log.live.front() {
+        while let Some(&(seq, created, set)) = self.log.live.front() {
             let too_many =
                 self.log.live.len() > usize::try_from(limits.max_entries).unwrap_or(usize::MAX);
             let too_old = clock.secs_since(created) > limits.max_age_secs;
@@ -159,6 +207,20 @@ impl SentCache {
             self.log.live.pop_front();
             self.entries.remove(&seq);
             self.evicted.push(seq);
+            if let Some(set) = set {
+                self.release_holder_set(set);
+            }
+        }
+    }
+
+    /// One entry naming holder set `set` is gone: the set goes with the last one.
+    fn release_holder_set(&mut self, set: u64) {
+        let Some(count) = self.log.holder_sets.get_mut(&set) else { return };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.log.holder_sets.remove(&set);
+            self.holder_sets.remove(&set);
+            self.evicted_holder_sets.push(set);
         }
     }
 
@@ -175,18 +237,44 @@ impl SentCache {
         let mut live =
             self.entries.iter().filter(|(_, entry)| clock.secs_since(entry.created) <= max_age);
         live.find_map(|(seq, entry)| {
-            entry
-                .recipients
-                .iter()
-                .find(|(d, _, r)| *d == device && crypto::ct_eq(r, reference))
-                .map(|(_, mark, _)| (*seq, entry, *mark))
+            let mark = match &entry.recipients {
+                Recipients::Devices(devices) => devices
+                    .iter()
+                    .find(|(d, _, r)| *d == device && crypto::ct_eq(r, reference))
+                    .map(|(_, mark, _)| *mark),
+                Recipients::Holders { set, reference: sent } => {
+                    let holders = &self.holder_sets.get(set)?.0;
+                    crypto::ct_eq(sent, reference)
+                        .then(|| holders.binary_search_by_key(&device, |(d, _)| *d).ok())
+                        .flatten()
+                        .and_then(|at| holders.get(at))
+                        .map(|(_, mark)| *mark)
+                }
+            };
+            mark.map(|mark| (*seq, entry, mark))
         })
     }
 
-    /// True if restored state respects the bounds.
+    /// True if restored state respects the bounds: at most the entries the limits allow, each
+    /// one live, and the holder sets exactly those live entries name, each named as often as
+    /// it is counted.
     pub(crate) fn within_limits(&self) -> bool {
+        let max_holders =
+            (crate::consts::MAX_GROUP_MEMBERS + 1) * (crate::consts::MAX_COMPANIONS + 1);
+        let mut named: BTreeMap<u64, u32> = BTreeMap::new();
+        for (_, _, set) in &self.log.live {
+            if let Some(set) = set {
+                *named.entry(*set).or_default() += 1;
+            }
+        }
         self.log.live.len() <= usize::try_from(self.log.limits.max_entries).unwrap_or(usize::MAX)
-            && self.entries.keys().all(|seq| self.log.live.iter().any(|(s, _)| s == seq))
+            && self.entries.keys().all(|seq| self.log.live.iter().any(|(s, _, _)| s == seq))
+            && named == self.log.holder_sets
+            && self.holder_sets.keys().all(|set| named.contains_key(set))
+            && self.holder_sets.values().all(|holders| {
+                holders.0.len() <= max_holders
+                    && holders.0.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0))
+            })
     }
 }
 
@@ -516,14 +604,14 @@ impl crate::device::Device {
         message_id: [u8; 16],
         kind: SentKind,
         payload: &[u8],
-        recipients: Vec<(DeviceAddress, IdentityMark, [u8; 16])>,
+        recipients: Recipients,
     ) {
         // Counted whether it is kept or not: a receiver's window counts it either way.
         self.sent.issue(1);
         if payload.len() > crate::consts::MAX_MESSAGE_PLAINTEXT {
             return;
         }
-        if recipients.is_empty() {
+        if matches!(&recipients, Recipients::Devices(devices) if devices.is_empty()) {
             return;
         }
         let entry = SentMessage {
@@ -734,6 +822,7 @@ impl crate::device::Device {
         {
             // It lost the key: the next send gives it the current one.
             state.holders.remove(&device);
+            state.holder_set = None;
             state.settled = None;
         }
         if let Some(kept) = self.sent.entries.get_mut(&seq) {

@@ -17,7 +17,7 @@ use multidevice::{
     Timestamp, VerifiedRetryRequest,
 };
 use rand::rngs::StdRng;
-use support::world::{Account, Server, account, envelope_for, introduce};
+use support::world::{Account, Server, account, envelope_for, introduce, link};
 use support::{T0, rng, snapshot, tick};
 
 // ---------------------------------------------------------------------------------------------
@@ -1028,7 +1028,7 @@ fn a_retry_never_reaches_a_device_added_after_the_send() {
         alice.devices[0].encrypt_group(&mut rng, group, &bundles, b"before", T0).unwrap();
     let fanout =
         send(&mut rng, &mut server, &mut alice.devices[0], AccountId(2), b"fan-out before", T0);
-    let late = support::world::link(&mut rng, &mut server, &mut bob, T0);
+    let late = link(&mut rng, &mut server, &mut bob, T0);
     alice.devices[0].process_device_list(&server.newest(AccountId(2)), T0).unwrap();
     let device = bob.device(late);
     device.process_device_list(&server.newest(AccountId(1)), T0).unwrap();
@@ -1269,7 +1269,7 @@ mod stored {
             StoredDevice::import(memory.clone(), &key(), &mut r, &bob.devices[0].to_bytes())
                 .unwrap();
         let bob0 = stored.address();
-        let companion = support::world::link(&mut r, &mut server, &mut carol, T0);
+        let companion = link(&mut r, &mut server, &mut carol, T0);
         stored.process_device_list(&server.newest(AccountId(1)), T0).unwrap();
         let device = carol.device(companion);
         device.process_device_list(&server.newest(AccountId(2)), T0).unwrap();
@@ -1331,6 +1331,67 @@ mod stored {
             Received::Group(message) => assert_eq!(message.payload.as_slice(), b"next"),
             other => panic!("expected the group message, got {other:?}"),
         }
+    }
+
+    /// Group messages sent to the same holders of a sender key share one holder set, a row of
+    /// its own, so a send to a large group adds one small row; a device given the key later is
+    /// not among the holders of earlier messages and is not answered for them; and a set goes
+    /// with the last message naming it.
+    #[test]
+    fn group_messages_share_a_holder_set_that_goes_with_the_last_of_them() {
+        let (mut r, mut server, alice, mut bob) = world(63, 0, 0);
+        let memory = MemoryStore::new();
+        let mut stored =
+            StoredDevice::import(memory.clone(), &key(), &mut r, &alice.devices[0].to_bytes())
+                .unwrap();
+        let rows = |memory: &MemoryStore| {
+            memory.rows().into_iter().filter(|(table, _, _)| *table == Table::SentMessage).count()
+        };
+        assert_eq!(rows(&memory), 0);
+        let group = stored.create_group(&mut r, &[AccountId(2)]).unwrap();
+        let bundles = server.bundles(&[AccountId(1), AccountId(2)]);
+        let first = stored.encrypt_group(&mut r, group, &bundles, b"m0", T0).unwrap();
+        stored.encrypt_group(&mut r, group, &[], b"m1", T0).unwrap();
+        assert_eq!(rows(&memory), 2 + 1, "two messages and one holder set");
+        // Bob links a companion; Alice's next send gives it the key: a new holder set.
+        let bob1 = link(&mut r, &mut server, &mut bob, T0);
+        stored.process_device_list(&server.newest(AccountId(2)), T0).unwrap();
+        let bundles = server.bundles(&[AccountId(2)]);
+        let third = stored.encrypt_group(&mut r, group, &bundles, b"m2", T0).unwrap();
+        assert!(third.distribution.iter().any(|e| e.recipient == bob1));
+        assert_eq!(rows(&memory), 3 + 2);
+        // The companion that got the key with m2 is not answered for m0; Bob's primary is.
+        let missing = ReceiveError::NoSenderKey { group, sender: stored.address() };
+        let late = bob.device(bob1).retry_request(&first.message, &missing, T0).unwrap();
+        let Received::RetryRequest(late) =
+            stored.receive(&late.to_bytes(), None, T0).unwrap().received
+        else {
+            panic!("expected a retry request")
+        };
+        assert!(matches!(stored.answer_retry(&mut r, &late, T0), Err(RetryError::NotCached)));
+        let bob0 = bob.devices[0].address();
+        let request = bob.device(bob0).retry_request(&first.message, &missing, T0).unwrap();
+        let Received::RetryRequest(request) =
+            stored.receive(&request.to_bytes(), None, T0).unwrap().received
+        else {
+            panic!("expected a retry request")
+        };
+        let answer = stored.answer_retry(&mut r, &request, T0).unwrap();
+        match bob.device(bob0).receive(&answer.envelope.bytes, None, T0).unwrap() {
+            Received::Group(message) => assert_eq!(message.payload.as_slice(), b"m0"),
+            other => panic!("expected the group message, got {other:?}"),
+        }
+        // Only m2 left: its holder set stays, the first goes with m1.
+        let one = SentCacheLimits { max_entries: 1, ..SentCacheLimits::default() };
+        stored.set_sent_cache_limits(one).unwrap();
+        assert_eq!(rows(&memory), 1 + 1);
+        let none = SentCacheLimits { max_entries: 0, ..SentCacheLimits::default() };
+        stored.set_sent_cache_limits(none).unwrap();
+        assert_eq!(rows(&memory), 0);
+        let mut stored = reopen(stored);
+        stored.set_sent_cache_limits(SentCacheLimits::default()).unwrap();
+        stored.encrypt_group(&mut r, group, &[], b"m3", T0).unwrap();
+        assert_eq!(rows(&memory), 1 + 1, "a set of the holders now");
     }
 
     /// The cache is one row per message, encrypted at rest: tightening the limits on a stored
@@ -1439,7 +1500,7 @@ fn a_payload_with_a_shared_body_is_retried_with_a_fresh_body() {
 #[test]
 fn a_history_message_is_retried_as_history() {
     let (mut rng, mut server, mut alice, _) = world(71, 0, 0);
-    let companion = support::world::link(&mut rng, &mut server, &mut alice, T0);
+    let companion = link(&mut rng, &mut server, &mut alice, T0);
     // The primary's first message to the companion takes its first one-time prekey.
     let bundle = server.old_bundle(companion, 0, Some(0));
     let own = alice.devices[0]
@@ -1507,7 +1568,7 @@ fn what_a_receiver_remembers_of_a_removed_device_goes_with_it() {
     let bob0 = bob.devices[0].address();
     let mut sizes = Vec::new();
     for _ in 0..12 {
-        let companion = support::world::link(&mut rng, &mut server, &mut carol, T0);
+        let companion = link(&mut rng, &mut server, &mut carol, T0);
         bob.devices[0].process_device_list(&server.newest(AccountId(1)), T0).unwrap();
         let device = carol.device(companion);
         device.process_device_list(&server.newest(AccountId(2)), T0).unwrap();

@@ -29,6 +29,7 @@ use crate::error::GroupError;
 use crate::fanout::{Content, Envelope, FanoutSkip, Inner};
 use crate::keys::{AccountId, DeviceAddress, Fingerprint, Timestamp};
 use crate::prekeys::PrekeyBundle;
+use crate::retry::HolderSet;
 use crate::session::message::MessageKind;
 use crate::wire::Codec;
 use wire::{Distribution, GroupMessage, MESSAGE_ID_LEN};
@@ -149,6 +150,9 @@ pub(crate) struct GroupSender {
     /// epoch then, and the time after which a list it relied on goes stale. While both hold, a
     /// send skips recomputing who it reaches.
     pub(crate) settled: Option<(u64, Timestamp)>,
+    /// The sent-message cache's holder set recording `holders` as they are now; `None` once
+    /// they changed since it was made.
+    pub(crate) holder_set: Option<u64>,
 }
 
 impl GroupSender {
@@ -229,6 +233,7 @@ impl Device {
                     key: None,
                     holders: BTreeMap::new(),
                     settled: None,
+                    holder_set: None,
                 };
                 self.groups.insert(group, state);
             }
@@ -297,13 +302,24 @@ impl Device {
         let header = GroupHeader { group, sender, membership: &membership, nonce: &nonce };
         send.message = seal_group_message(key, &header, &send.message_id, announcement, payload)?;
         let reference = crate::retry::message_ref(&send.message).unwrap_or_default();
-        let holders = state
-            .holders
-            .iter()
-            .map(|(address, identity)| (*address, crate::retry::mark_of(&identity.0), reference))
-            .collect();
+        if state.holders.is_empty() {
+            // Nobody to retry for; the id still counts.
+            self.sent.issue(1);
+            return Ok(send);
+        }
+        let holders = &state.holders;
+        let set = self.sent.holder_set(state.holder_set, || {
+            HolderSet(
+                holders
+                    .iter()
+                    .map(|(address, identity)| (*address, crate::retry::mark_of(&identity.0)))
+                    .collect(),
+            )
+        });
+        state.holder_set = Some(set);
         let kind = crate::retry::SentKind::Group { group, membership };
-        self.remember_sent(send.message_id, kind, payload, holders);
+        let recipients = crate::retry::Recipients::Holders { set, reference };
+        self.remember_sent(send.message_id, kind, payload, recipients);
         Ok(send)
     }
 
@@ -358,6 +374,7 @@ impl Device {
         if state.key.is_none() || departed {
             state.key = Some(SenderKey::generate(rng));
             state.holders.clear();
+            state.holder_set = None;
             send.rotated = departed;
         }
         let (key_id, iteration, chain_key, signing_public) = match &state.key {
@@ -407,7 +424,10 @@ impl Device {
             self.sent.issue(1);
         }
         let state = self.groups.get_mut(&group).ok_or(GroupError::UnknownGroup(group))?;
-        state.holders.extend(delivered);
+        if !delivered.is_empty() {
+            state.holders.extend(delivered);
+            state.holder_set = None;
+        }
         // Only when every device reached holds the key can later sends skip this work.
         state.settled = everyone.then_some((epoch, valid_until));
         Ok(())

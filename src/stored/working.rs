@@ -19,7 +19,7 @@ use crate::group::receiver::GroupReceiver;
 use crate::group::{GroupId, GroupSender};
 use crate::keys::{AccountId, DeviceAddress, IdentityKeyPair, Timestamp};
 use crate::prekeys::{OneTimePrekey, SignedPrekeys};
-use crate::retry::{PeerRecord, SentCache, SentLog, SentMessage};
+use crate::retry::{HolderSet, PeerRecord, SentCache, SentLog, SentMessage};
 use crate::session::record::SessionRecord;
 use crate::store::Table;
 use crate::store::sealed::{Sealed, decode, encode};
@@ -171,6 +171,7 @@ pub(super) struct Loaded {
     group_keys: BTreeMap<(DeviceAddress, GroupId), Zeroizing<Vec<u8>>>,
     sent_log: Option<Zeroizing<Vec<u8>>>,
     sent_entries: BTreeMap<u64, Zeroizing<Vec<u8>>>,
+    holder_sets: BTreeMap<u64, Zeroizing<Vec<u8>>>,
     peers: BTreeMap<DeviceAddress, Zeroizing<Vec<u8>>>,
     /// Peer records that may be created: the ones looked up.
     peers_open: Vec<DeviceAddress>,
@@ -240,6 +241,7 @@ pub(super) fn load(txn: &mut Sealed<'_>, scope: &Scope) -> Result<(Device, Loade
         group_keys_open: Vec::new(),
         sent_log: None,
         sent_entries: BTreeMap::new(),
+        holder_sets: BTreeMap::new(),
         peers: BTreeMap::new(),
         peers_open: Vec::new(),
     };
@@ -368,14 +370,22 @@ pub(super) fn load(txn: &mut Sealed<'_>, scope: &Scope) -> Result<(Device, Loade
     }
     if scope.sent_entries {
         for (natural, _, bytes) in txn.scan(Table::SentMessage, &[])? {
-            let seq = u64::from_be_bytes(
-                natural
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt(Table::SentMessage))?,
-            );
-            sent.entries.insert(seq, decode::<SentMessage>(Table::SentMessage, &bytes)?);
-            loaded.sent_entries.insert(seq, bytes);
+            match natural.as_slice() {
+                [HOLDER_SET_TAG, number @ ..] if number.len() == 8 => {
+                    let set = u64::from_be_bytes(
+                        number.try_into().map_err(|_| StoreError::Corrupt(Table::SentMessage))?,
+                    );
+                    sent.holder_sets.insert(set, decode::<HolderSet>(Table::SentMessage, &bytes)?);
+                    loaded.holder_sets.insert(set, bytes);
+                }
+                number => {
+                    let seq = u64::from_be_bytes(
+                        number.try_into().map_err(|_| StoreError::Corrupt(Table::SentMessage))?,
+                    );
+                    sent.entries.insert(seq, decode::<SentMessage>(Table::SentMessage, &bytes)?);
+                    loaded.sent_entries.insert(seq, bytes);
+                }
+            }
         }
     }
     let mut peers = BTreeMap::new();
@@ -448,6 +458,9 @@ pub(super) fn create(txn: &mut Sealed<'_>, device: &Device) -> Result<(), StoreE
     txn.put(Table::Meta, meta::SENT_LOG, &encode(&device.sent.log))?;
     for (seq, entry) in &device.sent.entries {
         txn.put(Table::SentMessage, &seq.to_be_bytes(), &encode(entry))?;
+    }
+    for (set, holders) in &device.sent.holder_sets {
+        txn.put(Table::SentMessage, &holder_set_natural(*set), &encode(holders))?;
     }
     for (peer, record) in &device.peers {
         txn.put(Table::Peer, &peer.to_bytes(), &encode(record))?;
@@ -586,6 +599,16 @@ pub(super) fn save(
     for seq in &device.sent.evicted {
         txn.delete(Table::SentMessage, &seq.to_be_bytes())?;
     }
+    for (set, holders) in &device.sent.holder_sets {
+        let bytes = encode(holders);
+        if loaded.holder_sets.get(set).is_none_or(|before| *before != bytes) {
+            // Set numbers only grow too.
+            txn.put(Table::SentMessage, &holder_set_natural(*set), &bytes)?;
+        }
+    }
+    for set in &device.sent.evicted_holder_sets {
+        txn.delete(Table::SentMessage, &holder_set_natural(*set))?;
+    }
 
     for (peer, record) in &device.peers {
         let bytes = encode(record);
@@ -610,4 +633,13 @@ fn put_if_changed(
     after: &[u8],
 ) -> Result<(), StoreError> {
     if before == after { Ok(()) } else { txn.put(Table::Meta, natural, after) }
+}
+
+/// The first byte of a holder set's natural key in the `SentMessage` table, whose entries have
+/// 8-byte keys: a set's is this byte and its 8-byte number.
+const HOLDER_SET_TAG: u8 = b'h';
+
+/// The natural key of holder set `set` in the `SentMessage` table.
+fn holder_set_natural(set: u64) -> Vec<u8> {
+    [&[HOLDER_SET_TAG][..], &set.to_be_bytes()].concat()
 }
