@@ -665,6 +665,19 @@ pub struct ReceiveFailure {
     pub gave_up: bool,
 }
 
+impl From<ReceiveError> for ReceiveFailure {
+    /// A failure that asks for no retry.
+    fn from(error: ReceiveError) -> Self {
+        Self { error, retry: None, gave_up: false }
+    }
+}
+
+impl From<crate::store::StoreError> for ReceiveFailure {
+    fn from(error: crate::store::StoreError) -> Self {
+        ReceiveError::Store(error).into()
+    }
+}
+
 impl crate::device::Device {
     /// [`crate::Device::receive`], and on a failure a fresh session can cure, the signed
     /// [`RetryRequest`] to send the message's sender, so nothing is lost: the sender

@@ -1333,6 +1333,33 @@ mod stored {
         }
     }
 
+    /// A stored receiver says on each failure that a request went to the outbox (the same
+    /// bytes), with the count rising on each try, and after `MAX_RETRIES` that it gave up.
+    #[test]
+    fn a_stored_receiver_reports_its_queued_requests_then_gives_up() {
+        let (mut r, mut server, mut alice, mut bob) = world(65, 0, 0);
+        let backup = bob.devices[0].to_bytes();
+        confirmed(&mut r, &mut server, &mut alice, &mut bob);
+        let mut stored = StoredDevice::import(MemoryStore::new(), &key(), &mut r, &backup).unwrap();
+        let sent = send(&mut r, &mut server, &mut alice.devices[0], AccountId(2), b"m", T0);
+        let bytes = envelope_for(&sent, stored.address()).unwrap();
+        for count in 1..=MAX_RETRIES {
+            let failure = stored.receive_or_retry(&bytes, None, T0).unwrap_err();
+            let request = failure.retry.expect("a request");
+            assert_eq!(usize::from(request.count), count);
+            assert!(!failure.gave_up);
+            let queued = stored.outbox().unwrap();
+            assert_eq!(queued.len(), count);
+            assert_eq!(queued[count - 1].envelopes[0].bytes, request.to_bytes());
+        }
+        let failure = stored.receive_or_retry(&bytes, None, T0).unwrap_err();
+        assert!(failure.retry.is_none() && failure.gave_up, "{failure:?}");
+        assert_eq!(stored.outbox().unwrap().len(), MAX_RETRIES);
+        // The plain call reports the same error.
+        let error = stored.receive(&bytes, None, T0).unwrap_err();
+        assert_eq!(error, failure.error);
+    }
+
     /// Group messages sent to the same holders of a sender key share one holder set, a row of
     /// its own, so a send to a large group adds one small row; a device given the key later is
     /// not among the holders of earlier messages and is not answered for them; and a set goes

@@ -42,7 +42,7 @@ use crate::linking::persist;
 use crate::linking::qr::{QrLinkApproval, QrLinkOffer};
 use crate::prekeys::{OneTimePrekeyPublic, PrekeyBundle, PrekeyUpload, SignedPrekeyPublic};
 use crate::receive::VerifiedRetryRequest;
-use crate::retry::{RetryAnswer, RetryRequest, SentCacheLimits};
+use crate::retry::{ReceiveFailure, RetryAnswer, RetryRequest, SentCacheLimits};
 use crate::security_code::SecurityCode;
 use crate::session::SessionMessage;
 use crate::session::message::MessageKind;
@@ -706,12 +706,30 @@ impl<S: Store> StoredDevice<S> {
     /// still holds it. An envelope received before (the server redelivers after a crash) is
     /// recognized without touching the ratchet: it returns the same entry while it is
     /// unacknowledged, and [`ReceiveError::AlreadyReceived`] after.
+    ///
+    /// A failure a fresh session cures puts a signed retry request for the sender in the outbox,
+    /// in the same transaction (see [`StoredDevice::receive_or_retry`] to learn of it, and of a
+    /// message given up on).
     pub fn receive(
         &mut self,
         envelope: &[u8],
         body: Option<&[u8]>,
         now: Timestamp,
     ) -> Result<Inbound, ReceiveError> {
+        self.receive_or_retry(envelope, body, now).map_err(|failure| failure.error)
+    }
+
+    /// [`StoredDevice::receive`], saying on a failure whether a retry request went to the
+    /// outbox ([`ReceiveFailure::retry`], a copy of the request queued) or every retry was
+    /// already asked for ([`ReceiveFailure::gave_up`]: show the message as lost). If no answer
+    /// comes, passing the same envelope again later asks again, up to
+    /// [`crate::consts::MAX_RETRIES`] times.
+    pub fn receive_or_retry(
+        &mut self,
+        envelope: &[u8],
+        body: Option<&[u8]>,
+        now: Timestamp,
+    ) -> Result<Inbound, ReceiveFailure> {
         // What the envelope claims (unauthenticated) only decides which records to read.
         let parsed = SessionMessage::try_from(envelope).ok();
         let group_message = GroupMessage::decode(envelope).ok();
@@ -743,16 +761,18 @@ impl<S: Store> StoredDevice<S> {
             if let Some(id) = dedup.find(&digest) {
                 device.observe(now);
                 let Some(bytes) = txn.get(Table::Inbox, &id.0.to_be_bytes())? else {
-                    return Err(ReceiveError::AlreadyReceived);
+                    return Err(ReceiveFailure::from(ReceiveError::AlreadyReceived));
                 };
-                let received = decode::<InboxRecord>(Table::Inbox, &bytes)?.to_received()?;
+                let received = decode::<InboxRecord>(Table::Inbox, &bytes)?
+                    .to_received()
+                    .map_err(ReceiveError::from)?;
                 return Ok(Inbound { id, received });
             }
             let received = match device.receive_or_retry(envelope, body, now) {
                 Ok(received) => received,
                 Err(failure) => {
                     // A failure a fresh session cures: the request goes out with the outbox.
-                    if let Some(request) = failure.retry {
+                    if let Some(request) = &failure.retry {
                         let envelope =
                             Envelope { recipient: request.sender, bytes: request.to_bytes() };
                         let record = OutboxRecord::new(
@@ -760,15 +780,16 @@ impl<S: Store> StoredDevice<S> {
                             core::slice::from_ref(&envelope),
                             None,
                         );
-                        add_to_outbox(txn, &record)?;
+                        add_to_outbox(txn, &record).map_err(ReceiveError::from)?;
                     }
-                    return Err(failure.error);
+                    return Err(failure);
                 }
             };
             let sender = received.sender();
-            let id = add_to_inbox(txn, &InboxRecord::new(&received))?;
+            let id = add_to_inbox(txn, &InboxRecord::new(&received)).map_err(ReceiveError::from)?;
             dedup.remember(digest, id);
-            txn.put(Table::Dedup, &sender.to_bytes(), &encode(&dedup))?;
+            txn.put(Table::Dedup, &sender.to_bytes(), &encode(&dedup))
+                .map_err(ReceiveError::from)?;
             Ok(Inbound { id, received })
         })
     }
