@@ -833,9 +833,9 @@ impl crate::device::Device {
         if let SentKind::Group { group, .. } = &entry.kind
             && let Some(state) = self.groups.get_mut(group)
         {
-            // It lost the key: the next send gives it the current one.
-            state.holders.remove(&device);
-            state.holder_set = None;
+            // It may lack the key: the next send gives it the current one again. It stays a
+            // holder (its distribution may yet arrive, late), so its departure still rotates.
+            state.resend.insert(device);
             state.settled = None;
         }
         if let Some(kept) = self.sent.entries.get_mut(&seq) {

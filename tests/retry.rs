@@ -414,6 +414,34 @@ fn a_missing_sender_key_is_answered_pairwise_and_the_next_send_redistributes_it(
     assert_eq!(deliver(&mut bob.devices[1], &next.message, None, T0).unwrap().1, b"next");
 }
 
+/// A device answered for a group message stays a holder of the sender key (the next send gives
+/// it the current key again), so once it is removed the next send rotates, and the key it got
+/// late (its distribution withheld, then delivered) reads nothing sent after the removal.
+#[test]
+fn a_device_answered_for_a_group_message_is_still_rotated_out_when_removed() {
+    let (mut rng, mut server, mut alice, mut bob) = world(66, 0, 1);
+    let group = alice.devices[0].create_group(&mut rng, &[AccountId(2)]).unwrap();
+    let bundles = server.bundles(&[AccountId(1), AccountId(2)]);
+    let first = alice.devices[0].encrypt_group(&mut rng, group, &bundles, b"m0", T0).unwrap();
+    let bob1 = bob.devices[1].address();
+    // The server withholds the companion's distribution; it asks and is answered pairwise.
+    let (request, _) = ask(&mut bob.devices[1], &first.message, T0);
+    let answer = respond(&mut rng, &mut alice.devices[0], &request, T0).unwrap();
+    assert_eq!(take_answer(&mut bob.devices[1], &answer, T0).1, b"m0");
+    // The withheld distribution arrives late: the companion holds the key after all.
+    let late = &first.distribution.iter().find(|e| e.recipient == bob1).unwrap().bytes;
+    bob.devices[1].receive(late, None, T0).unwrap();
+    // Bob removes the companion before Alice sends again; her next send rotates, and the
+    // companion reads nothing under the key it got late.
+    let list = bob.devices[0].remove_companion(bob1.device, T0).unwrap();
+    server.publish(&list);
+    alice.devices[0].process_device_list(&list.to_bytes(), T0).unwrap();
+    let third = alice.devices[0].encrypt_group(&mut rng, group, &[], b"after", T0).unwrap();
+    assert!(third.rotated);
+    assert!(third.distribution.iter().all(|e| e.recipient != bob1));
+    assert!(bob.devices[1].receive(&third.message, None, T0).is_err());
+}
+
 /// A group sender restored from an old backup reuses sender-key iterations: receivers refuse
 /// them as duplicates and ask; the answer is a pairwise copy.
 #[test]

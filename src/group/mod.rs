@@ -14,7 +14,7 @@
 pub(crate) mod receiver;
 pub(crate) mod wire;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::SigningKey;
 use rand_core::CryptoRng;
@@ -153,6 +153,10 @@ pub(crate) struct GroupSender {
     /// The sent-message cache's holder set recording `holders` as they are now; `None` once
     /// they changed since it was made.
     pub(crate) holder_set: Option<u64>,
+    /// Holders the next send gives the current key again: each asked for a retry of a message
+    /// under it, so it may lack the key. They stay holders (they may yet get the key, late), so
+    /// a later departure of any of them rotates the key as for any holder.
+    pub(crate) resend: BTreeSet<DeviceAddress>,
 }
 
 impl GroupSender {
@@ -161,6 +165,7 @@ impl GroupSender {
         self.members.len() <= MAX_GROUP_MEMBERS + 1
             && self.members.windows(2).all(|w| matches!(w, [a, b] if a < b))
             && self.holders.len() <= (MAX_GROUP_MEMBERS + 1) * (crate::consts::MAX_COMPANIONS + 1)
+            && self.resend.iter().all(|device| self.holders.contains_key(device))
     }
 }
 
@@ -234,6 +239,7 @@ impl Device {
                     holders: BTreeMap::new(),
                     settled: None,
                     holder_set: None,
+                    resend: BTreeSet::new(),
                 };
                 self.groups.insert(group, state);
             }
@@ -375,6 +381,7 @@ impl Device {
             state.key = Some(SenderKey::generate(rng));
             state.holders.clear();
             state.holder_set = None;
+            state.resend.clear();
             send.rotated = departed;
         }
         let (key_id, iteration, chain_key, signing_public) = match &state.key {
@@ -388,7 +395,9 @@ impl Device {
         };
         let missing: Vec<(DeviceAddress, Fingerprint)> = reached
             .iter()
-            .filter(|(address, _)| !state.holders.contains_key(address))
+            .filter(|(address, _)| {
+                !state.holders.contains_key(address) || state.resend.contains(address)
+            })
             .map(|(a, f)| (*a, *f))
             .collect();
         let mut distribution = Zeroizing::new(Vec::with_capacity(Distribution::LEN));
@@ -424,8 +433,12 @@ impl Device {
             self.sent.issue(1);
         }
         let state = self.groups.get_mut(&group).ok_or(GroupError::UnknownGroup(group))?;
-        if !delivered.is_empty() {
-            state.holders.extend(delivered);
+        let new_holders = delivered.iter().any(|(address, _)| !state.holders.contains_key(address));
+        for (address, _) in &delivered {
+            state.resend.remove(address);
+        }
+        state.holders.extend(delivered);
+        if new_holders {
             state.holder_set = None;
         }
         // Only when every device reached holds the key can later sends skip this work.
