@@ -707,10 +707,12 @@ impl crate::device::Device {
     /// the request's signed prekey under the identity the newest list names for the requester.
     ///
     /// Refused: a requester the newest list no longer authorizes
-    /// ([`RetryError::NotAuthorized`]); a message no longer in the sent-message cache, or one
-    /// the requester was never sent ([`RetryError::NotCached`]); a request not newer than one
-    /// answered ([`RetryError::Replayed`]); the [`MAX_RETRIES`]-th answer already given
-    /// ([`RetryError::GaveUp`]). A group message is re-sent pairwise (kind `GroupCopy`), and the
+    /// ([`NotAuthorized`](crate::error::RetryError::NotAuthorized)); a message no longer in the
+    /// sent-message cache, or one the requester was never sent
+    /// ([`NotCached`](crate::error::RetryError::NotCached)); a request not newer than one
+    /// answered ([`Replayed`](crate::error::RetryError::Replayed)); the [`MAX_RETRIES`]-th
+    /// answer already given ([`GaveUp`](crate::error::RetryError::GaveUp)). A group message is
+    /// re-sent pairwise (kind `GroupCopy`), and the
     /// requester gets the group's current sender key with the next group send.
     pub fn answer_retry(
         &mut self,
