@@ -531,7 +531,8 @@ impl crate::device::Device {
     /// the requester was never sent ([`RetryError::NotCached`]); a request not newer than one
     /// answered ([`RetryError::Replayed`]); the [`MAX_RETRIES`]-th answer already given
     /// ([`RetryError::GaveUp`]). A group message is re-sent pairwise (kind `GroupCopy`), and the
-    /// requester gets the group's current sender key with the next group send.
+    /// group's next send starts a fresh sender key, which the requester gets with every other
+    /// device that send reaches.
     pub fn answer_retry(
         &mut self,
         rng: &mut (impl rand_core::CryptoRng + ?Sized),
@@ -643,8 +644,11 @@ impl crate::device::Device {
         if let SentKind::Group { group, .. } = &entry.kind
             && let Some(state) = self.groups.get_mut(group)
         {
-            // It lost the key: the next send gives it the current one.
-            state.holders.remove(&device);
+            // It may lack the current key, or get it yet (its distribution may be late), so it
+            // stays a holder and the next send starts a fresh key for every device it reaches.
+            // Dropping it as a holder instead would leave it out of the rotation a removal
+            // triggers: removed, it would read on under the key it got late.
+            state.key = None;
             state.settled = None;
         }
         if let Some(kept) = self.sent.entries.get_mut(&seq) {

@@ -716,7 +716,11 @@ fn replay_simulation() {
 /// answer retries (`tests/simulation.rs` runs the same inputs by seed number).
 const SIMULATION_SEEDS: [u64; 8] = [3, 4, 5, 11, 17, 23, 42, 97];
 
-/// Writes the seed corpus of the simulation target. Deterministic; run with
+/// Seeds on which the simulation found a bug in the crate, kept as regressions (each also has a
+/// scenario test of its own in `tests/simulation.rs`).
+const SIMULATION_REGRESSIONS: [u64; 1] = [59];
+
+/// Writes the seed corpus and the regressions of the simulation target. Deterministic; run with
 /// `cargo test --test fuzz_replay -- --ignored generate_simulation_corpus`.
 #[test]
 #[ignore = "writes the checked-in seed corpus"]
@@ -728,6 +732,13 @@ fn generate_simulation_corpus() {
         let options = sim::Options { sqlite: false, bounds_every_step: false, trace: false };
         total.add(&sim::run(&input, &options));
         write_seed("simulation", &format!("seed-{seed}"), &input);
+    }
+    for seed in SIMULATION_REGRESSIONS {
+        let input = sim::seed_input(seed, 60);
+        sim::fuzz(&input);
+        let dir = fuzz_dir().join("regressions").join("simulation");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{seed}")), input).unwrap();
     }
     eprintln!("{total}");
     assert!(total.retries_answered > 0 && total.restores > 0 && total.crashes > 0);

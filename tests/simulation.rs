@@ -16,12 +16,16 @@
 
 #[path = "support/sim/mod.rs"]
 mod sim;
+mod support;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
+use multidevice::{AccountId, ReceiveError, Received};
 use proptest::prelude::*;
 use sim::{Options, Stats, script};
+use support::world::{account, introduce};
+use support::{T0, rng};
 
 /// Seeds `cargo test` runs.
 const SEEDS: u64 = 1_000;
@@ -133,5 +137,69 @@ proptest! {
         let stats = sim::run(&input, &options);
         prop_assert_eq!(stats.losses, 0);
         prop_assert_eq!(stats.unauthorized, 0);
+    }
+}
+
+// -----------------------------------------------------------------------------------------
+// What the simulation found, each as a scenario of its own
+// -----------------------------------------------------------------------------------------
+
+/// Found by the simulation (seed 59): answering a group retry made the sender forget the
+/// requester as a holder of its sender key, though the requester's distribution could still
+/// arrive. Removed afterwards, the requester was no longer a holder that left, so the key was not
+/// rotated, and the removed device read the next group message.
+#[test]
+fn a_removed_device_that_asked_for_a_group_retry_reads_nothing_sent_after_its_removal() {
+    let mut r = rng(59);
+    let mut server = support::world::Server::default();
+    let mut alice = account(&mut r, &mut server, 1, 1, T0);
+    let mut bob = account(&mut r, &mut server, 2, 0, T0);
+    introduce(&server, &mut [&mut alice, &mut bob], T0);
+    let companion = alice.devices[1].address();
+    let group = alice.devices[0].create_group(&mut r, &[AccountId(2)]).unwrap();
+    let bundles = server.bundles(&[AccountId(1), AccountId(2)]);
+    let first = alice.devices[0].encrypt_group(&mut r, group, &bundles, b"first", T0).unwrap();
+
+    // The companion gets the group message before its sender key, asks for a retry and reads
+    // the message re-sent pairwise.
+    let failure = alice.devices[1].receive_or_retry(&first.message, None, T0).unwrap_err();
+    assert!(matches!(failure.error, ReceiveError::NoSenderKey { .. }), "{failure:?}");
+    let request = failure.retry.unwrap().to_bytes();
+    let Received::RetryRequest(request) = alice.devices[0].receive(&request, None, T0).unwrap()
+    else {
+        panic!("expected a retry request")
+    };
+    let answer = alice.devices[0].answer_retry(&mut r, &request, T0).unwrap();
+    match alice.devices[1].receive(&answer.envelope.bytes, None, T0).unwrap() {
+        Received::Group(message) => assert_eq!(message.payload.as_slice(), b"first"),
+        other => panic!("expected the group message, got {other:?}"),
+    }
+    // Its sender key arrives after all.
+    let key = first.distribution.iter().find(|e| e.recipient == companion).unwrap();
+    let taken = alice.devices[1].receive(&key.bytes, None, T0).unwrap();
+    assert!(matches!(taken, Received::SenderKey(_)), "{taken:?}");
+
+    // The primary removes the companion, which has not heard of it, and writes to the group.
+    alice.devices[0].remove_companion(companion.device, T0).unwrap();
+    let second = alice.devices[0].encrypt_group(&mut r, group, &bundles, b"second", T0).unwrap();
+    assert!(second.distribution.iter().all(|e| e.recipient != companion));
+    let read_by_removed = alice.devices[1].receive(&second.message, None, T0);
+    assert!(
+        read_by_removed.is_err(),
+        "a removed device read a group message sent after its removal: {read_by_removed:?}"
+    );
+
+    // Bob reads both.
+    let bob = &mut bob.devices[0];
+    for send in [&first, &second] {
+        if let Some(key) = send.distribution.iter().find(|e| e.recipient == bob.address()) {
+            bob.receive(&key.bytes, None, T0).unwrap();
+        }
+    }
+    for (send, payload) in [(&first, b"first".as_slice()), (&second, b"second")] {
+        match bob.receive(&send.message, None, T0).unwrap() {
+            Received::Group(message) => assert_eq!(message.payload.as_slice(), payload),
+            other => panic!("expected a group message, got {other:?}"),
+        }
     }
 }
