@@ -1001,8 +1001,9 @@ pub enum RetryError {
     /// sent to the requester: it cannot be recovered.
     #[error("the message is not in the sent-message cache")]
     NotCached,
-    /// The request is not newer than one already answered for this message and device: a
-    /// replay.
+    /// The request names a copy of the message the requester was since sent a newer one of (the
+    /// answer to a request for that copy): a replay. A retry answer that fails in turn is asked
+    /// for by its own reference, and answered.
     #[error("a retry request already answered")]
     Replayed,
     /// Every retry for this message and device was already answered: show the user that the

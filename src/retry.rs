@@ -51,9 +51,10 @@ pub(crate) struct SentMessage {
     pub(crate) kind: SentKind,
     pub(crate) payload: SecretBytes,
     /// Every device it was encrypted for, with the reference of what it was sent (the last 16
-    /// bytes of its envelope, or of the group message).
+    /// bytes of its envelope, or of the group message), then of every retry answer, in order:
+    /// the last one per device is the copy it holds.
     pub(crate) recipients: Vec<(DeviceAddress, [u8; 16])>,
-    /// Per device, the retries answered and the highest request count seen.
+    /// Per device, the retries answered and the count of the last request answered.
     pub(crate) retries: Vec<(DeviceAddress, u8, u8)>,
 }
 
@@ -528,8 +529,9 @@ impl crate::device::Device {
     ///
     /// Refused: a requester the newest list no longer authorizes
     /// ([`RetryError::NotAuthorized`]); a message no longer in the sent-message cache, or one
-    /// the requester was never sent ([`RetryError::NotCached`]); a request not newer than one
-    /// answered ([`RetryError::Replayed`]); the [`MAX_RETRIES`]-th answer already given
+    /// the requester was never sent ([`RetryError::NotCached`]); a request naming a copy of the
+    /// message the requester was since sent a newer one of, that is, one already answered
+    /// ([`RetryError::Replayed`]); the [`MAX_RETRIES`]-th answer already given
     /// ([`RetryError::GaveUp`]). A group message is re-sent pairwise (kind `GroupCopy`), and the
     /// group's next send starts a fresh sender key, which the requester gets with every other
     /// device that send reaches.
@@ -552,15 +554,20 @@ impl crate::device::Device {
         let (seq, entry) =
             self.sent.find(device, &request.message_ref).ok_or(RetryError::NotCached)?;
         let entry = entry.clone();
-        let (answered, last_count) = entry
+        let answered = entry
             .retries
             .iter()
             .find(|(d, _, _)| *d == device)
-            .map_or((0, 0), |(_, answered, count)| (*answered, *count));
+            .map_or(0, |(_, answered, _)| *answered);
         if usize::from(answered) >= MAX_RETRIES {
             return Err(RetryError::GaveUp { message_id: entry.message_id });
         }
-        if request.count <= last_count {
+        // A request names the copy of the message the requester got last: the original, or the
+        // answer to its last request, which can fail in turn (a restore took the signed prekey
+        // it was sealed to). A request for an earlier copy was answered already: a replay. The
+        // requester counts its requests per copy, so the count cannot tell.
+        let latest = entry.recipients.iter().rev().find(|(d, _)| *d == device).map(|(_, r)| r);
+        if latest != Some(&request.message_ref) {
             return Err(RetryError::Replayed);
         }
         let bundle = crate::PrekeyBundle {
@@ -654,6 +661,10 @@ impl crate::device::Device {
         if let Some(kept) = self.sent.entries.get_mut(&seq) {
             kept.retries.retain(|(d, _, _)| *d != device);
             kept.retries.push((device, answered + 1, request.count));
+            // The answer is the copy a further request names.
+            if let Some(reference) = message_ref(&bytes) {
+                kept.recipients.push((device, reference));
+            }
         }
         Ok(RetryAnswer {
             message_id: entry.message_id,

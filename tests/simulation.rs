@@ -21,10 +21,10 @@ mod support;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use multidevice::{AccountId, ReceiveError, Received};
+use multidevice::{AccountId, Device, ReceiveError, Received, SessionError};
 use proptest::prelude::*;
 use sim::{Options, Stats, script};
-use support::world::{account, introduce};
+use support::world::{account, envelope_for, introduce, read};
 use support::{T0, rng};
 
 /// Seeds `cargo test` runs.
@@ -202,4 +202,53 @@ fn a_removed_device_that_asked_for_a_group_retry_reads_nothing_sent_after_its_re
             other => panic!("expected a group message, got {other:?}"),
         }
     }
+}
+
+/// Found by the simulation (seeds 531, 642, 1143, 1832, 1928): a retry answer can fail in turn,
+/// here because the requester was restored from a backup again and lost the signed prekey its
+/// request named. Its retry request then names the answer, which the sender's cache did not
+/// know: the message was lost.
+#[test]
+fn a_retry_answer_lost_to_a_second_restore_is_answered_again() {
+    let mut r = rng(1928);
+    let mut server = support::world::Server::default();
+    let mut alice = account(&mut r, &mut server, 1, 0, T0);
+    let mut bob = account(&mut r, &mut server, 2, 0, T0);
+    introduce(&server, &mut [&mut alice, &mut bob], T0);
+    let (alice, bob) = (&mut alice.devices[0], &mut bob.devices[0]);
+    let backup = bob.to_bytes().to_vec();
+
+    // A conversation, so Alice's session is confirmed and her next message no prekey message.
+    let bundles = server.bundles(&[AccountId(2)]);
+    let hello = alice.encrypt_fanout(&mut r, &[AccountId(2)], &bundles, b"hello", T0).unwrap();
+    assert_eq!(read(bob, &envelope_for(&hello, bob.address()).unwrap(), T0).unwrap(), b"hello");
+    let bundles = server.bundles(&[AccountId(1)]);
+    let reply = bob.encrypt_fanout(&mut r, &[AccountId(1)], &bundles, b"hi", T0).unwrap();
+    assert_eq!(read(alice, &envelope_for(&reply, alice.address()).unwrap(), T0).unwrap(), b"hi");
+    let sent = alice.encrypt_fanout(&mut r, &[AccountId(2)], &[], b"lost?", T0).unwrap();
+    let envelope = envelope_for(&sent, bob.address()).unwrap();
+
+    // Bob is restored from his backup (no session), rotates his signed prekey and asks for a
+    // retry; then he is restored from the same backup again, which lacks that signed prekey.
+    *bob = Device::from_bytes(&backup).unwrap();
+    bob.rotate_signed_prekey(&mut r, T0);
+    let failure = bob.receive_or_retry(&envelope, None, T0).unwrap_err();
+    let request = failure.retry.unwrap().to_bytes();
+    *bob = Device::from_bytes(&backup).unwrap();
+
+    let answer = |alice: &mut Device, r: &mut rand::rngs::StdRng, request: &[u8]| {
+        let Received::RetryRequest(request) = alice.receive(request, None, T0).unwrap() else {
+            panic!("expected a retry request")
+        };
+        alice.answer_retry(r, &request, T0).unwrap().envelope.bytes
+    };
+    let first_answer = answer(alice, &mut r, &request);
+    let failure = bob.receive_or_retry(&first_answer, None, T0).unwrap_err();
+    assert!(
+        matches!(failure.error, ReceiveError::Session(SessionError::UnknownSignedPrekey(_))),
+        "{failure:?}"
+    );
+    // Bob asks for a retry of the answer; Alice answers that too, and Bob reads the message.
+    let second_answer = answer(alice, &mut r, &failure.retry.unwrap().to_bytes());
+    assert_eq!(read(bob, &second_answer, T0).unwrap(), b"lost?");
 }
