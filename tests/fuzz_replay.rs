@@ -718,7 +718,7 @@ const SIMULATION_SEEDS: [u64; 8] = [3, 4, 5, 11, 17, 23, 42, 97];
 
 /// Seeds on which the simulation found a bug in the crate, kept as regressions (each also has a
 /// scenario test of its own in `tests/simulation.rs`).
-const SIMULATION_REGRESSIONS: [u64; 3] = [59, 531, 1928];
+const SIMULATION_REGRESSIONS: [u64; 4] = [59, 531, 1928, 3960];
 
 /// Writes the seed corpus and the regressions of the simulation target. Deterministic; run with
 /// `cargo test --test fuzz_replay -- --ignored generate_simulation_corpus`.
