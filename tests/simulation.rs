@@ -2,22 +2,27 @@
 //! malicious relay, crashes, restores from old backups and retries, with every invariant checked
 //! as it runs and every message accounted for at the end.
 //!
-//! - `simulation_seeds`: seeds `0..SEEDS` (1,000) on two threads, part of `cargo test`.
-//! - `simulation_long_run` (ignored): the long run, `SIM_SEEDS` seeds (default 100,000) from
-//!   `SIM_FIRST_SEED` (default 0), on every core:
+//! - `simulation_seeds`: seeds `0..1000`, 20 events each, on two threads, part of `cargo test`.
+//!   The debug build runs the crate unoptimized, so these stay short; one seed in four checks
+//!   every step's exports against the crate's bounds, every seed checks them at its end.
+//! - `simulation_long_run` (ignored): `SIM_SEEDS` seeds (default 100,000) from `SIM_FIRST_SEED`
+//!   (default 0), `SIM_EVENTS` events each (default 40), every check after every step, on every
+//!   core, printing the statistics:
 //!   `SIM_SEEDS=100000 cargo test --release --test simulation simulation_long_run -- --ignored --nocapture`
-//! - `replay_seed`: one seed with every event traced:
-//!   `SIM_SEED=1234 cargo test --test simulation replay_seed -- --nocapture`
+//! - `replay_seed`: one seed (`SIM_SEED`, `SIM_EVENTS`) with every event traced:
+//!   `SIM_SEED=1234 SIM_EVENTS=40 cargo test --test simulation replay_seed -- --nocapture`
 //! - `simulation_proptest`: proptest-generated event lists through the same model, shrunk by
 //!   events on failure.
 //!
-//! A failing seed prints the command that replays it.
+//! A failing seed prints the command that replays it. Below the runners, the scenario tests of
+//! the bugs the simulation found.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 #[path = "support/sim/mod.rs"]
 mod sim;
 mod support;
 
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
@@ -27,10 +32,10 @@ use sim::{Options, Stats, script};
 use support::world::{account, envelope_for, introduce, link, read};
 use support::{T0, rng};
 
-/// Seeds `cargo test` runs.
-const SEEDS: u64 = 1_000;
-/// Events per seed (before the quiescence phase).
-const EVENTS: usize = 60;
+/// Events per seed in `cargo test`.
+const EVENTS: usize = 20;
+/// Events per seed in the long run, unless `SIM_EVENTS` says otherwise.
+const LONG_RUN_EVENTS: usize = 40;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name)
@@ -38,13 +43,18 @@ fn env_u64(name: &str) -> Option<u64> {
         .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")))
 }
 
-fn events_per_seed() -> usize {
-    env_u64("SIM_EVENTS").map_or(EVENTS, |e| usize::try_from(e).unwrap())
+/// How many seeds to run, and how.
+struct Runs {
+    seeds: Range<u64>,
+    events: usize,
+    threads: u64,
+    /// One seed in this many checks every touched device's export after every step.
+    bounds_every_step_one_in: u64,
 }
 
-/// Runs `seeds` on `threads` threads; panics naming every failing seed and how to replay it.
-fn run_seeds(seeds: std::ops::Range<u64>, threads: u64, options: Options) -> Stats {
-    let events = events_per_seed();
+/// Runs the seeds; panics naming every failing seed and how to replay it.
+fn run_seeds(runs: Runs) -> Stats {
+    let Runs { seeds, events, threads, bounds_every_step_one_in } = runs;
     let started = Instant::now();
     let results: Vec<(Stats, Vec<u64>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -55,6 +65,8 @@ fn run_seeds(seeds: std::ops::Range<u64>, threads: u64, options: Options) -> Sta
                     let mut failed = Vec::new();
                     for seed in seeds.filter(|seed| seed % threads == thread) {
                         let input = sim::seed_input(seed, events);
+                        let bounds_every_step = seed % bounds_every_step_one_in == 0;
+                        let options = Options { sqlite: true, bounds_every_step, trace: false };
                         match catch_unwind(AssertUnwindSafe(|| sim::run(&input, &options))) {
                             Ok(run) => stats.add(&run),
                             Err(_) => {
@@ -92,44 +104,46 @@ fn run_seeds(seeds: std::ops::Range<u64>, threads: u64, options: Options) -> Sta
 
 #[test]
 fn simulation_seeds() {
-    let options = Options { sqlite: true, bounds_every_step: true, trace: false };
-    let stats = run_seeds(0..SEEDS, 2, options);
+    let runs = Runs { seeds: 0..1_000, events: EVENTS, threads: 2, bounds_every_step_one_in: 4 };
+    let stats = run_seeds(runs);
     // The seeds exercise what they are for.
     assert!(stats.deliveries > 0 && stats.retries_answered > 0 && stats.restores > 0);
     assert!(stats.sqlite_runs > 0 && stats.crashes > 0 && stats.primary_offline > 0);
+    assert!(stats.links > 0 && stats.removals > 0 && stats.relay_drops > 0);
 }
 
 #[test]
 #[ignore = "the long run: SIM_SEEDS seeds (default 100,000), release mode"]
 fn simulation_long_run() {
     let first = env_u64("SIM_FIRST_SEED").unwrap_or(0);
-    let seeds = env_u64("SIM_SEEDS").unwrap_or(100_000);
+    let count = env_u64("SIM_SEEDS").unwrap_or(100_000);
+    let events = env_u64("SIM_EVENTS").map_or(LONG_RUN_EVENTS, |e| usize::try_from(e).unwrap());
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
-    let bounds = std::env::var("SIM_BOUNDS").map_or(true, |v| v != "0");
-    let options = Options { sqlite: true, bounds_every_step: bounds, trace: false };
-    run_seeds(first..first + seeds, threads, options);
+    let runs = Runs { seeds: first..first + count, events, threads, bounds_every_step_one_in: 1 };
+    run_seeds(runs);
 }
 
 /// One seed (`SIM_SEED`, default 0), every event traced.
 #[test]
 fn replay_seed() {
     let seed = env_u64("SIM_SEED").unwrap_or(0);
+    let events = env_u64("SIM_EVENTS").map_or(EVENTS, |e| usize::try_from(e).unwrap());
     let trace = std::env::var("SIM_SEED").is_ok();
     let options = Options { sqlite: true, bounds_every_step: true, trace };
-    let stats = sim::run(&sim::seed_input(seed, events_per_seed()), &options);
+    let stats = sim::run(&sim::seed_input(seed, events), &options);
     println!("seed {seed}:\n{stats}");
     assert_eq!(stats.runs, 1);
     assert_eq!(stats.losses, 0);
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(16))]
 
     /// Event lists proptest generates (and shrinks event by event) run through the same model.
     #[test]
     fn simulation_proptest(
         header in any::<[u8; script::HEADER_LEN]>(),
-        events in proptest::collection::vec(any::<[u8; script::EVENT_LEN]>(), 0..80),
+        events in proptest::collection::vec(any::<[u8; script::EVENT_LEN]>(), 0..40),
     ) {
         let mut input = header.to_vec();
         input.extend(events.iter().flatten());
