@@ -516,7 +516,16 @@ impl Device {
                 return Err(DeviceListError::Equivocation { version });
             }
         }
-        Ok(self.store_list(list))
+        let held = self.device_list(account).map(VerifiedDeviceList::version);
+        let update = self.store_list(list);
+        if account == self.address.account
+            && let (Some(held), Role::Primary(state)) = (held, &mut self.role)
+        {
+            // An own list this primary did not sign in this state: it was restored from a
+            // backup, and the lists signed since may have named devices it never sees again.
+            state.skip_lost_ids(update.list.version().saturating_sub(held));
+        }
+        Ok(update)
     }
 
     /// Replaces the held list of `account` by the list under a new account identity that raised
@@ -1079,6 +1088,18 @@ impl PrimaryState {
             self.highest_device = self.highest_device.max(device.address().device.0);
             self.next_key_index = self.next_key_index.max(device.key_index().saturating_add(1));
         }
+    }
+
+    /// Skips the ids `versions` own lists this state never signed may have given out: each
+    /// version adds at most one companion, so no device id past them was ever listed. Pending
+    /// approvals and free ids go too (they may have been completed since). Key indices skip as
+    /// many, so a key index may repeat after a restore only under another device id.
+    fn skip_lost_ids(&mut self, versions: u64) {
+        let versions = u32::try_from(versions).unwrap_or(u32::MAX);
+        self.highest_device = self.highest_device.saturating_add(versions);
+        self.next_key_index = self.next_key_index.saturating_add(versions);
+        self.pending.clear();
+        self.free_device_ids.clear();
     }
 }
 

@@ -1002,8 +1002,9 @@ pub enum RetryError {
     /// sent to the requester (under the identity it has now): it cannot be recovered.
     #[error("the message is not in the sent-message cache")]
     NotCached,
-    /// The request is not newer than one already answered for this message and device: a
-    /// replay.
+    /// The request was answered already: it names a copy of the message older than the last
+    /// answer, or the copy the last request named with no higher count. A retry answer that
+    /// fails in turn is asked for by its own reference, and answered.
     #[error("a retry request already answered")]
     Replayed,
     /// Every retry for this message and device was already answered: show the user that the

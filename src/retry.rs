@@ -77,10 +77,35 @@ pub(crate) struct SentMessage {
     /// Every device it was encrypted for, with the identity it was encrypted under and the
     /// reference of what it was sent.
     pub(crate) recipients: Recipients,
-    /// Per device, the retries answered and the highest request count seen.
-    pub(crate) retries: Vec<(DeviceAddress, u8, u8)>,
+    /// The retries answered, per device.
+    pub(crate) retries: Vec<Answered>,
     /// [`SentLog::issued`] once this message's id was issued.
     pub(crate) issued: u64,
+}
+
+/// The retries of one cached message answered for one device.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Answered {
+    pub(crate) device: DeviceAddress,
+    /// How many were answered.
+    pub(crate) answers: u8,
+    /// The reference the last request answered named, and its count.
+    pub(crate) asked: ([u8; 16], u8),
+    /// The reference of the last answer: the newest copy of the message the device was sent.
+    pub(crate) answer: [u8; 16],
+}
+
+impl Answered {
+    /// True if a request for `reference` with `count` asks anew: it names the last answer (which
+    /// failed in turn, say after a second restore took the signed prekey it was sealed to), or
+    /// the copy the last request named with a higher count (that answer was lost). Anything
+    /// else was answered already: a replay. The requester counts per copy, so the count alone
+    /// cannot tell.
+    fn asks_anew(&self, reference: &[u8; 16], count: u8) -> bool {
+        let (asked, asked_count) = &self.asked;
+        crypto::ct_eq(&self.answer, reference)
+            || (crypto::ct_eq(asked, reference) && count > *asked_count)
+    }
 }
 
 /// Who a cached message went to.
@@ -224,9 +249,10 @@ impl SentCache {
         }
     }
 
-    /// The entry that went to `device` as the bytes with `reference`, with the mark of the
-    /// identity it went to, unless it is older than the age limit at `clock` (then it is as good
-    /// as wiped, whether or not a send has wiped it yet).
+    /// The entry that went to `device` as the bytes with `reference` (the original, or the
+    /// answer to its last retry request), with the mark of the identity it went to, unless it is
+    /// older than the age limit at `clock` (then it is as good as wiped, whether or not a send
+    /// has wiped it yet).
     pub(crate) fn find(
         &self,
         device: DeviceAddress,
@@ -237,14 +263,19 @@ impl SentCache {
         let mut live =
             self.entries.iter().filter(|(_, entry)| clock.secs_since(entry.created) <= max_age);
         live.find_map(|(seq, entry)| {
+            let answered = entry.retries.iter().any(|answered| {
+                answered.device == device
+                    && (crypto::ct_eq(&answered.answer, reference)
+                        || crypto::ct_eq(&answered.asked.0, reference))
+            });
             let mark = match &entry.recipients {
                 Recipients::Devices(devices) => devices
                     .iter()
-                    .find(|(d, _, r)| *d == device && crypto::ct_eq(r, reference))
+                    .find(|(d, _, r)| *d == device && (answered || crypto::ct_eq(r, reference)))
                     .map(|(_, mark, _)| *mark),
                 Recipients::Holders { set, reference: sent } => {
                     let holders = &self.holder_sets.get(set)?.0;
-                    crypto::ct_eq(sent, reference)
+                    (answered || crypto::ct_eq(sent, reference))
                         .then(|| holders.binary_search_by_key(&device, |(d, _)| *d).ok())
                         .flatten()
                         .and_then(|at| holders.get(at))
@@ -709,8 +740,8 @@ impl crate::device::Device {
     /// Refused: a requester the newest list no longer authorizes
     /// ([`NotAuthorized`](crate::error::RetryError::NotAuthorized)); a message no longer in the
     /// sent-message cache, or one the requester was never sent
-    /// ([`NotCached`](crate::error::RetryError::NotCached)); a request not newer than one
-    /// answered ([`Replayed`](crate::error::RetryError::Replayed)); the [`MAX_RETRIES`]-th
+    /// ([`NotCached`](crate::error::RetryError::NotCached)); a request answered already
+    /// ([`Replayed`](crate::error::RetryError::Replayed)); the [`MAX_RETRIES`]-th
     /// answer already given ([`GaveUp`](crate::error::RetryError::GaveUp)). A group message is
     /// re-sent pairwise (kind `GroupCopy`), and the
     /// requester gets the group's current sender key with the next group send.
@@ -743,15 +774,13 @@ impl crate::device::Device {
             return Err(RetryError::NotCached);
         }
         let entry = entry.clone();
-        let (answered, last_count) = entry
-            .retries
-            .iter()
-            .find(|(d, _, _)| *d == device)
-            .map_or((0, 0), |(_, answered, count)| (*answered, *count));
-        if usize::from(answered) >= MAX_RETRIES {
+        let answered = entry.retries.iter().find(|answered| answered.device == device);
+        let answers = answered.map_or(0, |answered| answered.answers);
+        if usize::from(answers) >= MAX_RETRIES {
             return Err(RetryError::GaveUp { message_id: entry.message_id });
         }
-        if request.count <= last_count {
+        if answered.is_some_and(|answered| !answered.asks_anew(&request.message_ref, request.count))
+        {
             return Err(RetryError::Replayed);
         }
         let bundle = crate::PrekeyBundle {
@@ -837,12 +866,21 @@ impl crate::device::Device {
         {
             // It may lack the key: the next send gives it the current one again. It stays a
             // holder (its distribution may yet arrive, late), so its departure still rotates.
-            state.resend.insert(device);
+            // Not a holder of the current key (it was rotated since), it gets it as any device
+            // the next send reaches.
+            if state.holders.contains_key(&device) {
+                state.resend.insert(device);
+            }
             state.settled = None;
         }
         if let Some(kept) = self.sent.entries.get_mut(&seq) {
-            kept.retries.retain(|(d, _, _)| *d != device);
-            kept.retries.push((device, answered + 1, request.count));
+            kept.retries.retain(|answered| answered.device != device);
+            kept.retries.push(Answered {
+                device,
+                answers: answers + 1,
+                asked: (request.message_ref, request.count),
+                answer: message_ref(&bytes).unwrap_or_default(),
+            });
         }
         self.sent.issue(1);
         Ok(RetryAnswer {

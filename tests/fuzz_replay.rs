@@ -5,6 +5,8 @@
 
 #[path = "support/fuzzing.rs"]
 mod fuzzing;
+#[path = "support/sim/mod.rs"]
+mod sim;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +40,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("group_message", fuzzing::group_message),
     ("group_distribution", fuzzing::group_distribution),
     ("group_events", fuzzing::group_events),
+    ("simulation", sim::fuzz),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -701,4 +704,43 @@ fn generate_group_corpus() {
         assert!(!kept_out || stats.kept_out > 0, "{name} kept nobody out: {stats:?}");
         write_seed("group_events", name, &bytes);
     }
+}
+
+#[test]
+fn replay_simulation() {
+    replay("simulation", 4, sim::script::HEADER_LEN + 40 * sim::script::EVENT_LEN);
+}
+
+/// Seeds of the simulation corpus: inputs the seeded runner draws, picked so that between them
+/// they link, remove, crash at every point, restore from backups, take a primary offline and
+/// answer retries (`tests/simulation.rs` runs the same inputs by seed number).
+const SIMULATION_SEEDS: [u64; 8] = [3, 4, 5, 11, 17, 23, 42, 97];
+
+/// Seeds on which the simulation found a bug in the crate, kept as regressions (each also has a
+/// scenario test of its own in `tests/simulation.rs`).
+const SIMULATION_REGRESSIONS: [u64; 5] = [59, 81, 531, 1928, 3960];
+
+/// Writes the seed corpus and the regressions of the simulation target. Deterministic; run with
+/// `cargo test --test fuzz_replay -- --ignored generate_simulation_corpus`.
+#[test]
+#[ignore = "writes the checked-in seed corpus"]
+fn generate_simulation_corpus() {
+    let mut total = sim::Stats::default();
+    for seed in SIMULATION_SEEDS {
+        let input = sim::seed_input(seed, 60);
+        sim::fuzz(&input);
+        let options = sim::Options { sqlite: false, bounds_every_step: false, trace: false };
+        total.add(&sim::run(&input, &options));
+        write_seed("simulation", &format!("seed-{seed}"), &input);
+    }
+    for seed in SIMULATION_REGRESSIONS {
+        let input = sim::seed_input(seed, 60);
+        sim::fuzz(&input);
+        let dir = fuzz_dir().join("regressions").join("simulation");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{seed}")), input).unwrap();
+    }
+    eprintln!("{total}");
+    assert!(total.retries_answered > 0 && total.restores > 0 && total.crashes > 0);
+    assert!(total.links > 0 && total.removals > 0 && total.primary_offline > 0);
 }

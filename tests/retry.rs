@@ -1678,26 +1678,32 @@ fn reordered_and_duplicated_answers_deliver_once_and_the_sessions_converge() {
 }
 
 /// The server tampers with the answer (a byte of its ciphertext). The receiver cannot read it and
-/// asks about it, but an answer is not itself in the sender's cache (`NotCached`); the message
-/// is recovered when the original envelope is delivered again and asked about once more.
+/// asks about it by the answer's own reference, which the sender recorded: it answers again,
+/// and the message is delivered once. The original envelope delivered again afterwards names a
+/// copy older than the last answer: a replay, which starts no session.
 #[test]
-fn a_tampered_answer_is_not_retried_itself_but_the_original_still_is() {
+fn a_tampered_answer_is_answered_again_and_the_original_is_then_a_replay() {
     let (mut rng, _, mut alice, mut bob, sent, first) = lost_message(59);
+    let bob0 = bob.devices[0].address();
     let answer = respond(&mut rng, &mut alice.devices[0], &first, T0).unwrap();
     let mut tampered = answer.envelope.bytes.clone();
     let at = tampered.len() - 20;
     tampered[at] ^= 1;
     let (request, error) = ask(&mut bob.devices[0], &tampered, T0);
     assert_eq!(error, ReceiveError::Session(SessionError::AuthenticationFailed));
+    assert_eq!(request.count, 1);
+    let again = respond(&mut rng, &mut alice.devices[0], &request, T0).unwrap();
+    assert_eq!(take_answer(&mut bob.devices[0], &again, T0), (sent.message_id, b"m".to_vec()));
+
+    let bytes = envelope_for(&sent, bob0).unwrap();
+    let (old, _) = ask(&mut bob.devices[0], &bytes, T0);
+    assert_eq!(old.count, 2);
+    let session = alice.devices[0].session_info(bob0).unwrap().active_session;
     assert_eq!(
-        respond(&mut rng, &mut alice.devices[0], &request, T0).unwrap_err(),
-        RetryError::NotCached
+        respond(&mut rng, &mut alice.devices[0], &old, T0).unwrap_err(),
+        RetryError::Replayed
     );
-    let bytes = envelope_for(&sent, bob.devices[0].address()).unwrap();
-    let (again, _) = ask(&mut bob.devices[0], &bytes, T0);
-    assert_eq!(again.count, 2);
-    let answer = respond(&mut rng, &mut alice.devices[0], &again, T0).unwrap();
-    assert_eq!(take_answer(&mut bob.devices[0], &answer, T0).1, b"m");
+    assert_eq!(alice.devices[0].session_info(bob0).unwrap().active_session, session);
 }
 
 /// The restored receiver asks, and before the answer arrives starts a session of its own to the
