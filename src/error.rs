@@ -994,7 +994,8 @@ impl GroupError {
 #[non_exhaustive]
 pub enum RetryError {
     /// The newest verified list does not authorize the requester (any more), or no longer
-    /// under the identity that signed the request: fetch its account's list.
+    /// under the identity that signed the request, or its account has an identity change
+    /// pending (nothing is sent to it until the user decides): fetch its account's list.
     #[error("{0} is not authorized by its account's list")]
     NotAuthorized(DeviceAddress),
     /// The message is no longer in the sent-message cache (older than its limits, or followed

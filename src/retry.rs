@@ -737,8 +737,9 @@ impl crate::device::Device {
     /// Re-encrypts the message a verified retry request names, on a fresh session set up from
     /// the request's signed prekey under the identity the newest list names for the requester.
     ///
-    /// Refused: a requester the newest list no longer authorizes
-    /// ([`NotAuthorized`](crate::error::RetryError::NotAuthorized)); a message no longer in the
+    /// Refused: a requester the newest list no longer authorizes, or whose account has an
+    /// identity change pending ([`NotAuthorized`](crate::error::RetryError::NotAuthorized)); a
+    /// message no longer in the
     /// sent-message cache, or one the requester was never sent
     /// ([`NotCached`](crate::error::RetryError::NotCached)); a request answered already
     /// ([`Replayed`](crate::error::RetryError::Replayed)); the [`MAX_RETRIES`]-th
@@ -756,7 +757,13 @@ impl crate::device::Device {
         self.require_active()?;
         let request = request.request();
         let device = request.requester;
+        // While its account has an identity change pending, nothing is sent to the account
+        // (§9), an answer no more than a fan-out: the newest verified list names another
+        // identity, which the user has not accepted.
         let listed = match self.authorize(device) {
+            Ok(_) if self.identity_change_pending(device.account) => {
+                return Err(RetryError::NotAuthorized(device));
+            }
             Ok(authorized) => authorized.identity().clone(),
             Err(_) => return Err(RetryError::NotAuthorized(device)),
         };
