@@ -110,8 +110,9 @@ fn bench_store(c: &mut Criterion) {
                         let message =
                             peer.encrypt_fanout(&mut rng, &[HOLDER], &[], &PAYLOAD, NOW).unwrap();
                         let start = Instant::now();
+                        let body = message.body.as_deref();
                         let inbound =
-                            device.receive(&message.envelopes[0].bytes, None, NOW).unwrap();
+                            device.receive(&message.envelopes[0].bytes, body, NOW).unwrap();
                         let elapsed = start.elapsed();
                         device.acknowledge(inbound.id).unwrap();
                         elapsed
