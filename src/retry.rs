@@ -819,51 +819,28 @@ impl crate::device::Device {
             }
             _ => crate::fanout::Content::Inline(payload),
         };
-        let (kind, inner) = match &entry.kind {
-            SentKind::Fanout { to } if device.account == own => (
-                crate::MessageKind::OwnCopy,
-                crate::fanout::Inner {
-                    list_version,
-                    list_digest,
-                    message_id: entry.message_id,
-                    group: None,
-                    to: to.clone(),
-                    content,
-                },
-            ),
-            SentKind::Fanout { .. } => (
-                crate::MessageKind::Direct,
-                crate::fanout::Inner {
-                    list_version,
-                    list_digest,
-                    message_id: entry.message_id,
-                    group: None,
-                    to: Vec::new(),
-                    content,
-                },
-            ),
+        let (kind, group, to, content) = match &entry.kind {
+            SentKind::Fanout { to } if device.account == own => {
+                (crate::MessageKind::OwnCopy, None, to.clone(), content)
+            }
+            SentKind::Fanout { .. } => (crate::MessageKind::Direct, None, Vec::new(), content),
             SentKind::History => (
                 crate::MessageKind::History,
-                crate::fanout::Inner {
-                    list_version,
-                    list_digest,
-                    message_id: entry.message_id,
-                    group: None,
-                    to: Vec::new(),
-                    content: crate::fanout::Content::History(payload),
-                },
+                None,
+                Vec::new(),
+                crate::fanout::Content::History(payload),
             ),
-            SentKind::Group { group, membership } => (
-                crate::MessageKind::GroupCopy,
-                crate::fanout::Inner {
-                    list_version,
-                    list_digest,
-                    message_id: entry.message_id,
-                    group: Some((*group, *membership)),
-                    to: Vec::new(),
-                    content,
-                },
-            ),
+            SentKind::Group { group, membership } => {
+                (crate::MessageKind::GroupCopy, Some((*group, *membership)), Vec::new(), content)
+            }
+        };
+        let inner = crate::fanout::Inner {
+            list_version,
+            list_digest,
+            message_id: entry.message_id,
+            group,
+            to,
+            content,
         };
         let plaintext = inner.encode();
         self.start_session_with(rng, &bundle)?;

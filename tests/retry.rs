@@ -103,6 +103,21 @@ fn respond(
     sender.answer_retry(rng, &verified, now)
 }
 
+/// `sender` receives `request` and refuses to answer it, changing nothing but the clock mark
+/// (which receiving the request moved already); returns why.
+fn answer_refused(
+    rng: &mut StdRng,
+    sender: &mut Device,
+    request: &RetryRequest,
+    now: Timestamp,
+) -> RetryError {
+    let verified = verified(sender, request, now);
+    let before = snapshot(sender);
+    let error = sender.answer_retry(rng, &verified, now).unwrap_err();
+    assert_eq!(snapshot(sender), before, "refusing ({error:?}) changed the sender");
+    error
+}
+
 /// The answer delivered at `device`: its message id and payload.
 fn take_answer(device: &mut Device, answer: &RetryAnswer, now: Timestamp) -> ([u8; 16], Vec<u8>) {
     assert_eq!(answer.envelope.recipient, device.address());
@@ -679,12 +694,9 @@ fn a_replayed_request_is_refused_without_a_new_session() {
     let sender = &mut alice.devices[0];
     respond(&mut rng, sender, &request, T0).unwrap();
     let session = sender.session_info(bob0).unwrap();
-    let verified = verified(sender, &request, T0);
-    let before = snapshot(sender);
-    let error = sender.answer_retry(&mut rng, &verified, T0).unwrap_err();
+    let error = answer_refused(&mut rng, sender, &request, T0);
     assert_eq!(error, RetryError::Replayed);
     assert_eq!(error.action(), Action::Drop);
-    assert_eq!(snapshot(sender), before);
     assert_eq!(sender.session_info(bob0).unwrap(), session);
     let _ = sent;
 }
@@ -724,12 +736,9 @@ fn a_request_for_a_message_the_requester_was_never_sent_is_not_cached() {
     // it signs the request by hand.
     let tail = &primary_envelope[primary_envelope.len() - 16..];
     let request = signed_request(&bob.devices[1], alice.devices[0].address(), tail, 1);
-    let verified = verified(&mut alice.devices[0], &request, T0);
-    let before = snapshot(&alice.devices[0]);
-    let error = alice.devices[0].answer_retry(&mut rng, &verified, T0).unwrap_err();
+    let error = answer_refused(&mut rng, &mut alice.devices[0], &request, T0);
     assert_eq!(error, RetryError::NotCached);
     assert_eq!(error.action(), Action::Drop);
-    assert_eq!(snapshot(&alice.devices[0]), before);
     let _ = &mut bob;
 }
 
@@ -776,12 +785,9 @@ fn the_sender_answers_max_retries_times_then_gives_up() {
     }
     sessions.dedup();
     assert_eq!(sessions.len(), MAX_RETRIES, "every answer on a fresh session");
-    let verified = verified(&mut alice.devices[0], &requests[MAX_RETRIES - 1], T0);
-    let before = snapshot(&alice.devices[0]);
-    let error = alice.devices[0].answer_retry(&mut rng, &verified, T0).unwrap_err();
+    let error = answer_refused(&mut rng, &mut alice.devices[0], &requests[MAX_RETRIES - 1], T0);
     assert_eq!(error, RetryError::GaveUp { message_id: sent.message_id });
     assert_eq!(error.action(), Action::AskUser);
-    assert_eq!(snapshot(&alice.devices[0]), before);
 }
 
 /// Bob lost his session with Alice and asked twice for her first message; she then sends
@@ -844,11 +850,8 @@ fn the_sent_cache_keeps_messages_for_the_default_age_at_n_and_n_plus_one() {
     let at_limit = T0.plus_secs(DEFAULT_SENT_CACHE_AGE_SECS);
     respond(&mut rng, &mut alice.devices[0], &first, at_limit).unwrap();
     let past = at_limit.plus_secs(1);
-    let verified = verified(&mut alice.devices[0], &second, past);
-    let before = snapshot(&alice.devices[0]);
-    let error = alice.devices[0].answer_retry(&mut rng, &verified, past).unwrap_err();
+    let error = answer_refused(&mut rng, &mut alice.devices[0], &second, past);
     assert_eq!(error, RetryError::NotCached);
-    assert_eq!(snapshot(&alice.devices[0]), before);
 }
 
 /// A configured age: one hour.
@@ -957,11 +960,8 @@ fn the_message_id_window_recognizes_the_256th_newest_and_the_sender_answers_noth
     let bytes = envelope_for(&first, bob.devices[0].address()).unwrap();
     let sender = alice.devices[0].address();
     let request = signed_request(&bob.devices[0], sender, &bytes[bytes.len() - 16..], 2);
-    let verified = verified(&mut alice.devices[0], &request, T0);
-    let before = snapshot(&alice.devices[0]);
-    let error = alice.devices[0].answer_retry(&mut rng, &verified, T0).unwrap_err();
+    let error = answer_refused(&mut rng, &mut alice.devices[0], &request, T0);
     assert_eq!(error, RetryError::NotCached);
-    assert_eq!(snapshot(&alice.devices[0]), before);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1034,11 +1034,8 @@ fn a_retry_never_reaches_a_new_identity_at_the_address_of_a_recipient() {
     let request = failure.retry.expect("the new phone asks");
     let (group_request, _) = ask(&mut new_bob, &old_group.message, T0);
     for request in [*request, group_request] {
-        let verified = verified(&mut alice.devices[0], &request, T0);
-        let before = snapshot(&alice.devices[0]);
-        let error = alice.devices[0].answer_retry(&mut rng, &verified, T0).unwrap_err();
+        let error = answer_refused(&mut rng, &mut alice.devices[0], &request, T0);
         assert_eq!(error, RetryError::NotCached, "sent to another identity");
-        assert_eq!(snapshot(&alice.devices[0]), before);
     }
     // What Alice sends now reaches the new phone.
     let now_sent = send(&mut rng, &mut server, &mut alice.devices[0], AccountId(2), b"hi new", T0);
@@ -1607,11 +1604,8 @@ fn a_replay_just_past_the_window_is_not_delivered_twice_with_the_default_limits(
     let failure = bob.devices[0].receive_or_retry(&replay, None, T0).unwrap_err();
     assert_eq!(failure.error, ReceiveError::Session(SessionError::Duplicate));
     let request = failure.retry.expect("past the window, a replay looks like a restored sender");
-    let verified = verified(&mut alice.devices[0], &request, T0);
-    let before = snapshot(&alice.devices[0]);
-    let error = alice.devices[0].answer_retry(&mut rng, &verified, T0).unwrap_err();
+    let error = answer_refused(&mut rng, &mut alice.devices[0], &request, T0);
     assert_eq!(error, RetryError::NotCached);
-    assert_eq!(snapshot(&alice.devices[0]), before);
 }
 
 /// What a device remembers about a sending device (its delivered ids, the retries it asked of
@@ -1730,4 +1724,98 @@ fn an_answer_crossing_a_new_session_from_the_receiver_converges() {
         alice.devices[0].session_info(bob0).unwrap().active_session,
         bob.devices[0].session_info(alice0).unwrap().active_session
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// From the review of the retry path as a hostile server
+// ---------------------------------------------------------------------------------------------
+
+/// While a peer account has an identity change pending (the server shows a list under a new
+/// account identity; the user has not decided), nothing may be sent to the account (§9:
+/// `IdentityChangePending`). A retry answer is a send: the old identity's request must not be
+/// answered either.
+#[test]
+fn a_retry_is_not_answered_to_an_account_with_an_identity_change_pending() {
+    let (mut rng, mut server, mut alice, mut bob) = world(1402, 0, 0);
+    confirmed(&mut rng, &mut server, &mut alice, &mut bob);
+    let bob0 = bob.devices[0].address();
+    bob.devices[0].delete_sessions(alice.devices[0].address());
+    let sent = send(&mut rng, &mut server, &mut alice.devices[0], AccountId(2), b"m", T0);
+    let (request, _) = ask(&mut bob.devices[0], &envelope_for(&sent, bob0).unwrap(), T0);
+    let verified = verified(&mut alice.devices[0], &request, T0);
+    // A new registration at Bob's address; Alice holds it as a pending change.
+    let new_bob = support::world::device_on(&mut rng, &mut server, bob0, T0);
+    server.publish_own(&new_bob);
+    assert!(alice.devices[0].process_device_list(&server.newest(AccountId(2)), T0).is_err());
+    assert!(alice.devices[0].pending_identity_change(AccountId(2)).is_some());
+    // Sending to Bob's account is blocked...
+    assert!(
+        alice.devices[0].encrypt_fanout(&mut rng, &[AccountId(2)], &[], b"blocked", T0).is_err()
+    );
+    // ... and so is re-sending him a message.
+    tick(&mut alice.devices[0], T0);
+    let before = snapshot(&alice.devices[0]);
+    let result = alice.devices[0].answer_retry(&mut rng, &verified, T0);
+    assert!(result.is_err(), "answered to an account with an identity change pending");
+    assert_eq!(snapshot(&alice.devices[0]), before);
+}
+
+/// `bytes` with one ciphertext byte flipped, its last 16 bytes (its reference) kept: the
+/// receiver cannot read it and asks by the same reference.
+fn tampered(bytes: &[u8]) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 1;
+    bytes
+}
+
+/// Every old request, replayed after newer answers (each answer failing in turn), is refused
+/// with nothing changed; the answers stop at 5; the message is delivered once.
+#[test]
+fn old_requests_replayed_after_newer_answers_start_no_session() {
+    let (mut rng, mut server, mut alice, mut bob) = world(1403, 0, 0);
+    confirmed(&mut rng, &mut server, &mut alice, &mut bob);
+    let bob0 = bob.devices[0].address();
+    bob.devices[0].delete_sessions(alice.devices[0].address());
+    let sent = send(&mut rng, &mut server, &mut alice.devices[0], AccountId(2), b"m", T0);
+    let original = envelope_for(&sent, bob0).unwrap();
+    let mut requests = vec![ask(&mut bob.devices[0], &original, T0).0];
+    // Bob asks again (the server redelivered the failed envelope): a higher count for the same
+    // copy, which asks anew until an answer to it fails in turn.
+    let mut again = Some(ask(&mut bob.devices[0], &original, T0).0);
+    assert_eq!((requests[0].count, again.as_ref().unwrap().count), (1, 2));
+    let mut answers = Vec::new();
+    let mut request = requests[0].clone();
+    for _ in 0..5 {
+        let answer = respond(&mut rng, &mut alice.devices[0], &request, T0).unwrap();
+        assert_eq!(answer.message_id, sent.message_id);
+        // Every request made so far is a replay now, and starts nothing.
+        tick(&mut alice.devices[0], T0);
+        let before = snapshot(&alice.devices[0]);
+        for old in &requests {
+            let error = respond(&mut rng, &mut alice.devices[0], old, T0).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    RetryError::Replayed | RetryError::NotCached | RetryError::GaveUp { .. }
+                ),
+                "count {} answered again: {error:?}",
+                old.count
+            );
+        }
+        assert_eq!(snapshot(&alice.devices[0]), before);
+        // The answer fails in turn; Bob asks by its reference.
+        request = ask(&mut bob.devices[0], &tampered(&answer.envelope.bytes), T0).0;
+        requests.push(request.clone());
+        requests.extend(again.take());
+        answers.push(answer);
+    }
+    let error = respond(&mut rng, &mut alice.devices[0], &request, T0).unwrap_err();
+    assert_eq!(error, RetryError::GaveUp { message_id: sent.message_id });
+    // The last answer, delivered intact, delivers the message once; the original then is nothing
+    // new.
+    let last = answers.last().unwrap();
+    assert_eq!(take_answer(&mut bob.devices[0], last, T0), (sent.message_id, b"m".to_vec()));
+    assert!(bob.devices[0].receive(&original, None, T0).is_err());
+    Device::from_bytes(&alice.devices[0].to_bytes()).unwrap();
 }
