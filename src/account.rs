@@ -552,10 +552,7 @@ impl Device {
         if !is_pending {
             return Err(DeviceListError::NotPendingChange { account });
         }
-        let removed = self.delete_account_sessions(account);
-        self.group_keys.retain(|(sender, _), _| sender.account != account);
-        self.peers.retain(|sender, _| sender.account != account);
-        self.lists_changed();
+        let removed = self.forget_account_devices(account);
         let mut known = KnownAccount::new(list.clone());
         if let Some(old) = self.accounts.remove(&account) {
             known.refused_identities = old.refused_identities;
@@ -597,11 +594,16 @@ impl Device {
     }
 
     /// Every session record with a device of `account`, removed; their addresses.
-    fn delete_account_sessions(&mut self, account: AccountId) -> Vec<DeviceAddress> {
+    /// Forgets everything kept per device of `account`: its sessions (returning their
+    /// addresses), its sender keys, and what was remembered of its messages and retries.
+    fn forget_account_devices(&mut self, account: AccountId) -> Vec<DeviceAddress> {
         let doomed: Vec<DeviceAddress> = self.account_session_addresses(account).collect();
         for address in &doomed {
             self.sessions.remove(address);
         }
+        self.group_keys.retain(|(sender, _), _| sender.account != account);
+        self.peers.retain(|sender, _| sender.account != account);
+        self.lists_changed();
         doomed
     }
 
@@ -887,10 +889,7 @@ impl Device {
             .is_some_and(|k| k.list.account_identity() != &approval.account_identity)
         {
             self.accounts.remove(&account);
-            self.delete_account_sessions(account);
-            self.group_keys.retain(|(sender, _), _| sender.account != account);
-            self.peers.retain(|sender, _| sender.account != account);
-            self.lists_changed();
+            self.forget_account_devices(account);
         }
         // Nor was a pending change to another identity: the own account keeps the identity it
         // links under.
